@@ -1,0 +1,28 @@
+# The two commands of the README:  make demo  and  make test.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: install demo test clean
+
+install: $(STAMP)
+
+# torch first: these machines hold a CPU wheel of torch 2.13.0 on disk; without it pip would pull a CUDA build.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+demo: install
+	$(PY) -m pipeline run recipes/toy
+
+test: install
+	$(PY) -m pytest -q tests
+
+clean:
+	rm -rf runs .pytest_cache

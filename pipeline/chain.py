@@ -1,0 +1,192 @@
+"""The chain runner: run a recipe folder's stages in dependency order, like `make` for training runs.
+
+A stage depends on another when one of its recipe values names the other's `output_dir`
+(`model_name_or_path: runs/toy/sft`). A stage is skipped when its output holds a manifest whose recipe
+and input fingerprints match the current ones and nothing upstream re-runs; an unfinished output is
+resumed from its last checkpoint by the stage itself. Each stage runs in its own process, optionally
+through a launcher such as `accelerate launch --config_file recipes/accelerate/cpu2.yaml`; the command
+is built as an argument list and never passes through a shell.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.contract import directory_size, input_fingerprint, last_checkpoint, read_manifest
+from pipeline.errors import RecipeError, UserError
+from pipeline.recipes import read_recipe_file, recipe_fingerprint
+from pipeline.stages import STAGES, stage_inputs
+
+logger = logging.getLogger(__name__)
+
+CHAIN_FILE = "chain.yaml"
+
+
+@dataclass
+class PlannedStage:
+    recipe_path: Path
+    stage: str
+    output_dir: Path
+    values: dict
+    depends_on: list[str] = field(default_factory=list)
+    action: str = "run"  # run | skip | not-implemented | blocked
+    reason: str = ""
+    wall_time_s: float | None = None
+    size_bytes: int | None = None
+
+    @property
+    def name(self) -> str:
+        return self.recipe_path.stem
+
+
+def load_recipes(folder: Path) -> list[PlannedStage]:
+    """Every recipe of the folder (or those listed in its chain.yaml), in file order."""
+    if not folder.is_dir():
+        raise RecipeError(f"recipe folder {folder} not found (try recipes/toy).")
+    chain_file = folder / CHAIN_FILE
+    if chain_file.is_file():
+        listing = read_recipe_file(chain_file).get("stages")
+        if not isinstance(listing, list) or not listing:
+            raise RecipeError(f"{chain_file}: expected `stages:` with a list of recipe files of this folder.")
+        paths = [folder / name for name in listing]
+    else:
+        paths = sorted(folder.glob("*.yaml"))
+    stages = []
+    for path in paths:
+        values = read_recipe_file(path)
+        stage = values.pop("stage", None)
+        if stage is None:
+            raise RecipeError(f"{path}: missing key 'stage' (one of {', '.join(STAGES)}).")
+        if stage not in STAGES:
+            raise RecipeError(f"{path}: unknown stage '{stage}'; the stages are {', '.join(STAGES)}.")
+        if not values.get("output_dir"):
+            raise RecipeError(f"{path}: missing key 'output_dir'.")
+        stages.append(PlannedStage(path, stage, Path(values["output_dir"]), values))
+    if not stages:
+        raise RecipeError(f"recipe folder {folder} holds no *.yaml recipes.")
+    return stages
+
+
+def _mentions(values: dict, directory: Path) -> bool:
+    """Does any recipe value name `directory` or a path inside it?"""
+    for value in values.values():
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, str) and item:
+                candidate = Path(item)
+                if candidate == directory or directory in candidate.parents:
+                    return True
+    return False
+
+
+def order_by_dependencies(stages: list[PlannedStage]) -> list[PlannedStage]:
+    producers = {stage.output_dir: stage for stage in stages}
+    for stage in stages:
+        stage.depends_on = [
+            producer.name
+            for directory, producer in producers.items()
+            if producer is not stage and _mentions({k: v for k, v in stage.values.items() if k != "output_dir"}, directory)
+        ]
+    ordered, done = [], set()
+    remaining = list(stages)
+    while remaining:
+        ready = [stage for stage in remaining if set(stage.depends_on) <= done]
+        if not ready:
+            raise RecipeError("the recipes depend on each other in a cycle: " + ", ".join(s.name for s in remaining))
+        for stage in ready:
+            ordered.append(stage)
+            done.add(stage.name)
+            remaining.remove(stage)
+    return ordered
+
+
+def plan(folder: Path, force: bool = False) -> list[PlannedStage]:
+    """Decide, for each stage, whether it runs and why (nothing is executed)."""
+    ordered = order_by_dependencies(load_recipes(folder))
+    by_name = {stage.name: stage for stage in ordered}
+    for stage in ordered:
+        upstream = [by_name[name] for name in stage.depends_on]
+        manifest = read_manifest(stage.output_dir)
+        if not STAGES[stage.stage].implemented:
+            stage.action, stage.reason = "not-implemented", f"{STAGES[stage.stage].module} does not exist yet"
+        elif any(up.action in ("not-implemented", "blocked") for up in upstream):
+            stage.action, stage.reason = "blocked", "an upstream stage cannot run"
+        elif force:
+            stage.reason = "--force"
+        elif any(up.action == "run" for up in upstream):
+            stage.reason = "an upstream stage runs"
+        elif manifest is None:
+            checkpoint = last_checkpoint(stage.output_dir)
+            stage.reason = f"unfinished: resumes from {Path(checkpoint).name}" if checkpoint else "no finished output"
+        elif manifest.get("recipe_fingerprint") != recipe_fingerprint(stage.values):
+            stage.reason = "recipe changed"
+        elif manifest.get("input_fingerprints") != {
+            key: input_fingerprint(value) for key, value in stage_inputs(stage.stage, stage.values).items()
+        }:
+            stage.reason = "an input changed"
+        else:
+            stage.action, stage.reason = "skip", "finished output matches recipe and inputs"
+    return ordered
+
+
+def format_plan(stages: list[PlannedStage]) -> str:
+    lines = [f"{'recipe':<22} {'stage':<15} {'action':<16} {'output_dir':<28} reason"]
+    for stage in stages:
+        lines.append(
+            f"{stage.name:<22} {stage.stage:<15} {stage.action:<16} {str(stage.output_dir):<28} {stage.reason}"
+            + (f" (after {', '.join(stage.depends_on)})" if stage.depends_on else "")
+        )
+    return "\n".join(lines)
+
+
+def stage_command(stage: PlannedStage, launcher: str | None, force: bool) -> list[str]:
+    prefix = shlex.split(launcher) if launcher else [sys.executable]
+    command = [*prefix, "-m", STAGES[stage.stage].module, "--config", str(stage.recipe_path)]
+    # A finished output that is stale (recipe or input changed) is replaced: that is the runner's decision.
+    if force or read_manifest(stage.output_dir) is not None:
+        command.append("--force")
+    return command
+
+
+def run_chain(folder: Path, force: bool = False, dry_run: bool = False, launcher: str | None = None) -> list[PlannedStage]:
+    stages = plan(folder, force=force)
+    print(format_plan(stages), flush=True)
+    if dry_run:
+        return stages
+    for stage in stages:
+        if stage.action != "run":
+            continue
+        command = stage_command(stage, launcher, force)
+        print(f"\n=== {stage.name}: {shlex.join(command)}", flush=True)
+        started = time.time()
+        result = subprocess.run(command)
+        stage.wall_time_s = time.time() - started
+        if result.returncode != 0:
+            raise UserError(
+                f"stage '{stage.name}' ({stage.recipe_path}) failed with exit status {result.returncode}; "
+                "fix the problem above and run the chain again: finished stages are skipped, unfinished ones resume."
+            )
+        if read_manifest(stage.output_dir) is None:
+            raise UserError(f"stage '{stage.name}' exited without writing {stage.output_dir}/manifest.json.")
+    for stage in stages:
+        if stage.output_dir.is_dir():
+            stage.size_bytes = directory_size(stage.output_dir)
+    print("\n" + format_summary(stages), flush=True)
+    return stages
+
+
+def format_summary(stages: list[PlannedStage]) -> str:
+    total = sum(stage.wall_time_s or 0.0 for stage in stages)
+    lines = [f"{'recipe':<22} {'action':<16} {'wall time':>10} {'share':>6} {'output size':>12}"]
+    for stage in stages:
+        seconds = f"{stage.wall_time_s:.1f} s" if stage.wall_time_s is not None else "-"
+        share = f"{100 * stage.wall_time_s / total:.0f}%" if stage.wall_time_s and total else "-"
+        size = f"{stage.size_bytes / 1e6:.1f} MB" if stage.size_bytes is not None else "-"
+        lines.append(f"{stage.name:<22} {stage.action:<16} {seconds:>10} {share:>6} {size:>12}")
+    lines.append(f"{'total':<22} {'':<16} {total:>8.1f} s")
+    return "\n".join(lines)

@@ -1,0 +1,258 @@
+"""The stage contract: how a stage owns its output directory.
+
+A finished output directory holds the model (safetensors) and tokenizer, `recipe.yaml` (every value
+the run used), `metrics.json`, and `manifest.json` (stage, recipe fingerprint, inputs and their
+hashes, package versions, seed, wall time). The manifest is written last and atomically, so a
+directory without one is never a finished run: a killed run leaves checkpoints and a `run.json`
+marker, and running the same recipe again resumes from the last checkpoint.
+
+Only the main process writes here; the other processes of a multi-process run only read.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.errors import RecipeError
+from pipeline.recipes import Recipe
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+METRICS = "metrics.json"
+RESOLVED_RECIPE = "recipe.yaml"
+IN_PROGRESS = "run.json"
+LOCK = ".lock"
+PACKAGES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "tokenizers", "evaluate", "bitsandbytes")
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write via a temporary file and rename, so readers never see half a file."""
+    temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(temporary, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+def write_json(path: Path, data: Any) -> None:
+    write_atomic(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def read_manifest(directory: str | os.PathLike) -> dict[str, Any] | None:
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def input_fingerprint(value: str) -> str:
+    """What an input is, as a hash the chain runner can compare without loading anything.
+
+    A finished stage directory is its manifest's hash (which covers its recipe and inputs); a file is
+    its content's hash; anything else (a hub name, the built-in `toy` data) is its name.
+    """
+    path = Path(value)
+    if (path / MANIFEST).is_file():
+        return "stage:" + file_sha256(path / MANIFEST)
+    if path.is_file():
+        return "file:" + file_sha256(path)
+    if path.is_dir():
+        return "dir-unfinished:" + str(path)
+    return "name:" + value
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for package in PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
+def project_commit() -> str | None:
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() or None
+
+
+def directory_size(directory: Path) -> int:
+    return sum(path.stat().st_size for path in directory.rglob("*") if path.is_file())
+
+
+class AlreadyFinished(Exception):
+    """The output directory holds a finished run of this very recipe: nothing to do."""
+
+
+@dataclass
+class StageRun:
+    """One run of one stage into `output_dir`: prepare (lock, resume or refuse), then finish."""
+
+    recipe: Recipe
+    output_dir: Path
+    inputs: dict[str, str]
+    seed: int
+    is_main_process: bool = True
+    started_at: float = field(default_factory=time.time)
+    _lock_handle: Any = None
+
+    def __post_init__(self) -> None:
+        self.output_dir = Path(self.output_dir)
+        self.input_fingerprints = {key: input_fingerprint(value) for key, value in self.inputs.items() if value}
+
+    # -- start -------------------------------------------------------------------------------------
+
+    def start(self) -> str | None:
+        """Prepare the directory and return the checkpoint to resume from, if any.
+
+        Raises `AlreadyFinished` when the directory holds a finished run of the same recipe and inputs,
+        and `RecipeError` when it holds another recipe's run and `--force` was not given.
+        """
+        if self.is_main_process:
+            self._prepare()
+        _wait_for_everyone()
+        checkpoint = last_checkpoint(self.output_dir)
+        if checkpoint:
+            logger.info("resuming from %s", checkpoint)
+        return checkpoint
+
+    def _prepare(self) -> None:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self._lock()
+        manifest = read_manifest(self.output_dir)
+        if manifest is not None and not self.recipe.force:
+            if self.matches(manifest):
+                raise AlreadyFinished(str(self.output_dir))
+            raise RecipeError(
+                f"{self.recipe.path}: output_dir {self.output_dir} already holds a finished '{manifest.get('stage')}' "
+                f"run of a different recipe ({manifest.get('recipe_file')}). Re-run with --force to replace it, "
+                "or choose another output_dir."
+            )
+        marker = self.output_dir / IN_PROGRESS
+        if manifest is None and marker.is_file() and not self.recipe.force:
+            previous = json.loads(marker.read_text(encoding="utf-8"))
+            if previous.get("recipe_fingerprint") != self.recipe.fingerprint and last_checkpoint(self.output_dir):
+                raise RecipeError(
+                    f"{self.recipe.path}: output_dir {self.output_dir} holds an unfinished run of a different recipe "
+                    f"({previous.get('recipe_file')}). Re-run with --force to discard it, or choose another output_dir."
+                )
+        if self.recipe.force:
+            self._clear()
+        write_json(
+            marker,
+            {
+                "stage": self.recipe.stage,
+                "recipe_file": str(self.recipe.path),
+                "recipe_fingerprint": self.recipe.fingerprint,
+                "pid": os.getpid(),
+                "started_at": self.started_at,
+            },
+        )
+
+    def matches(self, manifest: dict[str, Any]) -> bool:
+        return (
+            manifest.get("recipe_fingerprint") == self.recipe.fingerprint
+            and manifest.get("input_fingerprints") == self.input_fingerprints
+        )
+
+    def _lock(self) -> None:
+        # flock is released by the kernel when the process dies, so a killed run never leaves a stale lock.
+        self._lock_handle = open(self.output_dir / LOCK, "w")
+        try:
+            fcntl.flock(self._lock_handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RecipeError(
+                f"{self.recipe.path}: another run is writing into {self.output_dir} right now. "
+                "Wait for it to end or choose another output_dir."
+            ) from None
+
+    def _clear(self) -> None:
+        """--force: start from scratch. The manifest goes first so the directory never looks finished."""
+        (self.output_dir / MANIFEST).unlink(missing_ok=True)
+        for path in self.output_dir.iterdir():
+            if path.name == LOCK:
+                continue
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+    # -- finish ------------------------------------------------------------------------------------
+
+    def finish(self, resolved: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
+        """Write recipe.yaml, metrics.json and, last and atomically, manifest.json."""
+        if not self.is_main_process:
+            return {}
+        wall_time = time.time() - self.started_at
+        metrics = {**metrics, "wall_time_s": round(wall_time, 2)}
+        write_atomic(self.output_dir / RESOLVED_RECIPE, yaml.safe_dump(resolved, sort_keys=False))
+        write_json(self.output_dir / METRICS, metrics)
+        files = sorted(p.name for p in self.output_dir.iterdir() if p.name not in (LOCK, IN_PROGRESS))
+        manifest = {
+            "stage": self.recipe.stage,
+            "recipe_file": str(self.recipe.path),
+            "recipe_fingerprint": self.recipe.fingerprint,
+            "recipe_values": self.recipe.values,
+            "inputs": self.inputs,
+            "input_fingerprints": self.input_fingerprints,
+            "seed": self.seed,
+            "started_at": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(self.started_at)),
+            "wall_time_s": round(wall_time, 2),
+            "packages": package_versions(),
+            "project_commit": project_commit(),
+            "host": {"platform": platform.platform(), "cpus": os.cpu_count(), "argv": sys.argv},
+            "files": files,
+            "size_bytes": directory_size(self.output_dir),
+        }
+        write_json(self.output_dir / MANIFEST, manifest)
+        (self.output_dir / IN_PROGRESS).unlink(missing_ok=True)
+        logger.info("finished %s -> %s (%.1f s)", self.recipe.stage, self.output_dir, wall_time)
+        return manifest
+
+
+def last_checkpoint(output_dir: Path) -> str | None:
+    """The newest complete `checkpoint-N` (Trainer writes trainer_state.json last in a checkpoint)."""
+    checkpoints = []
+    for path in Path(output_dir).glob("checkpoint-*"):
+        suffix = path.name.split("-")[-1]
+        if suffix.isdigit() and (path / "trainer_state.json").is_file():
+            checkpoints.append((int(suffix), path))
+    return str(max(checkpoints)[1]) if checkpoints else None
+
+
+def _wait_for_everyone() -> None:
+    try:
+        from accelerate import PartialState
+
+        state = PartialState()
+        if state.num_processes > 1:
+            state.wait_for_everyone()
+    except ImportError:
+        pass

@@ -1,0 +1,309 @@
+"""Pretraining: a GPT-2-style model from scratch, with its own tokenizer, on packed blocks of text.
+
+    python -m pipeline.pretrain --config recipes/toy/pretrain.yaml
+    accelerate launch --config_file accelerate_config.yaml -m pipeline.pretrain --config recipes/gpt2/pretrain.yaml
+
+The story: parse the recipe -> load documents (the built-in toy world, a text/JSON Lines file or a hub
+data set) -> train a tokenizer (char-level or byte-level BPE) or load one -> pack the documents, each
+ended by EOS, into blocks of `block_size` tokens -> build a GPT2LMHeadModel from (n_layer, n_head,
+n_embd, block_size) with SDPA attention -> train with AdamW and a cosine schedule with warm-up
+(transformers' Trainer) -> save model and tokenizer -> evaluate perplexity = exp(eval loss), plot the
+loss curve, and write samples from every decoding strategy -> metrics and manifest.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar, Literal
+
+import datasets
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, Trainer, TrainingArguments, set_seed
+from transformers import default_data_collator
+
+from pipeline.contract import AlreadyFinished, StageRun, write_json
+from pipeline.data.text import load_text_dataset
+from pipeline.data.toy_world import ToyWorld, gold_reward
+from pipeline.decoding import DEFAULT_STRATEGIES, sample_table
+from pipeline.errors import DataError, RecipeError, RunInterrupted, run_cli
+from pipeline.plots import plot_loss_curves
+from pipeline.recipes import parse_recipe, resolved_recipe
+from pipeline.stages import stage_inputs
+from pipeline.tokenization import train_tokenizer
+from pipeline.training import GracefulInterrupt, Throughput
+
+logger = logging.getLogger("pipeline.pretrain")
+
+
+@dataclass
+class PretrainArguments:
+    """What to train on and what to build (the optimisation settings are TrainingArguments)."""
+
+    path_fields: ClassVar[dict[str, str]] = {"dataset": "dataset", "tokenizer_name_or_path": "model"}
+
+    dataset: str = field(
+        default="toy",
+        metadata={"help": "'toy' (built-in toy world), a .txt/.jsonl file, or a hub data set with a text column"},
+    )
+    text_column: str = field(default="text", metadata={"help": "column holding the text (jsonl and hub data sets)"})
+    dataset_config_name: str | None = field(default=None, metadata={"help": "hub data set configuration"})
+    text_sample_by: Literal["paragraph", "line", "document"] = field(
+        default="paragraph", metadata={"help": "how a .txt file is cut into documents (each ended by EOS)"}
+    )
+    eval_fraction: float = field(default=0.05, metadata={"help": "share of documents held out for evaluation"})
+    max_documents: int | None = field(default=None, metadata={"help": "use at most this many documents (quick runs)"})
+    toy_documents: int = field(default=20000, metadata={"help": "toy world: number of dialogues to generate"})
+    toy_good_fraction: float = field(default=0.6, metadata={"help": "toy world: share of correct, clean answers"})
+    toy_max_digits: int = field(default=2, metadata={"help": "toy world: digits of the addition operands"})
+    toy_seed: int = field(default=0, metadata={"help": "toy world: generator seed (independent of training seed)"})
+
+    tokenizer: Literal["char", "bpe"] = field(default="char", metadata={"help": "tokenizer to train"})
+    vocab_size: int = field(default=512, metadata={"help": "vocabulary size for the BPE tokenizer"})
+    tokenizer_name_or_path: str | None = field(
+        default=None, metadata={"help": "use this tokenizer (e.g. gpt2) instead of training one"}
+    )
+
+    n_layer: int = field(default=2, metadata={"help": "transformer blocks"})
+    n_head: int = field(default=4, metadata={"help": "attention heads per block"})
+    n_embd: int = field(default=128, metadata={"help": "width of the residual stream"})
+    block_size: int = field(default=128, metadata={"help": "context length = packed block length"})
+    dropout: float = field(default=0.0, metadata={"help": "dropout on embeddings, attention and residuals"})
+    attn_implementation: Literal["sdpa", "eager"] = field(default="sdpa", metadata={"help": "attention kernel"})
+
+    sample_prompts: list[str] = field(
+        default_factory=list, metadata={"help": "prompts for samples (default: toy world eval prompts, or newline)"}
+    )
+    num_sample_prompts: int = field(default=64, metadata={"help": "toy world: prompts used to measure gold reward"})
+    sample_max_new_tokens: int = field(default=48, metadata={"help": "length limit of samples"})
+    decoding_strategies: list[str] = field(
+        default_factory=lambda: list(DEFAULT_STRATEGIES), metadata={"help": "decoding strategies to sample with"}
+    )
+
+    def __post_init__(self) -> None:
+        for key in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "toy_documents", "sample_max_new_tokens"):
+            if getattr(self, key) <= 0:
+                raise ValueError(f"key '{key}' must be > 0, got {getattr(self, key)}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"key 'n_embd' ({self.n_embd}) must be divisible by 'n_head' ({self.n_head})")
+        if not 0.0 < self.eval_fraction < 1.0:
+            raise ValueError(f"key 'eval_fraction' must be in (0, 1), got {self.eval_fraction}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"key 'dropout' must be in [0, 1), got {self.dropout}")
+        if not 0.0 <= self.toy_good_fraction <= 1.0:
+            raise ValueError(f"key 'toy_good_fraction' must be in [0, 1], got {self.toy_good_fraction}")
+        unknown = [name for name in self.decoding_strategies if name not in DEFAULT_STRATEGIES]
+        if unknown:
+            raise ValueError(f"key 'decoding_strategies': unknown strategy '{unknown[0]}'; choose from {', '.join(DEFAULT_STRATEGIES)}")
+
+
+@dataclass
+class PretrainConfig(TrainingArguments):
+    """TrainingArguments with pretraining defaults: AdamW, cosine schedule with warm-up, no hub, no wandb."""
+
+    output_dir: str = field(default="runs/pretrain", metadata={"help": "where the stage writes its outputs"})
+    learning_rate: float = 1e-3
+    lr_scheduler_type: str = "cosine"
+    warmup_steps: float = 0.05
+    weight_decay: float = 0.1
+    adam_beta2: float = 0.99
+    per_device_train_batch_size: int = 32
+    per_device_eval_batch_size: int = 64
+    logging_steps: float = 25
+    eval_strategy: str = "steps"
+    eval_steps: float = 200
+    save_strategy: str = "steps"
+    save_steps: float = 200
+    save_total_limit: int = 2
+    report_to: str | list[str] = "none"
+    dataloader_drop_last: bool = True
+
+
+def load_documents(args: PretrainArguments, seed: int) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """Train and eval documents (column `text`); eval is a held-out share of documents, never of blocks."""
+    if args.dataset == "toy":
+        world = ToyWorld(seed=args.toy_seed, max_digits=args.toy_max_digits)
+        documents = datasets.Dataset.from_dict(
+            {"text": world.pretraining_corpus(args.toy_documents, good_fraction=args.toy_good_fraction)}
+        )
+    else:
+        documents = load_text_dataset(args.dataset, args.text_column, config_name=args.dataset_config_name, sample_by=args.text_sample_by)
+    if args.max_documents:
+        documents = documents.select(range(min(args.max_documents, len(documents))))
+    if len(documents) < 2:
+        raise DataError(f"{args.dataset}: need at least 2 documents to hold one out for evaluation, got {len(documents)}.")
+    split = documents.train_test_split(test_size=args.eval_fraction, seed=seed, shuffle=True)
+    return split["train"], split["test"]
+
+
+def build_tokenizer(args: PretrainArguments, train_documents: datasets.Dataset, output_dir: Path):
+    """Reuse the tokenizer a resumed run already saved, else load the named one, else train one."""
+    if (output_dir / "tokenizer.json").is_file():
+        return AutoTokenizer.from_pretrained(output_dir)
+    if args.tokenizer_name_or_path:
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer_name_or_path)
+        if tokenizer.pad_token is None:
+            tokenizer.add_special_tokens({"pad_token": "<|pad|>"})
+        return tokenizer
+    return train_tokenizer(train_documents["text"], kind=args.tokenizer, vocab_size=args.vocab_size)
+
+
+def pack_into_blocks(documents: datasets.Dataset, tokenizer, block_size: int) -> datasets.Dataset:
+    """Tokenize, end every document with EOS, concatenate and cut into blocks (the remainder is dropped)."""
+    eos = tokenizer.eos_token_id
+
+    def tokenize(batch):
+        return {"ids": [ids + [eos] for ids in tokenizer(batch["text"], add_special_tokens=False)["input_ids"]]}
+
+    def group(batch):
+        stream = [token for ids in batch["ids"] for token in ids]
+        usable = len(stream) // block_size * block_size
+        blocks = [stream[start : start + block_size] for start in range(0, usable, block_size)]
+        return {"input_ids": blocks, "labels": [list(block) for block in blocks]}
+
+    tokenized = documents.map(tokenize, batched=True, remove_columns=documents.column_names, desc="tokenizing")
+    # One batch for the whole set keeps every token (a per-batch remainder would be lost for each batch).
+    packed = tokenized.map(group, batched=True, batch_size=len(tokenized), remove_columns=["ids"], desc="packing")
+    if len(packed) == 0:
+        raise DataError(
+            f"the data has fewer tokens than one block of {block_size}: lower block_size or add documents."
+        )
+    return packed
+
+
+def build_model(args: PretrainArguments, tokenizer) -> torch.nn.Module:
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=args.block_size,
+        n_embd=args.n_embd,
+        n_layer=args.n_layer,
+        n_head=args.n_head,
+        resid_pdrop=args.dropout,
+        embd_pdrop=args.dropout,
+        attn_pdrop=args.dropout,
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return AutoModelForCausalLM.from_config(config, attn_implementation=args.attn_implementation)
+
+
+def flops_per_token(model: torch.nn.Module, block_size: int) -> float:
+    """Training FLOPs per token as in PaLM/nanoGPT: 6N for the weights + 12·L·d·T for attention."""
+    config = model.config
+    non_embedding = sum(p.numel() for p in model.parameters()) - model.transformer.wpe.weight.numel()
+    return 6 * non_embedding + 12 * config.n_layer * config.n_embd * block_size
+
+
+def sample_prompts(args: PretrainArguments, eval_documents: datasets.Dataset) -> list[str]:
+    if args.sample_prompts:
+        return args.sample_prompts
+    if args.dataset == "toy":
+        return ToyWorld(seed=args.toy_seed, max_digits=args.toy_max_digits).prompts(args.num_sample_prompts, split="eval")
+    return [text[:16] for text in eval_documents["text"][:4]]
+
+
+def write_samples(model, tokenizer, args: PretrainArguments, prompts: list[str], output_dir: Path, seed: int) -> dict:
+    """Samples of every decoding strategy side by side; with the toy world also their mean gold reward."""
+    strategies = {name: DEFAULT_STRATEGIES[name] for name in args.decoding_strategies}
+    table = sample_table(model, tokenizer, prompts, strategies=strategies, max_new_tokens=args.sample_max_new_tokens, seed=seed)
+    records, gold = [], {}
+    for name, generations in table.items():
+        for generation in generations:
+            record = {"strategy": name, "prompt": generation.prompt, "text": generation.text, "finished": generation.finished}
+            if args.dataset == "toy":
+                record["gold_reward"] = gold_reward(generation.prompt, generation.text, finished=generation.finished)
+            records.append(record)
+        if args.dataset == "toy":
+            scores = [r["gold_reward"] for r in records if r["strategy"] == name]
+            gold[name] = round(sum(scores) / len(scores), 4)
+    write_json(output_dir / "samples.json", records)
+    return gold
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args, training_args, recipe = parse_recipe((PretrainArguments, PretrainConfig), argv, "pretrain", __doc__)
+    output_dir = Path(training_args.output_dir)
+    run = StageRun(recipe, output_dir, stage_inputs("pretrain", recipe.values), training_args.seed, training_args.should_save)
+    try:
+        checkpoint = run.start()
+    except AlreadyFinished:
+        logger.info("%s already holds a finished run of this recipe; nothing to do (--force re-runs it)", output_dir)
+        return
+    set_seed(training_args.seed)
+
+    train_documents, eval_documents = load_documents(args, training_args.seed)
+    tokenizer = build_tokenizer(args, train_documents, output_dir)
+    if training_args.should_save:
+        tokenizer.save_pretrained(output_dir)  # first, so that a resumed run packs with the same ids
+    with training_args.main_process_first(desc="packing"):
+        train_blocks = pack_into_blocks(train_documents, tokenizer, args.block_size)
+        eval_blocks = pack_into_blocks(eval_documents, tokenizer, args.block_size)
+
+    model = build_model(args, tokenizer)
+    parameters = sum(p.numel() for p in model.parameters())
+    global_batch = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * training_args.world_size
+    logger.info(
+        "model: %.3fM parameters; data: %d train blocks, %d eval blocks of %d tokens; global batch %d = %d per device x %d "
+        "accumulation x %d processes",
+        parameters / 1e6, len(train_blocks), len(eval_blocks), args.block_size, global_batch,
+        training_args.per_device_train_batch_size, training_args.gradient_accumulation_steps, training_args.world_size,
+    )
+
+    interrupt = GracefulInterrupt()
+    trainer = Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_blocks,
+        eval_dataset=eval_blocks,
+        data_collator=default_data_collator,
+        processing_class=tokenizer,
+        callbacks=[interrupt, Throughput(global_batch * args.block_size, flops_per_token(model, args.block_size))],
+    )
+    started = time.perf_counter()
+    train_result = trainer.train(resume_from_checkpoint=checkpoint)
+    train_seconds = time.perf_counter() - started
+    interrupt.restore()
+    if interrupt.requested:
+        raise RunInterrupted(
+            f"stopped at step {trainer.state.global_step}; the checkpoint is in {output_dir}. "
+            "Run the same command again to resume."
+        )
+
+    trainer.save_model(str(output_dir))
+    eval_metrics = trainer.evaluate()
+    if not trainer.is_world_process_zero():
+        return
+    plot_loss_curves(trainer.state.log_history, output_dir / "loss_curve.png", f"pretraining: {recipe.path}")
+    model.eval()
+    gold = write_samples(model, tokenizer, args, sample_prompts(args, eval_documents), output_dir, training_args.seed)
+    write_json(output_dir / "log_history.json", trainer.state.log_history)
+
+    trained_tokens = (trainer.state.global_step - (int(Path(checkpoint).name.split("-")[1]) if checkpoint else 0)) * global_batch * args.block_size
+    metrics = {
+        "train_loss": round(train_result.training_loss, 4),
+        "eval_loss": round(eval_metrics["eval_loss"], 4),
+        "perplexity": round(math.exp(eval_metrics["eval_loss"]), 4),
+        "steps": trainer.state.global_step,
+        "parameters": parameters,
+        "vocab_size": len(tokenizer),
+        "train_blocks": len(train_blocks),
+        "eval_blocks": len(eval_blocks),
+        "tokens_per_second": round(trained_tokens / train_seconds, 1) if train_seconds > 0 else None,
+        "train_seconds": round(train_seconds, 2),
+        "resumed_from": checkpoint,
+    }
+    if gold:
+        metrics["gold_reward"] = gold
+        metrics["gold_reward_greedy"] = gold.get("greedy")
+        metrics["gold_reward_sampled"] = gold.get("temperature_1.0")
+    run.finish(resolved_recipe("pretrain", args, training_args), metrics)
+    logger.info("eval loss %.4f, perplexity %.3f; outputs in %s", metrics["eval_loss"], metrics["perplexity"], output_dir)
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,77 @@
+"""Plumbing shared by the stages that train with a `transformers`/TRL trainer."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from typing import Any
+
+from transformers import TrainerCallback
+
+logger = logging.getLogger(__name__)
+
+
+class GracefulInterrupt(TrainerCallback):
+    """First Ctrl-C (SIGINT) or SIGTERM: finish the current step, save a checkpoint and stop training.
+
+    The stage then exits without a manifest, and running the same command again resumes from that
+    checkpoint. A second Ctrl-C interrupts at once, as usual.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = {}
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[signum] = signal.signal(signum, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        logger.warning("signal %d: saving a checkpoint after this step, then stopping (again to abort now)", signum)
+        self.requested = True
+        self.restore()
+
+    def restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.requested:
+            control.should_save = True
+            control.should_training_stop = True
+        return control
+
+
+class Throughput(TrainerCallback):
+    """Adds tokens/s (and MFU when the peak FLOP/s is known) to every training log line, as nanoGPT prints."""
+
+    def __init__(self, tokens_per_step: int, flops_per_token: float | None = None, peak_flops: float | None = None):
+        self.tokens_per_step = tokens_per_step
+        self.flops_per_token = flops_per_token
+        self.peak_flops = peak_flops
+        self._last_time = None
+        self._last_step = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._last_time, self._last_step = time.perf_counter(), state.global_step
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs is None or "loss" not in logs or self._last_time is None:
+            return
+        now = time.perf_counter()
+        steps = state.global_step - self._last_step
+        if steps > 0:
+            tokens_per_second = steps * self.tokens_per_step / (now - self._last_time)
+            logs["tokens_per_second"] = round(tokens_per_second, 1)
+            if self.flops_per_token and self.peak_flops:
+                logs["mfu"] = round(tokens_per_second * self.flops_per_token / self.peak_flops, 4)
+        self._last_time, self._last_step = now, state.global_step
+
+
+def is_main_process() -> bool:
+    from accelerate import PartialState
+
+    return PartialState().is_main_process

@@ -1,0 +1,73 @@
+"""Shared test setup: no network, tiny recipes written into temporary folders."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("WANDB_DISABLED", "true")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+# A pretraining recipe small enough for a test: a 1-layer, 32-wide char GPT on 1,500 toy dialogues.
+TINY_PRETRAIN = {
+    "stage": "pretrain",
+    "dataset": "toy",
+    "toy_documents": 1500,
+    "tokenizer": "char",
+    "n_layer": 1,
+    "n_head": 2,
+    "n_embd": 32,
+    "block_size": 64,
+    "learning_rate": 3.0e-3,
+    "warmup_steps": 0.1,
+    "per_device_train_batch_size": 16,
+    "per_device_eval_batch_size": 32,
+    "max_steps": 40,
+    "logging_steps": 5,
+    "eval_steps": 20,
+    "save_steps": 20,
+    "save_total_limit": 2,
+    "num_sample_prompts": 8,
+    "sample_max_new_tokens": 16,
+    "decoding_strategies": ["greedy", "temperature_1.0", "top_k_10", "top_p_0.9", "beam_3"],
+    "seed": 7,
+    "use_cpu": True,
+    "bf16": False,
+    "dataloader_num_workers": 0,
+    "disable_tqdm": True,
+}
+
+
+def write_recipe(path: Path, values: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(values, sort_keys=False), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def tiny_pretrain_recipe(tmp_path: Path):
+    """A factory: tiny_pretrain_recipe(name, **overrides) -> recipe path with output_dir under tmp_path."""
+
+    def make(name: str = "pretrain", **overrides) -> Path:
+        values = {**TINY_PRETRAIN, "output_dir": str(tmp_path / "runs" / name), **overrides}
+        return write_recipe(tmp_path / "recipes" / f"{name}.yaml", values)
+
+    return make
+
+
+def run_module(module: str, *args: str, cwd: Path | None = None, timeout: int = 600):
+    """Run `python -m module args...` as a user would; returns the CompletedProcess."""
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=cwd or REPO, env=env, capture_output=True, text=True, timeout=timeout
+    )

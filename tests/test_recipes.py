@@ -1,0 +1,109 @@
+"""Recipe errors: each names the key and the file, and comes before any model or data is loaded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, TINY_PRETRAIN, run_module, write_recipe
+from pipeline.errors import RecipeError
+from pipeline.pretrain import PretrainArguments, PretrainConfig
+from pipeline.recipes import parse_recipe, split_command_line
+
+TYPES = (PretrainArguments, PretrainConfig)
+
+
+def parse(path: Path, *extra: str):
+    return parse_recipe(TYPES, ["--config", str(path), *extra], "pretrain")
+
+
+def recipe_with(tmp_path: Path, **changes) -> Path:
+    values = {**TINY_PRETRAIN, "output_dir": str(tmp_path / "out"), **changes}
+    return write_recipe(tmp_path / "recipe.yaml", {k: v for k, v in values.items() if v is not ...})
+
+
+def test_the_shipped_toy_recipe_parses():
+    args, training, recipe = parse(REPO / "recipes/toy/pretrain.yaml")
+    assert recipe.stage == "pretrain"
+    assert training.lr_scheduler_type == "cosine" and training.use_cpu and not training.bf16
+    assert args.n_layer >= 1 and training.learning_rate == pytest.approx(2e-3)
+
+
+def test_command_line_overrides_win_and_keep_their_types(tmp_path):
+    args, training, recipe = parse(recipe_with(tmp_path), "--max_steps", "3", "--n_embd=64", "--learning_rate", "1e-4")
+    assert training.max_steps == 3 and args.n_embd == 64 and training.learning_rate == pytest.approx(1e-4)
+    assert recipe.values["max_steps"] == 3
+
+
+def test_yaml_scientific_notation_is_accepted_for_floats(tmp_path):
+    # YAML 1.1 reads 1e-3 as a string; a recipe author should not have to know that.
+    path = tmp_path / "r.yaml"
+    path.write_text(f"stage: pretrain\noutput_dir: {tmp_path}/o\nlearning_rate: 1e-3\n")
+    _, training, _ = parse(path)
+    assert training.learning_rate == pytest.approx(1e-3)
+
+
+@pytest.mark.parametrize(
+    "changes, expected",
+    [
+        ({"learnig_rate": 0.1}, ["unknown key 'learnig_rate'", "Did you mean 'learning_rate'"]),
+        ({"n_layers": 2}, ["unknown key 'n_layers'", "n_layer"]),
+        ({"learning_rate": "fast"}, ["key 'learning_rate' expects float", "'fast'"]),
+        ({"max_steps": 2.5}, ["key 'max_steps' expects int"]),
+        ({"bf16": "yes"}, ["key 'bf16' expects bool"]),
+        ({"learning_rate": -0.001}, ["key 'learning_rate' must be > 0"]),
+        ({"n_layer": 0}, ["key 'n_layer' must be > 0"]),
+        ({"n_embd": 30, "n_head": 4}, ["'n_embd' (30) must be divisible by 'n_head' (4)"]),
+        ({"eval_fraction": 1.5}, ["key 'eval_fraction' must be in (0, 1)"]),
+        ({"tokenizer": "wordpiece"}, ["key 'tokenizer' expects one of 'char', 'bpe'"]),
+        ({"dataset": "data/missing.txt"}, ["key 'dataset'", "does not exist"]),
+        ({"decoding_strategies": ["greedy", "nucleus"]}, ["unknown strategy 'nucleus'"]),
+        ({"stage": "sft"}, ["recipe is for stage 'sft'", "python -m pipeline.sft"]),
+        ({"stage": ...}, ["missing key 'stage'"]),
+    ],
+)
+def test_bad_recipe_names_key_and_file(tmp_path, changes, expected):
+    path = recipe_with(tmp_path, **changes)
+    with pytest.raises(RecipeError) as caught:
+        parse(path)
+    message = str(caught.value)
+    if "stage" not in changes or changes.get("stage") is ...:
+        assert str(path) in message
+    for fragment in expected:
+        assert fragment in message
+
+
+def test_missing_recipe_file_and_invalid_yaml(tmp_path):
+    with pytest.raises(RecipeError, match="not found"):
+        parse(tmp_path / "nope.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("stage: pretrain\nn_layer: [1, 2\nseed: 3\n")
+    with pytest.raises(RecipeError, match=r"broken.yaml: invalid YAML at line \d+"):
+        parse(broken)
+    listing = tmp_path / "list.yaml"
+    listing.write_text("- stage\n- pretrain\n")
+    with pytest.raises(RecipeError, match="must be a YAML mapping"):
+        parse(listing)
+
+
+def test_split_command_line_reads_yaml_scalars():
+    config, overrides, force = split_command_line(["--config", "a.yaml", "--seed", "3", "--bf16", "false", "--force", "--x=[1, 2]"])
+    assert config == "a.yaml" and force
+    assert overrides == {"seed": 3, "bf16": False, "x": [1, 2]}
+
+
+def test_cli_reports_a_bad_recipe_in_one_line_without_traceback_and_writes_nothing(tmp_path):
+    path = recipe_with(tmp_path, learnig_rate=0.1)
+    result = run_module("pipeline.pretrain", "--config", str(path))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert f"error: {path}: unknown key 'learnig_rate'" in result.stderr
+    assert not (tmp_path / "out").exists()  # refused before any output, model or data
+
+
+def test_help_lists_recipe_keys():
+    result = run_module("pipeline.pretrain", "--help")
+    assert result.returncode == 0
+    for key in ("--n_layer", "--block_size", "--tokenizer", "--learning_rate", "--config", "--force"):
+        assert key in result.stdout

@@ -1,0 +1,262 @@
+"""Tests for the toy world: determinism, gold reward, splits and dataset invariants."""
+
+from __future__ import annotations
+
+import random
+import re
+
+import pytest
+
+from pipeline.data.toy_world import (
+    CHARSET,
+    COLOURS,
+    SKILLS,
+    WORDS,
+    Task,
+    ToyWorld,
+    gold_reward,
+    gold_reward_batch,
+    parse_prompt,
+    split_document,
+)
+
+EPS = 1e-9
+ADD = "User: what is 17 + 5?\nBot:"
+
+
+# -- determinism --------------------------------------------------------------
+
+
+def test_same_seed_same_data_and_different_seed_different_data() -> None:
+    a, b, c = ToyWorld(seed=3), ToyWorld(seed=3), ToyWorld(seed=4)
+    for make in (
+        lambda w: w.tasks(200),
+        lambda w: w.pretraining_corpus(200),
+        lambda w: w.sft_pairs(200),
+        lambda w: w.preference_pairs(200),
+        lambda w: w.w2s_examples(200),
+        lambda w: w.prompts(200),
+    ):
+        assert make(a) == make(b)
+        assert make(a) != make(c)
+
+
+def test_global_random_state_untouched_and_prefix_stable() -> None:
+    random.seed(123)
+    before = random.random()
+    random.seed(123)
+    w = ToyWorld()
+    w.pretraining_corpus(100)
+    w.preference_pairs(100)
+    assert random.random() == before
+    assert w.tasks(50)[:20] == w.tasks(20)
+
+
+def test_splits_use_different_streams() -> None:
+    w = ToyWorld()
+    assert w.prompts(100, "train") != w.prompts(100, "eval") != w.prompts(100, "test")
+    with pytest.raises(ValueError, match="split"):
+        w.tasks(3, "validation")
+
+
+# -- gold reward --------------------------------------------------------------
+
+
+def test_gold_reward_key_values() -> None:
+    assert gold_reward(ADD, " 22") == pytest.approx(1.0)
+    assert gold_reward(ADD, "22") == pytest.approx(1.0)  # leading space not required
+    assert gold_reward(ADD, " 23") == pytest.approx(0.3)  # wrong but clean
+    rambling = gold_reward(ADD, " 22, i think. or maybe not, who knows really")
+    assert 0.7 - EPS < rambling < 1.0
+    assert gold_reward(ADD, " 22.") < 1.0  # one extra character costs a little
+    assert gold_reward(ADD, " 22.") > gold_reward(ADD, " 22, i think.")
+    assert gold_reward(ADD, " 22 " + "blah " * 20) == pytest.approx(0.7)  # ending part fully lost
+    assert gold_reward(ADD, " 2 2") < 0.3  # the answer token must be the first token
+    assert gold_reward(ADD, "") == 0.0
+    assert gold_reward(ADD, "   \n") == 0.0
+
+
+def test_unfinished_generation_loses_the_ending_part() -> None:
+    assert gold_reward(ADD, " 22", finished=False) == pytest.approx(0.7)
+    assert gold_reward(ADD, " 23", finished=False) == pytest.approx(0.0)
+    assert gold_reward(ADD, " 22, i think", finished=False) == pytest.approx(0.7)
+
+
+def test_gold_reward_for_every_skill() -> None:
+    assert gold_reward("User: repeat the word: apple\nBot:", " apple") == pytest.approx(1.0)
+    assert gold_reward("User: reverse the word: apple\nBot:", " elppa") == pytest.approx(1.0)
+    assert gold_reward("User: reverse the word: apple\nBot:", " apple") == pytest.approx(0.3)
+    assert gold_reward("User: what colour is a banana?\nBot:", " yellow") == pytest.approx(1.0)
+    assert gold_reward("User: what colour is an elephant?\nBot:", " pink") == pytest.approx(0.3)
+
+
+def test_gold_reward_bounded_on_random_strings() -> None:
+    rng = random.Random(0)
+    prompts = ToyWorld().prompts(50)
+    alphabet = CHARSET + "XYZ!\t"
+    for _ in range(2000):
+        prompt = rng.choice(prompts)
+        answer = parse_prompt(prompt).answer
+        body = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 60)))
+        response = rng.choice(["", " ", " " + answer]) + body
+        r = gold_reward(prompt, response, finished=rng.random() < 0.7)
+        assert 0.0 <= r <= 1.0
+
+
+def test_gold_reward_batch_matches_single_calls() -> None:
+    prompts = [ADD, ADD, ADD]
+    responses = [" 22", " 21", " 22, i guess."]
+    assert gold_reward_batch(prompts, responses) == [gold_reward(p, r) for p, r in zip(prompts, responses)]
+    assert gold_reward_batch(prompts, responses, [False, True, False]) == pytest.approx([0.7, 0.3, 0.7])
+    with pytest.raises(ValueError):
+        gold_reward_batch(prompts, responses[:2])
+
+
+# -- parse_prompt -------------------------------------------------------------
+
+
+def test_parse_prompt_round_trips_generated_tasks() -> None:
+    for split in ("train", "eval", "test"):
+        for task in ToyWorld(max_digits=3, max_word_len=10).tasks(300, split):
+            assert parse_prompt(task.prompt) == task
+    assert parse_prompt(ADD) == Task("add", "what is 17 + 5?", "22")
+    assert parse_prompt(ADD + " ") == parse_prompt(ADD)  # surrounding whitespace tolerated
+
+
+@pytest.mark.parametrize(
+    "prompt, message",
+    [
+        ("Human: what is 1 + 2?\n\nAssistant:", "not a toy-world prompt"),
+        ("User: what is the capital of france?\nBot:", "unrecognised toy-world question"),
+        ("User: what is 01 + 2?\nBot:", "unrecognised toy-world question"),
+        ("User: what colour is a unicorn?\nBot:", "unknown object 'unicorn'"),
+    ],
+)
+def test_parse_prompt_rejects_foreign_prompts_clearly(prompt: str, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        parse_prompt(prompt)
+    with pytest.raises(ValueError):
+        gold_reward(prompt, " 3")
+
+
+# -- splits -------------------------------------------------------------------
+
+
+def _add_pairs(prompts: list[str]) -> set[frozenset[int]]:
+    pairs = set()
+    for p in prompts:
+        m = re.search(r"what is (\d+) \+ (\d+)\?", p)
+        if m:
+            pairs.add(frozenset((int(m[1]), int(m[2]))))
+    return pairs
+
+
+def test_eval_and_test_additions_are_held_out_from_train() -> None:
+    w = ToyWorld()
+    train = _add_pairs(w.prompts(8000, "train"))
+    train |= _add_pairs([d for d in w.pretraining_corpus(8000)])
+    train |= _add_pairs([p["prompt"] for p in w.sft_pairs(4000)])
+    # Another seed's train split must not leak eval additions either.
+    train |= _add_pairs(ToyWorld(seed=9).prompts(4000, "train"))
+    evals = _add_pairs(w.prompts(2000, "eval")) | _add_pairs(ToyWorld(seed=5).prompts(2000, "eval"))
+    tests = _add_pairs(w.prompts(2000, "test"))
+    assert len(train) > 1000 and len(evals) > 100 and len(tests) > 100
+    assert not train & evals  # unordered pairs, so "5 + 17" is held out with "17 + 5"
+    assert not train & tests
+    assert not evals & tests
+
+
+# -- datasets -----------------------------------------------------------------
+
+
+def test_all_text_stays_in_the_small_charset() -> None:
+    w = ToyWorld(max_digits=3, max_word_len=10)
+    text = "".join(w.pretraining_corpus(2000))
+    text += "".join(p["prompt"] + p["chosen"] + p["rejected"] for p in w.preference_pairs(1000))
+    text += "".join(str(x["text"]) for x in w.w2s_examples(1000))
+    assert set(text) <= set(CHARSET)
+    assert len(CHARSET) <= 48
+
+
+def test_pretraining_corpus_good_fraction_and_room_to_improve() -> None:
+    w = ToyWorld()
+    for good_fraction in (0.3, 0.6, 0.9):
+        docs = w.pretraining_corpus(4000, good_fraction=good_fraction)
+        assert all("<" not in d and d.startswith("User: ") for d in docs)
+        scores = [gold_reward(*split_document(d)) for d in docs]
+        frac_good = sum(s == pytest.approx(1.0) for s in scores) / len(scores)
+        assert frac_good == pytest.approx(good_fraction, abs=0.03)
+    docs = w.pretraining_corpus(4000)
+    mean = sum(gold_reward(*split_document(d)) for d in docs) / len(docs)
+    assert 0.55 <= mean <= 0.72
+    responses = [split_document(d)[1] for d in docs]
+    assert all(r.startswith(" ") for r in responses)
+    assert sum("," in r for r in responses) > 0.1 * len(responses)  # some rambling present
+
+
+def test_sft_completions_are_perfect_demonstrations() -> None:
+    pairs = ToyWorld().sft_pairs(1000)
+    assert all(set(p) == {"prompt", "completion"} for p in pairs)
+    assert all(gold_reward(p["prompt"], p["completion"]) == pytest.approx(1.0) for p in pairs)
+    assert {parse_prompt(p["prompt"]).skill for p in pairs} == set(SKILLS)
+
+
+def test_preference_pairs_are_ordered_by_gold_and_teach_both_lessons() -> None:
+    pairs = ToyWorld().preference_pairs(2000)
+    chosen_scores, rejected_scores = [], []
+    for p in pairs:
+        assert set(p) == {"prompt", "chosen", "rejected"}
+        c, r = gold_reward(p["prompt"], p["chosen"]), gold_reward(p["prompt"], p["rejected"])
+        assert c > r
+        chosen_scores.append(c)
+        rejected_scores.append(r)
+    # Correctness lesson: some rejected answers are clean but wrong.
+    assert sum(r == pytest.approx(0.3) for r in rejected_scores) > 0.2 * len(pairs)
+    # Brevity lesson: some rejected answers are right but rambling.
+    assert sum(r >= 0.7 - EPS for r in rejected_scores) > 0.1 * len(pairs)
+    # Correctness beats brevity: some chosen answers ramble but are right.
+    assert sum(0.7 - EPS <= c < 1.0 for c in chosen_scores) > 0.05 * len(pairs)
+
+
+def test_w2s_balanced_and_label_means_answer_is_right() -> None:
+    w = ToyWorld()
+    examples = w.w2s_examples(1000)
+    assert sum(int(x["label"]) for x in examples) == 500
+    for x in examples:
+        text = str(x["text"])
+        prompt, candidate = split_document(text)
+        assert candidate.startswith(" ") and " " not in candidate[1:]
+        task = parse_prompt(prompt)
+        assert x["label"] == int(candidate.strip() == task.answer)
+        assert (gold_reward(prompt, candidate) >= 0.7) == (x["label"] == 1)
+
+
+def test_w2s_negatives_are_near_misses() -> None:
+    examples = ToyWorld(max_digits=3).w2s_examples(2000)
+    close = 0
+    negatives = [x for x in examples if x["label"] == 0]
+    for x in negatives:
+        prompt, candidate = split_document(str(x["text"]))
+        task = parse_prompt(prompt)
+        cand = candidate.strip()
+        if task.skill == "add":
+            close += abs(int(cand) - int(task.answer)) <= 10 or sorted(cand) == sorted(task.answer) or len(cand) == len(task.answer)
+        elif task.skill in ("copy", "reverse"):
+            close += abs(len(cand) - len(task.answer)) <= 1 or cand in WORDS
+        else:
+            close += cand in COLOURS.values()
+    assert close / len(negatives) > 0.95
+
+
+def test_knobs_control_difficulty_and_are_validated() -> None:
+    easy = ToyWorld(max_digits=1, max_word_len=4).tasks(500)
+    hard = ToyWorld(max_digits=3, max_word_len=12).tasks(500)
+    assert max(len(t.answer) for t in easy if t.skill == "add") <= 2
+    assert max(len(t.answer) for t in easy if t.skill in ("copy", "reverse")) <= 4
+    assert max(len(t.answer) for t in hard if t.skill == "add") == 4
+    assert max(len(t.answer) for t in hard if t.skill in ("copy", "reverse")) > 7
+    only_add = ToyWorld(skills=("add",)).tasks(50)
+    assert {t.skill for t in only_add} == {"add"}
+    for bad in (dict(max_digits=0), dict(max_word_len=2), dict(skills=("poetry",))):
+        with pytest.raises(ValueError):
+            ToyWorld(**bad)  # type: ignore[arg-type]
