@@ -1,0 +1,155 @@
+"""Loading models and tokenizers the same way in every stage, safely.
+
+Every stage that starts from an existing model describes it with TRL's `ModelConfig` (model path,
+dtype, LoRA and 4-bit settings), as TRL's own scripts do. This module adds what
+the libraries leave to each script: only safetensors weights are loaded, remote code stays off unless
+the recipe turns it on, the tokenizer gets a pad token distinct from EOS (so a model can learn to
+stop), and a tokenizer/model vocabulary mismatch or a missing path is a clear error, not a crash deep
+inside `from_pretrained`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
+from trl import ModelConfig
+from trl.trainer.utils import get_quantization_config
+
+from pipeline.errors import RecipeError, UserError
+
+logger = logging.getLogger(__name__)
+
+PAD_TOKEN = "<|pad|>"
+
+
+def _check_exists(name_or_path: str) -> None:
+    from pipeline.recipes import looks_like_hub_id
+
+    if not Path(name_or_path).exists() and not looks_like_hub_id(name_or_path):
+        raise UserError(f"model {name_or_path} not found: is it the output of a stage that has not run yet?")
+
+
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, padding_side: str = "right"):
+    """The model's tokenizer, with a pad token distinct from EOS (added when the tokenizer has none)."""
+    _check_exists(name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    except OSError as error:
+        raise UserError(f"could not load a tokenizer from {name_or_path}: {error}") from None
+    if tokenizer.eos_token is None:
+        raise UserError(f"the tokenizer of {name_or_path} has no EOS token; the pipeline needs one to end responses.")
+    if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        # pad = EOS hides EOS from the loss (it is masked as padding), and the model never learns to stop.
+        tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
+        logger.info("added pad token %s (id %d), distinct from EOS", PAD_TOKEN, tokenizer.pad_token_id)
+    tokenizer.padding_side = padding_side
+    return tokenizer
+
+
+def torch_dtype(name: str | None) -> Any:
+    if name in (None, "auto"):
+        return name
+    if not hasattr(torch, name):
+        raise RecipeError(f"key 'dtype': unknown dtype {name!r}; use float32, bfloat16, float16 or auto.")
+    return getattr(torch, name)
+
+
+def quantization_config(model_args: ModelConfig):
+    """bitsandbytes settings for QLoRA; a clear error where this machine's bitsandbytes cannot do 4-bit."""
+    if not (model_args.load_in_4bit or model_args.load_in_8bit):
+        return None
+    if not model_args.use_peft:
+        raise RecipeError("load_in_4bit/load_in_8bit (QLoRA) trains adapters only: set use_peft: true.")
+    try:
+        import bitsandbytes  # noqa: F401
+    except Exception as error:  # ImportError, or a broken native library
+        raise UserError(f"QLoRA needs bitsandbytes, which cannot be loaded here: {error}. pip install bitsandbytes>=0.46") from None
+    config = get_quantization_config(model_args)
+    config.bnb_4bit_compute_dtype = torch_dtype(model_args.dtype) if model_args.dtype not in (None, "auto") else torch.float32
+    return config
+
+
+def load_model(
+    model_args: ModelConfig, tokenizer, head: str = "causal_lm", num_labels: int = 1, trust_remote_code: bool = False
+) -> PreTrainedModel:
+    """A causal LM (or a sequence-classification model on the same body) sized to the tokenizer.
+
+    head: "causal_lm" or "sequence_classification" (reward models, weak-to-strong classifiers).
+    trust_remote_code: TRL 1.16 keeps it on the trainer configs (e.g. `SFTConfig.trust_remote_code`); pass it on.
+    """
+    name = model_args.model_name_or_path
+    _check_exists(name)
+    kwargs: dict[str, Any] = {
+        "trust_remote_code": trust_remote_code,
+        "use_safetensors": True,  # never unpickle weights
+        "revision": model_args.model_revision,
+    }
+    dtype = torch_dtype(model_args.dtype)
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    if model_args.attn_implementation:
+        kwargs["attn_implementation"] = model_args.attn_implementation
+    quantization = quantization_config(model_args)
+    if quantization is not None:
+        kwargs["quantization_config"] = quantization
+    auto = AutoModelForCausalLM if head == "causal_lm" else AutoModelForSequenceClassification
+    if head != "causal_lm":
+        kwargs["num_labels"] = num_labels
+    try:
+        model = auto.from_pretrained(name, **kwargs)
+    except OSError as error:
+        raise UserError(f"could not load model {name}: {error}") from None
+    except ValueError as error:
+        if "Unrecognized configuration class" in str(error) or "does not support" in str(error):
+            raise UserError(f"{name} cannot be loaded as a {head.replace('_', ' ')} model: {error}") from None
+        raise
+    match_vocabulary(model, tokenizer, name)
+    return model
+
+
+def match_vocabulary(model: PreTrainedModel, tokenizer, name: str) -> None:
+    """Grow the embeddings for tokens the tokenizer added (a pad token); refuse a tokenizer from another model."""
+    embeddings = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > embeddings:
+        added = len(tokenizer) - embeddings
+        if added > 8:
+            raise UserError(
+                f"the tokenizer has {len(tokenizer)} tokens but the model {name} only {embeddings} embeddings: "
+                "they come from different models. Use the tokenizer saved with the model."
+            )
+        model.resize_token_embeddings(len(tokenizer))
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+
+
+def linear_module_names(model: torch.nn.Module) -> list[str]:
+    """Names (last component) of the layers LoRA can adapt: Linear and GPT-2's Conv1D."""
+    from transformers.pytorch_utils import Conv1D
+
+    names = {name.split(".")[-1] for name, module in model.named_modules() if isinstance(module, (torch.nn.Linear, Conv1D))}
+    return sorted(names)
+
+
+def check_lora_targets(model: torch.nn.Module, target_modules: list[str] | str | None) -> None:
+    if target_modules in (None, "all-linear"):
+        return
+    wanted = [target_modules] if isinstance(target_modules, str) else list(target_modules)
+    available = linear_module_names(model)
+    missing = [name for name in wanted if name not in available]
+    if missing:
+        raise RecipeError(
+            f"key 'lora_target_modules': {', '.join(missing)} not in the model. Its linear modules are: "
+            f"{', '.join(available)}."
+        )
+
+
+def parameter_counts(model: torch.nn.Module) -> dict[str, float]:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"parameters": total, "trainable_parameters": trainable, "trainable_share": round(trainable / max(total, 1), 6)}
