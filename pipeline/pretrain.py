@@ -120,7 +120,6 @@ class PretrainConfig(TrainingArguments):
     save_steps: float = 200
     save_total_limit: int = 2
     report_to: str | list[str] = "none"
-    dataloader_drop_last: bool = True
 
 
 def load_documents(args: PretrainArguments, seed: int) -> tuple[datasets.Dataset, datasets.Dataset]:
