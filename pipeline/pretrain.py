@@ -122,6 +122,9 @@ class PretrainConfig(TrainingArguments):
     report_to: str | list[str] = "none"
 
 
+RECIPE_TYPES = (PretrainArguments, PretrainConfig)
+
+
 def load_documents(args: PretrainArguments, seed: int) -> tuple[datasets.Dataset, datasets.Dataset]:
     """Train and eval documents (column `text`); eval is a held-out share of documents, never of blocks."""
     if args.dataset == "toy":
@@ -225,7 +228,7 @@ def write_samples(model, tokenizer, args: PretrainArguments, prompts: list[str],
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args, training_args, recipe = parse_recipe((PretrainArguments, PretrainConfig), argv, "pretrain", __doc__)
+    args, training_args, recipe = parse_recipe(RECIPE_TYPES, argv, "pretrain", __doc__)
     output_dir = Path(training_args.output_dir)
     run = StageRun(recipe, output_dir, stage_inputs("pretrain", recipe.values), training_args.seed, training_args.should_save)
     try:

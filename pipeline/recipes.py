@@ -258,12 +258,17 @@ def looks_like_hub_id(name: str) -> bool:
 
 
 def parse_recipe(
-    dataclass_types: Sequence[type], argv: Sequence[str] | None, stage: str, description: str = ""
+    dataclass_types: Sequence[type],
+    argv: Sequence[str] | None,
+    stage: str,
+    description: str = "",
+    require_paths: bool = True,
 ) -> tuple[Any, ...]:
     """Parse `--config FILE [--key value ...] [--force]` into the stage's dataclasses plus a `Recipe`.
 
     Returns `(*dataclass_instances, recipe)`. Raises `RecipeError` naming the key and the file for
-    any problem, before the caller loads a model or data set.
+    any problem, before the caller loads a model or data set. `require_paths=False` skips the checks
+    that input paths exist (to validate recipes whose inputs are produced by earlier stages).
     """
     import sys
 
@@ -313,7 +318,8 @@ def parse_recipe(
             instance = dataclass_type(**kwargs)
         except (ValueError, TypeError) as error:
             raise RecipeError(f"{path}: {error}") from None
-        check_paths(instance, path)
+        if require_paths:
+            check_paths(instance, path)
         instances.append(instance)
     return (*instances, recipe)
 

@@ -65,9 +65,13 @@ class Throughput(TrainerCallback):
         steps = state.global_step - self._last_step
         if steps > 0:
             tokens_per_second = steps * self.tokens_per_step / (now - self._last_time)
-            logs["tokens_per_second"] = round(tokens_per_second, 1)
+            extra = {"tokens_per_second": round(tokens_per_second, 1)}
             if self.flops_per_token and self.peak_flops:
-                logs["mfu"] = round(tokens_per_second * self.flops_per_token / self.peak_flops, 4)
+                extra["mfu"] = round(tokens_per_second * self.flops_per_token / self.peak_flops, 4)
+            logs.update(extra)
+            # Trainer appended a copy of `logs` to the history before calling us: keep the figures there too.
+            if state.log_history and state.log_history[-1].get("step") == state.global_step:
+                state.log_history[-1].update(extra)
         self._last_time, self._last_step = now, state.global_step
 
 
