@@ -27,8 +27,9 @@ def test_k1_and_k3_are_unbiased_k2_is_close_and_k3_is_never_negative():
     truth = exact_kl(logits, ref_logits).item()
     samples = torch.multinomial(p, 400_000, replacement=True)
     estimates = kl_estimates(p.log()[samples], p_ref.log()[samples])
-    assert estimates["k1"].mean().item() == pytest.approx(truth, rel=0.03)
-    assert estimates["k3"].mean().item() == pytest.approx(truth, rel=0.03)
+    for name in ("k1", "k3"):  # unbiased: within 4 standard errors of the exact value
+        standard_error = estimates[name].std().item() / math.sqrt(len(samples))
+        assert abs(estimates[name].mean().item() - truth) < 4 * standard_error, name
     assert estimates["k2"].mean().item() == pytest.approx(truth, rel=0.2)  # biased, but in the neighbourhood
     assert (estimates["k3"] >= 0).all() and (estimates["k2"] >= 0).all()
     assert (estimates["k1"] < 0).any()  # single-sample k1 can be negative
