@@ -34,7 +34,22 @@ class RunInterrupted(UserError):
 
 
 def setup_logging(level: int = logging.INFO) -> None:
-    """One format for the project's and the libraries' loggers."""
+    """One format for the project's and the libraries' loggers; only the main process logs INFO.
+
+    Under `accelerate launch` every process runs the same code: the others log warnings and errors only,
+    and show no progress bars, so a 2-process run prints its story once.
+    """
+    import os
+
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    if not is_main:
+        level = logging.WARNING
+        try:
+            import datasets
+
+            datasets.disable_progress_bars()
+        except ImportError:
+            pass
     logging.basicConfig(
         level=level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -44,7 +59,7 @@ def setup_logging(level: int = logging.INFO) -> None:
     try:
         import transformers
 
-        transformers.utils.logging.set_verbosity_warning()
+        transformers.utils.logging.set_verbosity_warning() if is_main else transformers.utils.logging.set_verbosity_error()
     except ImportError:  # the chain runner imports this module without the heavy stack
         pass
 

@@ -120,6 +120,7 @@ class PretrainConfig(TrainingArguments):
     save_steps: float = 200
     save_total_limit: int = 2
     report_to: str | list[str] = "none"
+    ddp_find_unused_parameters: bool | None = False  # every GPT-2 parameter is used in each step
 
 
 RECIPE_TYPES = (PretrainArguments, PretrainConfig)
