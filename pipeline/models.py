@@ -107,8 +107,29 @@ def load_model(
         if "Unrecognized configuration class" in str(error) or "does not support" in str(error):
             raise UserError(f"{name} cannot be loaded as a {head.replace('_', ' ')} model: {error}") from None
         raise
+    if quantization is not None:
+        keep_cpu_4bit_layers_on_the_generic_kernel(model)
     match_vocabulary(model, tokenizer, name)
     return model
+
+
+def keep_cpu_4bit_layers_on_the_generic_kernel(model: torch.nn.Module) -> None:
+    """Turn off bitsandbytes' (0.50) AVX512-BF16 repacking of 4-bit CPU weights, which is meant for inference.
+
+    On a CPU with AVX512-BF16 a 4-bit layer repacks its weights the first time it runs in eval mode and keeps
+    the packed layout from then on. The stages evaluate before and during training, and with the packed
+    layout (a) a training step after an evaluation fails ("a view of a leaf Variable that requires grad is
+    being used in an in-place operation"), (b) layers whose widths are not multiples of 64/32 fail to pack
+    ("shape '[96, 0]' is invalid"), and (c) `model.to(device)` skips the inverse packing (bitsandbytes
+    issue 2078). The generic 4-bit kernel handles all of these; it is what CPUs without AVX512-BF16 run.
+    """
+    try:
+        from bitsandbytes.nn import Linear4bit
+    except Exception:
+        return
+    for module in model.modules():
+        if isinstance(module, Linear4bit):
+            module.support_avx512bf16_for_cpu = False
 
 
 def match_vocabulary(model: PreTrainedModel, tokenizer, name: str) -> None:
