@@ -1,0 +1,520 @@
+"""Supervised fine-tuning: full, LoRA or QLoRA, on demonstrations, with the loss on the responses only.
+
+    python -m pipeline.sft --config recipes/toy/sft.yaml
+    accelerate launch --config_file accelerate_config.yaml -m pipeline.sft --config recipes/gpt2/sft_lora.yaml
+
+The story: parse the recipe -> load demonstrations (the toy world's, a JSON Lines file or a hub data set,
+in prompt/completion, chat-messages or Alpaca format; see pipeline.data.sft_formats) -> load the
+tokenizer (pad distinct from EOS) and set a simple chat template if chat data meets a model without
+one -> count the sequences longer than `max_length`, which TRL truncates -> load the model (4-bit NF4
+for QLoRA, prepared for k-bit training) and check the LoRA target modules -> measure the gold reward of
+greedy and sampled responses before training (toy world) -> train with TRL's SFTTrainer (PEFT wraps the
+model for LoRA/QLoRA; completion-only / assistant-only loss; EOS once at the end of each response) ->
+save -> evaluate perplexity = exp(eval loss) and the gold reward after training -> metrics and manifest.
+
+What the output directory holds (the next stages name it as `model_name_or_path`):
+  full fine-tune:              the model (safetensors) + tokenizer.
+  LoRA/QLoRA:                  the adapter in `adapter/` (+ tokenizer), and with `merge_adapters: true`
+                               (the default) the merged full model + tokenizer at the top, which loads
+                               with plain `AutoModelForCausalLM.from_pretrained`. The merge is made into
+                               a full-precision copy of the base model, also for QLoRA (merging into
+                               4-bit weights would quantize the update away). With `merge_adapters:
+                               false` only `adapter/` holds weights; `AutoModelForCausalLM.from_pretrained
+                               ("<output_dir>/adapter")` loads base + adapter through PEFT.
+
+Metrics (metrics.json): train loss; eval loss and perplexity on the response tokens, before and after;
+trainable parameters and their share (4-bit weights counted by their logical size); peak memory (on a
+GPU torch.cuda.max_memory_allocated, on a CPU the process's peak RSS, loading and merging included);
+how many examples were truncated or left out; step time and tokens/s; with the toy world the gold
+reward of greedy and sampled (temperature 1.0) responses to held-out prompts before and after SFT
+(samples.json holds them all). Plus loss_curve.png and log_history.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import resource
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar, Literal
+
+import datasets
+import torch
+from peft import PeftModel, prepare_model_for_kbit_training
+from transformers import PreTrainedModel, set_seed
+from trl import ModelConfig, SFTConfig, SFTTrainer
+from trl.chat_template_utils import has_generation_markers
+from trl.trainer.utils import get_peft_config
+
+from pipeline.contract import AlreadyFinished, StageRun, write_json
+from pipeline.data.sft_formats import SIMPLE_CHAT_TEMPLATE, load_sft_dataset, toy_sft_dataset
+from pipeline.data.toy_world import ToyWorld, gold_reward
+from pipeline.decoding import generate
+from pipeline.errors import DataError, RunInterrupted, UserError, run_cli
+from pipeline.models import check_lora_targets, linear_module_names, load_model, load_tokenizer
+from pipeline.plots import plot_loss_curves
+from pipeline.recipes import parse_recipe, resolved_recipe
+from pipeline.stages import stage_inputs
+from pipeline.training import GracefulInterrupt
+
+logger = logging.getLogger("pipeline.sft")
+
+# GPT-2's attention (c_attn, c_proj) and MLP (c_fc, c_proj) layers, all Conv1D. PEFT's own default for
+# GPT-2 is c_attn alone; adapting the MLP too learns more for the same handful of parameters.
+GPT2_LORA_TARGETS = ["c_attn", "c_proj", "c_fc"]
+# The strategies whose gold reward is reported before and after SFT: what the model knows (greedy) and
+# what it would do when sampled, as PPO and DPO sample it (temperature 1.0, no top-k/top-p).
+GOLD_STRATEGIES = ("greedy", "temperature_1.0")
+
+
+@dataclass
+class SFTArguments:
+    """What to fine-tune on and what to report (optimisation: SFTConfig; model, LoRA, 4-bit: ModelConfig)."""
+
+    path_fields: ClassVar[dict[str, str]] = {"dataset": "dataset"}
+
+    dataset: str = field(
+        default="toy",
+        metadata={"help": "'toy' (the toy world's demonstrations), a .jsonl/.json(.gz) file, or a hub data set"},
+    )
+    dataset_format: Literal["auto", "prompt_completion", "messages", "alpaca"] = field(
+        default="auto", metadata={"help": "data format; auto detects it from the columns"}
+    )
+    dataset_config_name: str | None = field(default=None, metadata={"help": "hub data set configuration"})
+    dataset_split: str = field(default="train", metadata={"help": "hub data set split to read"})
+    eval_fraction: float = field(default=0.05, metadata={"help": "share of the examples held out for evaluation"})
+    max_train_examples: int | None = field(default=None, metadata={"help": "use at most this many training examples"})
+    max_eval_examples: int | None = field(default=512, metadata={"help": "evaluate on at most this many examples"})
+    toy_examples: int = field(default=4000, metadata={"help": "toy world: demonstrations to train on"})
+    toy_eval_examples: int = field(default=256, metadata={"help": "toy world: held-out demonstrations for eval loss"})
+    toy_max_digits: int = field(default=2, metadata={"help": "toy world: digits of the addition operands"})
+    toy_seed: int = field(default=0, metadata={"help": "toy world: generator seed (as in the pretraining recipe)"})
+    merge_adapters: bool = field(
+        default=True, metadata={"help": "LoRA/QLoRA: also write the merged full model into output_dir"}
+    )
+    num_eval_prompts: int = field(
+        default=128, metadata={"help": "toy world: held-out prompts whose gold reward is measured before/after"}
+    )
+    sample_prompts: list[str] = field(
+        default_factory=list, metadata={"help": "prompts for samples.json (default: toy eval prompts, or eval prompts)"}
+    )
+    num_samples: int = field(default=8, metadata={"help": "non-toy data: eval prompts to write samples for"})
+    sample_max_new_tokens: int = field(default=48, metadata={"help": "length limit of generated responses"})
+
+    def __post_init__(self) -> None:
+        for key in ("toy_examples", "toy_eval_examples", "num_eval_prompts", "sample_max_new_tokens"):
+            if getattr(self, key) <= 0:
+                raise ValueError(f"key '{key}' must be > 0, got {getattr(self, key)}")
+        for key in ("max_train_examples", "max_eval_examples"):
+            if getattr(self, key) is not None and getattr(self, key) <= 0:
+                raise ValueError(f"key '{key}' must be > 0 or null, got {getattr(self, key)}")
+        if not 0.0 < self.eval_fraction < 1.0:
+            raise ValueError(f"key 'eval_fraction' must be in (0, 1), got {self.eval_fraction}")
+        if not 1 <= self.toy_max_digits <= 9:
+            raise ValueError(f"key 'toy_max_digits' must be in 1..9, got {self.toy_max_digits}")
+
+
+@dataclass
+class SFTModelArguments(ModelConfig):
+    """TRL's ModelConfig (model_name_or_path, dtype, use_peft, lora_*, load_in_4bit, bnb_4bit_quant_type,
+    use_bnb_nested_quant), checked before anything is loaded."""
+
+    path_fields: ClassVar[dict[str, str]] = {"model_name_or_path": "model"}
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.lora_target_modules, str) and self.lora_target_modules != "all-linear":
+            # ModelConfig turns a one-item list into a string, which PEFT would read as a regular expression
+            # that must match the whole module path ("transformer.h.0.attn.c_attn"): keep it a list.
+            self.lora_target_modules = [self.lora_target_modules]
+        if not self.model_name_or_path:
+            raise ValueError("missing key 'model_name_or_path' (e.g. runs/toy/pretrain, or gpt2 on a GPU machine)")
+        if (self.load_in_4bit or self.load_in_8bit) and not self.use_peft:
+            raise ValueError("key 'load_in_4bit' (QLoRA) trains LoRA adapters on a frozen 4-bit model: set use_peft: true")
+        if self.use_peft and self.lora_r <= 0:
+            raise ValueError(f"key 'lora_r' must be > 0, got {self.lora_r}")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ValueError(f"key 'lora_dropout' must be in [0, 1), got {self.lora_dropout}")
+
+
+@dataclass
+class SFTTrainingConfig(SFTConfig):
+    """TRL's SFTConfig with CPU-friendly defaults: fp32 (bf16 is slow on most CPUs), no gradient
+    checkpointing, a LoRA-sized learning rate, cosine schedule, no hub, no wandb."""
+
+    output_dir: str = field(default="runs/sft", metadata={"help": "where the stage writes its outputs"})
+    bf16: bool | None = False
+    gradient_checkpointing: bool = False
+    learning_rate: float = 2e-4
+    lr_scheduler_type: str = "cosine"
+    warmup_steps: float = 0.05
+    per_device_train_batch_size: int = 16
+    per_device_eval_batch_size: int = 32
+    max_length: int | None = 512
+    logging_steps: float = 10
+    eval_strategy: str = "steps"
+    eval_steps: float = 100
+    save_strategy: str = "steps"
+    save_steps: float = 100
+    save_total_limit: int = 2
+    report_to: str | list[str] = "none"
+    include_num_input_tokens_seen: str | bool = "non_padding"
+    ddp_find_unused_parameters: bool | None = False  # every trainable parameter is used in each step
+
+
+RECIPE_TYPES = (SFTArguments, SFTModelArguments, SFTTrainingConfig)
+
+
+# --- data ---------------------------------------------------------------------------------------------
+
+
+def load_data(args: SFTArguments, seed: int) -> tuple[datasets.Dataset, datasets.Dataset, str]:
+    """(train, eval, format). The toy world has its own eval split (held-out additions)."""
+    if args.dataset == "toy":
+        train = toy_sft_dataset(args.toy_examples, "train", args.toy_seed, args.toy_max_digits)
+        evaluation = toy_sft_dataset(args.toy_eval_examples, "eval", args.toy_seed, args.toy_max_digits)
+        return train, evaluation, "prompt_completion"
+    dataset, dataset_format = load_sft_dataset(args.dataset, args.dataset_format, args.dataset_split, args.dataset_config_name)
+    if len(dataset) < 2:
+        raise DataError(f"{args.dataset}: need at least 2 examples to hold one out for evaluation, got {len(dataset)}.")
+    split = dataset.train_test_split(test_size=args.eval_fraction, seed=seed, shuffle=True)
+    train, evaluation = split["train"], split["test"]
+    if args.max_train_examples:
+        train = train.select(range(min(args.max_train_examples, len(train))))
+    if args.max_eval_examples:
+        evaluation = evaluation.select(range(min(args.max_eval_examples, len(evaluation))))
+    return train, evaluation, dataset_format
+
+
+def configure_loss(dataset_format: str, tokenizer, training_args: SFTTrainingConfig) -> None:
+    """Loss on responses only: TRL's completion_only_loss for prompt/completion (its default there) and
+    assistant_only_loss for chat data, unless the recipe sets `completion_only_loss: false`."""
+    if dataset_format != "messages":
+        return
+    if tokenizer.chat_template is None:
+        tokenizer.chat_template = SIMPLE_CHAT_TEMPLATE
+        logger.info("the tokenizer has no chat template: using the simple 'User: ...\\nBot: ...<eos>' template")
+    if training_args.completion_only_loss is not False:
+        training_args.assistant_only_loss = True
+
+
+def count_long_sequences(dataset: datasets.Dataset, tokenizer, max_length: int | None, name: str) -> dict[str, int]:
+    """Count what TRL's truncation will do, and say it: sequences longer than `max_length` are cut to it,
+    and an example whose prompt alone fills `max_length` keeps no response token, so TRL leaves it out.
+
+    The tokenization mirrors TRL 1.16's (text + EOS through the tokenizer, chats through the chat template).
+    """
+    counts = {"examples": len(dataset), "truncated": 0, "dropped": 0, "longest": 0}
+    if len(dataset) == 0:
+        return counts
+    if "messages" in dataset.column_names:
+        with_mask = has_generation_markers(tokenizer.chat_template or "")
+        full_lengths, first_trained = [], []
+        for messages in list(dataset["messages"]):
+            rendered = tokenizer.apply_chat_template(
+                messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=with_mask
+            )
+            full_lengths.append(len(rendered["input_ids"]))
+            mask = rendered.get("assistant_masks") or [1]
+            first_trained.append(mask.index(1) if 1 in mask else len(mask))
+    else:
+        eos = tokenizer.eos_token
+        prompts, completions = list(dataset["prompt"]), list(dataset["completion"])
+        texts = [p + (c if c.endswith(eos) else c + eos) for p, c in zip(prompts, completions)]
+        full_lengths = [len(ids) for ids in tokenizer(texts)["input_ids"]]
+        first_trained = [len(ids) for ids in tokenizer(prompts)["input_ids"]]
+    counts["longest"] = max(full_lengths)
+    if max_length is None:
+        return counts
+    counts["truncated"] = sum(length > max_length for length in full_lengths)
+    counts["dropped"] = sum(start >= max_length for start in first_trained)
+    if counts["truncated"]:
+        logger.warning(
+            "%s: %d of %d examples are longer than max_length=%d tokens (longest %d) and are truncated to it",
+            name, counts["truncated"], len(dataset), max_length, counts["longest"],
+        )
+    if counts["dropped"]:
+        logger.warning(
+            "%s: %d of %d examples have a prompt of max_length=%d tokens or more: no response token is left "
+            "after truncation, so they are left out of training (raise max_length to keep them)",
+            name, counts["dropped"], len(dataset), max_length,
+        )
+    if counts["dropped"] == len(dataset):
+        raise DataError(f"{name}: every example's prompt is at least max_length={max_length} tokens: raise max_length.")
+    return counts
+
+
+def check_special_tokens(dataset: datasets.Dataset, tokenizer, dataset_format: str, max_length: int | None) -> None:
+    """EOS ends each response exactly once and BOS is not doubled, in the sequences TRL really trains on.
+
+    TRL appends EOS to completions and tokenizes chats without special tokens; a tokenizer that adds
+    BOS/EOS by itself (a post-processor) would double them. Checked on a few examples, not assumed.
+    """
+    eos, bos = tokenizer.eos_token_id, tokenizer.bos_token_id
+    for ids in list(dataset.select(range(min(16, len(dataset))))["input_ids"]):
+        truncated = max_length is not None and len(ids) >= max_length
+        doubled_eos = any(a == b == eos for a, b in zip(ids, ids[1:]))
+        doubled_bos = bos is not None and bos != eos and len(ids) > 1 and ids[0] == ids[1] == bos
+        missing_eos = dataset_format != "messages" and not truncated and ids[-1] != eos
+        if doubled_eos or doubled_bos or missing_eos:
+            problem = "doubled EOS" if doubled_eos else "doubled BOS" if doubled_bos else "no EOS at the end"
+            raise UserError(
+                f"the training sequences have {problem}: {tokenizer.decode(ids)!r}. The tokenizer adds special tokens "
+                "itself; use a tokenizer without a BOS/EOS post-processor (TRL adds EOS to each response)."
+            )
+
+
+# --- model --------------------------------------------------------------------------------------------
+
+
+def build_model(model_args: SFTModelArguments, tokenizer, training_args: SFTTrainingConfig) -> PreTrainedModel:
+    """The model to train: as loaded (full), or frozen and prepared for 4-bit training (QLoRA)."""
+    model = load_model(model_args, tokenizer, trust_remote_code=training_args.trust_remote_code)
+    if model_args.use_peft:
+        if model_args.lora_target_modules is None:
+            # GPT-2 family: attention and MLP (GPT2_LORA_TARGETS); other models: every linear layer.
+            gpt2_like = set(GPT2_LORA_TARGETS) <= set(linear_module_names(model))
+            model_args.lora_target_modules = list(GPT2_LORA_TARGETS) if gpt2_like else "all-linear"
+        check_lora_targets(model, model_args.lora_target_modules)
+    if model_args.load_in_4bit or model_args.load_in_8bit:
+        if training_args.device.type == "cpu":
+            copy_out_of_checkpoint_file(model)
+        # Freezes the base, casts norms/embeddings to fp32 and makes the inputs carry gradients.
+        # (bitsandbytes already placed the quantized model on the device.)
+        return prepare_model_for_kbit_training(model, use_gradient_checkpointing=training_args.gradient_checkpointing)
+    # On the training device already, so that the before-SFT samples are not generated on a CPU.
+    return model.to(training_args.device)
+
+
+def copy_out_of_checkpoint_file(model: torch.nn.Module) -> None:
+    """On a CPU the weights bitsandbytes leaves unquantized (embeddings, norms, biases) are views of the
+    memory-mapped safetensors file, which keeps the whole full-precision checkpoint that quantization read
+    resident (measured: +1.3 GB for GPT-2 medium, three times the 4-bit model). Copying them frees it."""
+    for parameter in model.parameters():
+        if getattr(parameter, "quant_state", None) is None:
+            parameter.data = parameter.data.clone()
+    for module in model.modules():
+        for name, buffer in module._buffers.items():
+            if buffer is not None:
+                module._buffers[name] = buffer.clone()
+
+
+def build_trainer(
+    model: PreTrainedModel,
+    tokenizer,
+    train_set: datasets.Dataset,
+    eval_set: datasets.Dataset | None,
+    dataset_format: str,
+    model_args: SFTModelArguments,
+    training_args: SFTTrainingConfig,
+    callbacks: Sequence = (),
+) -> SFTTrainer:
+    """TRL's SFTTrainer, which tokenizes, masks the prompts, appends EOS, truncates and wraps the model
+    with LoRA (`peft_config`); plus the two things the stage adds: fp32 adapters on a CPU, and a check of
+    the special tokens in the sequences it will train on."""
+    trainer = SFTTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_set,
+        eval_dataset=eval_set,
+        processing_class=tokenizer,
+        peft_config=get_peft_config(model_args),
+        callbacks=list(callbacks),
+    )
+    if trainer.args.device.type == "cpu":
+        keep_adapters_in_fp32(trainer.model)
+    check_special_tokens(trainer.train_dataset, tokenizer, dataset_format, training_args.max_length)
+    return trainer
+
+
+def parameter_counts(model: torch.nn.Module) -> dict[str, float]:
+    """Total and trainable parameters. bitsandbytes packs two 4-bit weights per stored byte, so a 4-bit
+    tensor counts its logical shape (pipeline.models.parameter_counts would count it half)."""
+    total = trainable = 0
+    for parameter in model.parameters():
+        quant_state = getattr(parameter, "quant_state", None)
+        count = quant_state.shape.numel() if quant_state is not None else parameter.numel()
+        total += count
+        trainable += count if parameter.requires_grad else 0
+    return {"parameters": total, "trainable_parameters": trainable, "trainable_share": round(trainable / max(total, 1), 6)}
+
+
+def keep_adapters_in_fp32(model: torch.nn.Module) -> None:
+    """TRL casts QLoRA adapters to bf16 (the QLoRA paper's GPU recipe). On a CPU bf16 matmuls are slow, and
+    bf16 weights round away updates smaller than ~1/256 of their size, so there the adapters stay fp32."""
+    for parameter in model.parameters():
+        if parameter.requires_grad and parameter.dtype == torch.bfloat16:
+            parameter.data = parameter.data.float()
+
+
+def merge_adapter(model_args: SFTModelArguments, tokenizer, adapter_dir: Path, output_dir: Path, trust_remote_code: bool):
+    """Merge the adapter into a full-precision copy of the base model and save it as a plain causal LM.
+
+    Also for QLoRA the merge goes into full-precision weights: merging into the 4-bit ones would
+    re-quantize them and lose most of the update.
+    """
+    base_args = dataclasses.replace(model_args, load_in_4bit=False, load_in_8bit=False)
+    base = load_model(base_args, tokenizer, trust_remote_code=trust_remote_code)
+    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    merged.save_pretrained(output_dir, safe_serialization=True)
+    tokenizer.save_pretrained(output_dir)
+    logger.info("merged the adapter into %s (the adapter alone is in %s)", output_dir, adapter_dir)
+    return merged
+
+
+# --- evaluation ---------------------------------------------------------------------------------------
+
+
+def generation_prompts(args: SFTArguments, eval_set: datasets.Dataset, tokenizer) -> list[str]:
+    """Held-out toy prompts (gold reward), the recipe's prompts, or the first eval prompts of the data."""
+    if args.sample_prompts:
+        return list(args.sample_prompts)
+    if args.dataset == "toy":
+        return ToyWorld(seed=args.toy_seed, max_digits=args.toy_max_digits).prompts(args.num_eval_prompts, split="eval")
+    head = eval_set.select(range(min(args.num_samples, len(eval_set))))
+    if "messages" in head.column_names:
+        # The conversation up to its last assistant turn, rendered as the model will see it.
+        prompts = []
+        for messages in head["messages"]:
+            last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+            prompts.append(tokenizer.apply_chat_template(messages[:last], tokenize=False, add_generation_prompt=True))
+        return prompts
+    return list(head["prompt"])
+
+
+def sample_and_score(model, tokenizer, prompts: list[str], args: SFTArguments, seed: int, when: str):
+    """Greedy and temperature-1.0 responses; with the toy world their mean gold reward per strategy."""
+    records, gold = [], {}
+    for strategy in GOLD_STRATEGIES:
+        generations = generate(model, tokenizer, prompts, strategy=strategy, max_new_tokens=args.sample_max_new_tokens, seed=seed)
+        for generation in generations:
+            record = {"when": when, "strategy": strategy, "prompt": generation.prompt, "text": generation.text, "finished": generation.finished}
+            if args.dataset == "toy":
+                record["gold_reward"] = round(gold_reward(generation.prompt, generation.text, finished=generation.finished), 4)
+            records.append(record)
+        if args.dataset == "toy":
+            scores = [r["gold_reward"] for r in records if r["strategy"] == strategy]
+            gold[strategy] = round(sum(scores) / len(scores), 4)
+    return records, gold
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak GPU memory allocated by torch on a GPU, else the process's peak resident set size."""
+    if device.type == "cuda":
+        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux, bytes on macOS
+    return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
+
+
+def mode_name(model_args: SFTModelArguments) -> str:
+    return "qlora" if (model_args.load_in_4bit or model_args.load_in_8bit) else "lora" if model_args.use_peft else "full"
+
+
+# --- the stage ----------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args, model_args, training_args, recipe = parse_recipe(RECIPE_TYPES, argv, "sft", __doc__)
+    output_dir = Path(training_args.output_dir)
+    run = StageRun(recipe, output_dir, stage_inputs("sft", recipe.values), training_args.seed, training_args.should_save)
+    try:
+        checkpoint = run.start()
+    except AlreadyFinished:
+        logger.info("%s already holds a finished run of this recipe; nothing to do (--force re-runs it)", output_dir)
+        return
+    set_seed(training_args.seed)
+
+    train_set, eval_set, dataset_format = load_data(args, training_args.seed)
+    tokenizer = load_tokenizer(model_args.model_name_or_path, trust_remote_code=training_args.trust_remote_code)
+    configure_loss(dataset_format, tokenizer, training_args)
+    lengths = count_long_sequences(train_set, tokenizer, training_args.max_length, "train")
+    eval_lengths = count_long_sequences(eval_set, tokenizer, training_args.max_length, "eval")
+
+    model = build_model(model_args, tokenizer, training_args)
+    prompts = generation_prompts(args, eval_set, tokenizer)
+    samples, gold_before = [], {}
+    if training_args.should_save:
+        samples, gold_before = sample_and_score(model, tokenizer, prompts, args, training_args.seed, "before")
+
+    interrupt = GracefulInterrupt()
+    trainer = build_trainer(model, tokenizer, train_set, eval_set, dataset_format, model_args, training_args, [interrupt])
+    counts = parameter_counts(trainer.model)
+    logger.info(
+        "%s fine-tuning: %d of %d parameters trainable (%.2f%%); %d train / %d eval examples (%s)",
+        mode_name(model_args), counts["trainable_parameters"], counts["parameters"], 100 * counts["trainable_share"],
+        len(trainer.train_dataset), len(trainer.eval_dataset), dataset_format,
+    )
+    eval_before = trainer.evaluate(metric_key_prefix="eval_before")
+
+    started = time.perf_counter()
+    train_result = trainer.train(resume_from_checkpoint=checkpoint)
+    train_seconds = time.perf_counter() - started
+    interrupt.restore()
+    if interrupt.requested:
+        raise RunInterrupted(
+            f"stopped at step {trainer.state.global_step}; the checkpoint is in {output_dir}. "
+            "Run the same command again to resume."
+        )
+    eval_metrics = trainer.evaluate()
+    adapter_dir = output_dir / "adapter"
+    trainer.save_model(str(adapter_dir if model_args.use_peft else output_dir))  # every process: FSDP/ZeRO gather
+    if not trainer.is_world_process_zero():
+        return
+    final_model = trainer.model
+    if model_args.use_peft:
+        tokenizer.save_pretrained(output_dir)
+        if args.merge_adapters:
+            final_model = merge_adapter(model_args, tokenizer, adapter_dir, output_dir, training_args.trust_remote_code)
+            final_model.to(trainer.args.device)
+
+    after_samples, gold_after = sample_and_score(final_model, tokenizer, prompts, args, training_args.seed, "after")
+    write_json(output_dir / "samples.json", samples + after_samples)
+    plot_loss_curves(trainer.state.log_history, output_dir / "loss_curve.png", f"SFT ({mode_name(model_args)}): {recipe.path}")
+    write_json(output_dir / "log_history.json", trainer.state.log_history)
+
+    steps_run = trainer.state.global_step - (int(Path(checkpoint).name.split("-")[1]) if checkpoint else 0)
+    metrics = {
+        "mode": mode_name(model_args),
+        "dataset_format": dataset_format,
+        "train_loss": round(train_result.training_loss, 4),
+        "eval_loss_before": round(eval_before["eval_before_loss"], 4),
+        "eval_loss": round(eval_metrics["eval_loss"], 4),
+        "perplexity_before": round(math.exp(eval_before["eval_before_loss"]), 4),
+        "perplexity": round(math.exp(eval_metrics["eval_loss"]), 4),
+        "steps": trainer.state.global_step,
+        **counts,
+        "peak_memory_mb": peak_memory_mb(trainer.args.device),
+        "peak_memory_kind": "cuda_max_allocated" if trainer.args.device.type == "cuda" else "process_max_rss",
+        "train_examples": len(trainer.train_dataset),
+        "eval_examples": len(trainer.eval_dataset),
+        "truncated_train_examples": lengths["truncated"],
+        "dropped_train_examples": lengths["dropped"],
+        "truncated_eval_examples": eval_lengths["truncated"],
+        "longest_train_sequence": lengths["longest"],
+        "train_seconds": round(train_seconds, 2),
+        "seconds_per_step": round(train_seconds / steps_run, 4) if steps_run > 0 else None,
+        "tokens_per_second": round(trainer.state.num_input_tokens_seen / train_seconds, 1) if train_seconds > 0 else None,
+        "merged": bool(model_args.use_peft and args.merge_adapters),
+        "resumed_from": checkpoint,
+    }
+    if gold_after:
+        metrics["gold_reward_before"] = gold_before
+        metrics["gold_reward_after"] = gold_after
+        metrics["gold_reward_greedy"] = gold_after.get("greedy")
+        metrics["gold_reward_sampled"] = gold_after.get("temperature_1.0")
+    run.finish(resolved_recipe("sft", args, model_args, training_args), metrics)
+    logger.info(
+        "eval loss %.4f -> %.4f (perplexity %.3f); gold reward greedy %s -> %s, sampled %s -> %s; outputs in %s",
+        metrics["eval_loss_before"], metrics["eval_loss"], metrics["perplexity"],
+        gold_before.get("greedy"), gold_after.get("greedy"),
+        gold_before.get("temperature_1.0"), gold_after.get("temperature_1.0"), output_dir,
+    )
+
+
+if __name__ == "__main__":
+    run_cli(main)
