@@ -1,0 +1,644 @@
+"""Reward modelling: a scalar head on the SFT model, trained on preference pairs with TRL's RewardTrainer.
+
+    python -m pipeline.reward --config recipes/toy/reward.yaml
+    accelerate launch --config_file accelerate_config.yaml -m pipeline.reward --config recipes/gpt2/reward.yaml
+
+The story: parse the recipe -> load (prompt, chosen, rejected) pairs with pipeline.data.preferences (the
+toy world's, a JSON Lines file, HH-style transcripts, or a hub data set; duplicates and ties removed
+and counted) and a held-out split (the toy world's `eval` split, an `eval_dataset`, or a share of the
+prompts) -> load the tokenizer (pad distinct from EOS) and the model with a 1-output
+sequence-classification head on top (full fine-tuning or LoRA) -> optionally (toy world) add
+comparisons of the SFT model's own samples labelled by the gold reward, as RLHF collects comparisons on
+the policy's samples -> tokenize every pair as prompt + response + EOS, fitting over-long pairs into
+`max_length` by cutting the prompt from the left (counted and logged, never dropped) -> train with
+RewardTrainer: loss −log σ(r_chosen − r_rejected − margin), the margin an optional column of the data
+(or the toy world's gold gap), plus `center_rewards_coefficient`·E[(r_c + r_r)²] when set -> save
+(LoRA: adapter + merged model) -> judge the model on the held-out pairs: accuracy,
+mean margin, reward histogram of chosen vs rejected, calibration of σ(r_c − r_r) -> optionally
+Best-of-N with the SFT model as the policy (eval/best_of_n.py): on the toy world this also gives the
+correlation of the reward with the gold reward on fresh samples and the calibration on those samples
+-> metrics (with the toy world's targets) and manifest.
+
+The reward is read at the last real token (EOS) of each sequence, never at padding; the encoding and
+scoring conventions are documented in pipeline/reward_model.py, which PPO and the report reuse:
+`score(reward_model, tokenizer, prompts, responses)`. `append_eos: false` reads it at the last response
+token instead (recorded in the model's config as `reward_append_eos`, which `score` follows).
+
+Measured on the toy world (runs/toy/sft, 2 layers x 128): held-out accuracy ~0.76. The SFT model cannot
+add (2% of its greedy sums are right, even on training sums), so pairs that differ only in the
+correctness of a sum stay at chance, and the small model weighs brevity above correctness ("right but
+rambling" beats "wrong but clean" in only ~15% of those pairs); Best-of-N then shows over-optimisation
+from N = 4 on. metrics.json breaks the accuracy down by kind of pair.
+
+What the output directory holds: the reward model (AutoModelForSequenceClassification, num_labels=1,
+config.pad_token_id set) + tokenizer, loadable with pipeline.reward_model.load_reward_model; with LoRA
+also the adapter in `adapter/`. Plus reward_histogram.png, calibration.png, loss_curve.png,
+best_of_n.json/png (if run), metrics.json, manifest.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import datasets
+import numpy as np
+from peft import PeftModel
+from transformers import PreTrainedModel, set_seed
+from trl import ModelConfig, RewardConfig, RewardTrainer
+from trl.trainer.reward_trainer import suppress_seqcls_warning
+from trl.trainer.utils import get_peft_config
+
+from pipeline.contract import AlreadyFinished, StageRun, write_json
+from pipeline.data.preferences import HH_ASSISTANT, clean_pairs, load_preferences, split_hh_transcript
+from pipeline.data.text import iter_jsonl
+from pipeline.data.toy_world import gold_reward
+from pipeline.decoding import DEFAULT_STRATEGIES, generate
+from pipeline.errors import DataError, RecipeError, RunInterrupted, run_cli
+from pipeline.models import check_lora_targets, linear_module_names, load_model, load_tokenizer, parameter_counts
+from pipeline.plots import plot_loss_curves, plt
+from pipeline.recipes import parse_recipe, resolved_recipe
+from pipeline.reward_model import (
+    context_length,
+    encode_pairs,
+    pairwise_calibration,
+    pairwise_metrics,
+    score_token_ids,
+)
+from pipeline.stages import stage_inputs
+from pipeline.training import GracefulInterrupt
+
+logger = logging.getLogger("pipeline.reward")
+
+GPT2_LORA_TARGETS = ["c_attn", "c_proj", "c_fc"]
+TOY_MARGIN = "gold_gap"  # margin_column value that derives margins from the toy world's gold reward
+TARGET_ACCURACY = 0.85  # the toy world's targets (issue 5), reported in metrics.json
+TARGET_BEST_OF = 16
+
+
+@dataclass
+class RewardArguments:
+    """What to train on and what to report (optimisation: RewardConfig; model and LoRA: ModelConfig)."""
+
+    path_fields: ClassVar[dict[str, str]] = {"dataset": "dataset", "eval_dataset": "dataset"}
+
+    dataset: str = field(
+        default="toy",
+        metadata={"help": "'toy', a .jsonl(.gz) of prompt/chosen/rejected or HH transcripts, or a hub data set"},
+    )
+    dataset_split: str = field(default="train", metadata={"help": "hub data set split to train on"})
+    eval_dataset: str | None = field(
+        default=None,
+        metadata={"help": "held-out pairs: a file or hub data set; default: the toy 'eval' split, or eval_fraction"},
+    )
+    eval_split: str = field(default="test", metadata={"help": "split of a hub eval_dataset"})
+    eval_fraction: float = field(
+        default=0.05, metadata={"help": "without eval_dataset: share of the PROMPTS held out (pairs never share one)"}
+    )
+    max_train_pairs: int | None = field(default=None, metadata={"help": "train on at most this many pairs"})
+    max_eval_pairs: int | None = field(default=1000, metadata={"help": "evaluate on at most this many pairs"})
+    margin_column: str | None = field(
+        default=None,
+        metadata={"help": f"numeric column of the data with a margin per pair (toy: '{TOY_MARGIN}' = gold(c) − gold(r))"},
+    )
+    margin_scale: float = field(default=1.0, metadata={"help": "margins are multiplied by this"})
+    toy_pairs: int = field(default=2000, metadata={"help": "toy world: training pairs to generate (before dedup)"})
+    toy_eval_pairs: int = field(default=500, metadata={"help": "toy world: held-out pairs (eval split)"})
+    toy_seed: int = field(default=0, metadata={"help": "toy world: generator seed"})
+    toy_policy_prompts: int = field(
+        default=0,
+        metadata={"help": "toy world: also train on comparisons of the input model's own samples for this many train "
+                  "prompts, labelled by the gold reward (0: off)"},
+    )
+    toy_policy_samples: int = field(default=4, metadata={"help": "toy world: samples per prompt for toy_policy_prompts"})
+    toy_max_digits: int = field(default=2, metadata={"help": "toy world: digits of the addition operands"})
+    append_eos: bool = field(
+        default=True,
+        metadata={"help": "end each response with EOS and read the reward there (false: at the last response token)"},
+    )
+    merge_adapters: bool = field(default=True, metadata={"help": "LoRA: also write the merged model into output_dir"})
+    best_of_n_prompts: int = field(
+        default=0, metadata={"help": "Best-of-N with the input model as policy on this many prompts (0: skip)"}
+    )
+    best_of_n_max: int = field(default=64, metadata={"help": "largest N (a power of 2); samples drawn per prompt"})
+    best_of_n_strategy: str = field(default="temperature_1.0", metadata={"help": "decoding strategy of the samples"})
+    sample_max_new_tokens: int = field(default=32, metadata={"help": "length limit of Best-of-N samples"})
+
+    def __post_init__(self) -> None:
+        for key in ("toy_pairs", "toy_eval_pairs", "best_of_n_max", "sample_max_new_tokens"):
+            if getattr(self, key) <= 0:
+                raise ValueError(f"key '{key}' must be > 0, got {getattr(self, key)}")
+        for key in ("max_train_pairs", "max_eval_pairs"):
+            if getattr(self, key) is not None and getattr(self, key) <= 0:
+                raise ValueError(f"key '{key}' must be > 0 or null, got {getattr(self, key)}")
+        for key in ("best_of_n_prompts", "toy_policy_prompts"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"key '{key}' must be >= 0, got {getattr(self, key)}")
+        if self.toy_policy_samples < 2:
+            raise ValueError(f"key 'toy_policy_samples' must be >= 2 (a pair needs two samples), got {self.toy_policy_samples}")
+        if self.toy_policy_prompts and self.dataset != "toy":
+            raise ValueError("key 'toy_policy_prompts' needs the toy world's gold reward to label samples (dataset: toy)")
+        if self.best_of_n_max & (self.best_of_n_max - 1):
+            raise ValueError(f"key 'best_of_n_max' must be a power of 2 (1, 2, 4, ..., 64), got {self.best_of_n_max}")
+        if self.best_of_n_strategy not in DEFAULT_STRATEGIES:
+            raise ValueError(f"key 'best_of_n_strategy': unknown strategy '{self.best_of_n_strategy}'; choose from {', '.join(DEFAULT_STRATEGIES)}")
+        if not 0.0 < self.eval_fraction < 1.0:
+            raise ValueError(f"key 'eval_fraction' must be in (0, 1), got {self.eval_fraction}")
+        if not 1 <= self.toy_max_digits <= 9:
+            raise ValueError(f"key 'toy_max_digits' must be in 1..9, got {self.toy_max_digits}")
+        if self.margin_column == TOY_MARGIN and self.dataset != "toy":
+            raise ValueError(f"key 'margin_column': '{TOY_MARGIN}' needs the toy world's gold reward (dataset: toy)")
+        if self.eval_dataset and self.dataset == "toy":
+            raise ValueError("key 'eval_dataset' is for file and hub data; the toy world holds out its own 'eval' split")
+        if self.margin_column not in (None, TOY_MARGIN) and self.dataset == "toy":
+            raise ValueError(f"key 'margin_column': the toy world's only margin is '{TOY_MARGIN}'")
+
+
+@dataclass
+class RewardModelArguments(ModelConfig):
+    """TRL's ModelConfig (model_name_or_path, dtype, use_peft, lora_*), with LoRA set up for a reward head."""
+
+    path_fields: ClassVar[dict[str, str]] = {"model_name_or_path": "model"}
+
+    # A sequence-classification task makes PEFT train the new `score` head in full next to the adapters.
+    lora_task_type: str = "SEQ_CLS"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.model_name_or_path:
+            raise ValueError("missing key 'model_name_or_path' (e.g. runs/toy/sft)")
+        if self.load_in_4bit or self.load_in_8bit:
+            raise ValueError("key 'load_in_4bit'/'load_in_8bit': quantized reward models are not supported; use full or LoRA")
+        if self.use_peft and self.lora_task_type != "SEQ_CLS":
+            raise ValueError(f"key 'lora_task_type' must be SEQ_CLS for a reward model (got {self.lora_task_type})")
+        if self.use_peft and self.lora_r <= 0:
+            raise ValueError(f"key 'lora_r' must be > 0, got {self.lora_r}")
+
+
+@dataclass
+class RewardTrainingConfig(RewardConfig):
+    """TRL's RewardConfig with CPU-friendly defaults: fp32, no gradient checkpointing, cosine schedule, no
+    hub, no wandb. `max_length` null means the model's context length; longer pairs are fitted into it by
+    cutting their prompts from the left (TRL itself would drop them)."""
+
+    output_dir: str = field(default="runs/reward", metadata={"help": "where the stage writes its outputs"})
+    bf16: bool | None = False
+    gradient_checkpointing: bool = False
+    learning_rate: float = 1e-4
+    lr_scheduler_type: str = "cosine"
+    warmup_steps: float = 0.05
+    per_device_train_batch_size: int = 16
+    per_device_eval_batch_size: int = 64
+    max_length: int | None = None
+    logging_steps: float = 10
+    eval_strategy: str = "steps"
+    eval_steps: float = 100
+    save_strategy: str = "steps"
+    save_steps: float = 100
+    save_total_limit: int = 2
+    report_to: str | list[str] = "none"
+
+
+RECIPE_TYPES = (RewardArguments, RewardModelArguments, RewardTrainingConfig)
+
+
+# --- data ---------------------------------------------------------------------------------------------
+
+
+def load_pairs(args: RewardArguments, seed: int) -> tuple[datasets.Dataset, datasets.Dataset, dict[str, Any]]:
+    """(train pairs, held-out pairs, what loading did). Held-out pairs never share a prompt with training."""
+    if args.dataset == "toy":
+        common = {"toy_seed": args.toy_seed, "toy_max_digits": args.toy_max_digits}
+        train, train_stats = load_preferences("toy", "train", toy_pairs=args.toy_pairs, **common)
+        held_out, eval_stats = load_preferences("toy", "eval", toy_pairs=args.toy_eval_pairs, **common)
+    else:
+        train, train_stats = load_preferences(args.dataset, args.dataset_split)
+        if len(train) < 2:
+            raise DataError(
+                f"{args.dataset}: only {len(train)} distinct pair(s) to train on after removing {train_stats.duplicates} "
+                f"duplicates and {train_stats.chosen_equals_rejected} pairs whose chosen equals rejected: every pair "
+                "is the same. A reward model needs many different pairs."
+            )
+        if args.eval_dataset:
+            held_out, eval_stats = load_preferences(args.eval_dataset, args.eval_split)
+        else:
+            train, held_out = split_by_prompt(train, args.eval_fraction, seed, args.dataset)
+            eval_stats = None
+    if args.max_train_pairs:
+        train = train.select(range(min(args.max_train_pairs, len(train))))
+    if args.max_eval_pairs:
+        held_out = held_out.select(range(min(args.max_eval_pairs, len(held_out))))
+    stats = {"train": train_stats.as_dict(), "eval": eval_stats.as_dict() if eval_stats else "held out from train"}
+    return train, held_out, stats
+
+
+def split_by_prompt(pairs: datasets.Dataset, fraction: float, seed: int, source: str):
+    """Hold out a share of the prompts with all their pairs, so that no held-out prompt was trained on."""
+    prompts = sorted(set(pairs["prompt"]))
+    if len(prompts) < 2:
+        raise DataError(f"{source}: all pairs share one prompt; give an eval_dataset to evaluate on.")
+    random.Random(seed).shuffle(prompts)
+    held = set(prompts[: max(1, round(fraction * len(prompts)))])
+    in_eval = [prompt in held for prompt in pairs["prompt"]]
+    train = pairs.select([i for i, flag in enumerate(in_eval) if not flag])
+    evaluation = pairs.select([i for i, flag in enumerate(in_eval) if flag])
+    return train, evaluation
+
+
+def load_policy(model_args: RewardModelArguments, tokenizer, trust_remote_code: bool) -> PreTrainedModel:
+    """The input model as a causal LM (the SFT policy), for its own samples."""
+    return load_model(
+        dataclasses.replace(model_args, use_peft=False), tokenizer, head="causal_lm", trust_remote_code=trust_remote_code
+    )
+
+
+def policy_comparisons(policy, tokenizer, args: RewardArguments, seed: int) -> tuple[datasets.Dataset | None, dict]:
+    """Pairs of the policy's own samples, labelled by the toy world's gold reward: a simulated labeller.
+
+    This is how RLHF collects comparisons (InstructGPT's labellers rank samples of the SFT model): the
+    reward model then also learns the differences among the responses it will judge in Best-of-N and
+    PPO, not only those of the hand-made pairs, whose mistakes are of a few fixed kinds. Per prompt the
+    finished sample with the highest gold reward is chosen and the one with the lowest rejected; prompts
+    whose samples all have one gold reward give no pair. Samples cut by the length limit are left out,
+    because training ends every response with EOS.
+    """
+    from pipeline.data.toy_world import ToyWorld
+
+    k = args.toy_policy_samples
+    prompts = ToyWorld(seed=args.toy_seed, max_digits=args.toy_max_digits).prompts(args.toy_policy_prompts, split="train")
+    samples = generate(
+        policy, tokenizer, [prompt for prompt in prompts for _ in range(k)], strategy=args.best_of_n_strategy,
+        max_new_tokens=args.sample_max_new_tokens, seed=seed + 1, batch_size=256,
+    )
+    records = []
+    for index, prompt in enumerate(prompts):
+        texts = [sample.text for sample in samples[index * k : (index + 1) * k] if sample.finished]
+        ranked = sorted(texts, key=lambda text: gold_reward(prompt, text))
+        if len(ranked) >= 2 and gold_reward(prompt, ranked[-1]) > gold_reward(prompt, ranked[0]):
+            records.append((f"policy sample {index}", (prompt, ranked[-1], ranked[0])))
+    counts = {"prompts": len(prompts), "samples": len(samples), "unfinished": sum(not s.finished for s in samples)}
+    if not records:
+        logger.warning("the policy's samples never differ in gold reward on %d prompts: no comparisons added", len(prompts))
+        return None, {**counts, "pairs": 0}
+    pairs, stats = clean_pairs(records, "policy comparisons", "toy-policy")
+    logger.info("%d comparisons of the policy's own samples (%d prompts x %d samples)", len(pairs), len(prompts), k)
+    return pairs, {**counts, "pairs": len(pairs), "duplicates_removed": stats.duplicates}
+
+
+def margins_for(pairs: datasets.Dataset, args: RewardArguments, source: str, split: str) -> list[float] | None:
+    """The margin of each pair: from the data's `margin_column`, or the toy world's gold gap."""
+    if args.margin_column is None:
+        return None
+    if args.margin_column == TOY_MARGIN:
+        return [
+            args.margin_scale * (gold_reward(p, c) - gold_reward(p, r))
+            for p, c, r in zip(pairs["prompt"], pairs["chosen"], pairs["rejected"])
+        ]
+    lookup = read_margins(source, split, args.margin_column)
+    missing = [i for i, key in enumerate(zip(pairs["prompt"], pairs["chosen"], pairs["rejected"])) if key not in lookup]
+    if missing:
+        raise DataError(f"{source}: pair {missing[0]} has no '{args.margin_column}' value.")
+    return [args.margin_scale * lookup[key] for key in zip(pairs["prompt"], pairs["chosen"], pairs["rejected"])]
+
+
+def read_margins(source: str, split: str, column: str) -> dict[tuple[str, str, str], float]:
+    """(prompt, chosen, rejected) -> margin, read beside pipeline.data.preferences (which keeps only the
+    three text fields). Records are keyed the way that module normalises them (HH transcripts split);
+    a duplicate pair keeps its first margin, as deduplication keeps the first pair."""
+    path = Path(source)
+    if path.exists():
+        records = ((f"{path}:{n}", record) for n, record in iter_jsonl(path))
+    else:
+        dataset = datasets.load_dataset(source, split=split)
+        records = ((f"{source}[{i}]", dict(record)) for i, record in enumerate(dataset))
+    lookup: dict[tuple[str, str, str], float] = {}
+    for where, record in records:
+        value = record.get(column)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise DataError(f"{where}: margin column '{column}' must be a number, got {value!r}.")
+        if "prompt" in record:
+            key = (record["prompt"], record["chosen"], record["rejected"])
+        elif HH_ASSISTANT in str(record.get("chosen")):
+            key = split_hh_transcript(record["chosen"], record["rejected"])
+        else:
+            continue  # load_preferences has already reported this record's problem
+        lookup.setdefault(key, float(value))
+    return lookup
+
+
+def tokenize_pairs(
+    pairs: datasets.Dataset, tokenizer, max_length: int, margins: list[float] | None, name: str, append_eos: bool = True
+):
+    """The processed data set RewardTrainer accepts as is (chosen_ids, rejected_ids[, margin]).
+
+    Tokenized here rather than by TRL because TRL drops pairs longer than max_length; here their
+    prompts are cut from the left instead, counted, and logged.
+    """
+    chosen_ids, rejected_ids, truncation = encode_pairs(
+        tokenizer, pairs["prompt"], pairs["chosen"], pairs["rejected"], max_length, append_eos
+    )
+    columns: dict[str, list] = {"chosen_ids": chosen_ids, "rejected_ids": rejected_ids}
+    # What `train_sampling_strategy: group_by_length` sorts by: a batch is as long as its longest sequence.
+    columns["length"] = [max(len(c), len(r)) for c, r in zip(chosen_ids, rejected_ids)]
+    if margins is not None:
+        columns["margin"] = margins
+    if truncation.truncated:
+        logger.warning(
+            "%s: %d of %d pairs are longer than max_length=%d tokens (longest %d): %d prompts cut from the left, "
+            "%d with a response cut at its end (too long even without the prompt); none dropped",
+            name, truncation.truncated, truncation.pairs, max_length,
+            truncation.longest, truncation.prompt_truncated, truncation.response_truncated,
+        )
+    return datasets.Dataset.from_dict(columns), truncation
+
+
+def encode_splits(args: RewardArguments, train_pairs, eval_pairs, tokenizer, max_length: int):
+    """(train set, held-out set, what truncation did to each), ready for RewardTrainer."""
+    eval_source, eval_split = (args.eval_dataset, args.eval_split) if args.eval_dataset else (args.dataset, args.dataset_split)
+    train_margins = margins_for(train_pairs, args, args.dataset, args.dataset_split)
+    eval_margins = margins_for(eval_pairs, args, eval_source, eval_split)
+    train_set, train_truncation = tokenize_pairs(train_pairs, tokenizer, max_length, train_margins, "train", args.append_eos)
+    eval_set, eval_truncation = tokenize_pairs(eval_pairs, tokenizer, max_length, eval_margins, "eval", args.append_eos)
+    return train_set, eval_set, {"train": train_truncation.as_dict(), "eval": eval_truncation.as_dict()}
+
+
+def resolve_max_length(requested: int | None, model: PreTrainedModel, path: Path) -> int:
+    limit = context_length(model)
+    if requested is None:
+        if limit is None:
+            raise RecipeError(f"{path}: set key 'max_length': the model's context length is unknown.")
+        return limit
+    if limit is not None and requested > limit:
+        raise RecipeError(f"{path}: key 'max_length' ({requested}) exceeds the model's context length ({limit}).")
+    return requested
+
+
+# --- model --------------------------------------------------------------------------------------------
+
+
+def build_model(
+    model_args: RewardModelArguments, tokenizer, trust_remote_code: bool, append_eos: bool = True
+) -> PreTrainedModel:
+    """The causal LM's body with a freshly initialised 1-output `score` head (seeded by the caller)."""
+    with suppress_seqcls_warning():  # "score.weight newly initialised", "lm_head unused": expected here
+        model = load_model(model_args, tokenizer, head="sequence_classification", trust_remote_code=trust_remote_code)
+    # Saved in config.json, so that pipeline.reward_model.score encodes responses as the model was trained.
+    model.config.reward_append_eos = append_eos
+    if model_args.use_peft:
+        if model_args.lora_target_modules is None:
+            gpt2_like = set(GPT2_LORA_TARGETS) <= set(linear_module_names(model))
+            model_args.lora_target_modules = list(GPT2_LORA_TARGETS) if gpt2_like else "all-linear"
+        check_lora_targets(model, model_args.lora_target_modules)
+    return model
+
+
+def merge_adapter(
+    model_args: RewardModelArguments, tokenizer, adapter_dir: Path, output_dir: Path, trust_remote_code: bool, append_eos: bool
+):
+    """Base model + adapter (which carries the trained score head) merged into a plain reward model."""
+    base = build_model(dataclasses.replace(model_args, use_peft=False), tokenizer, trust_remote_code, append_eos)
+    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    merged.save_pretrained(output_dir, safe_serialization=True)
+    tokenizer.save_pretrained(output_dir)
+    return merged
+
+
+# --- judging the reward model -------------------------------------------------------------------------
+
+
+def judge(model, eval_set: datasets.Dataset, pairs: datasets.Dataset, batch_size: int, toy: bool) -> dict[str, Any]:
+    """Held-out accuracy, margins and calibration; the scores themselves for the histogram."""
+    chosen = score_token_ids(model, list(eval_set["chosen_ids"]), batch_size)
+    rejected = score_token_ids(model, list(eval_set["rejected_ids"]), batch_size)
+    result = {**pairwise_metrics(chosen, rejected), "chosen_scores": chosen, "rejected_scores": rejected}
+    # The data's label (for the toy world: the gold preference) says the chosen response is better.
+    margins = np.subtract(chosen, rejected)
+    result["calibration"] = pairwise_calibration(margins, [True] * len(margins))
+    if toy:
+        result["accuracy_by_kind"] = accuracy_by_kind(pairs, margins)
+    return result
+
+
+def accuracy_by_kind(pairs: datasets.Dataset, margins: np.ndarray) -> dict[str, dict[str, float]]:
+    """Toy world: accuracy per kind of pair (the table in ToyWorld.preference_pairs), e.g. "right > wrong"
+    (correctness), "right > right rambling" (brevity), "right rambling > wrong" (correctness beats brevity)."""
+
+    def describe(prompt: str, response: str) -> str:
+        right = gold_reward(prompt, response) >= 0.7  # gold = 0.7·correct + 0.3·clean
+        return ("right" if right else "wrong") + (" rambling" if len(response.split()) > 1 else "")
+
+    kinds: dict[str, list[bool]] = {}
+    for prompt, chosen, rejected, margin in zip(pairs["prompt"], pairs["chosen"], pairs["rejected"], margins):
+        kinds.setdefault(f"{describe(prompt, chosen)} > {describe(prompt, rejected)}", []).append(bool(margin > 0))
+    return {kind: {"pairs": len(v), "accuracy": round(float(np.mean(v)), 4)} for kind, v in sorted(kinds.items())}
+
+
+def plot_reward_histogram(chosen: Sequence[float], rejected: Sequence[float], path: Path, title: str) -> None:
+    figure, axis = plt.subplots(figsize=(6, 4))
+    bins = np.linspace(min(min(chosen), min(rejected)), max(max(chosen), max(rejected)), 40)
+    axis.hist(chosen, bins=bins, alpha=0.6, label=f"chosen (mean {np.mean(chosen):.2f})", color="tab:green")
+    axis.hist(rejected, bins=bins, alpha=0.6, label=f"rejected (mean {np.mean(rejected):.2f})", color="tab:red")
+    axis.set_xlabel("reward")
+    axis.set_ylabel("held-out responses")
+    axis.set_title(title)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def plot_calibration(curves: dict[str, dict], path: Path) -> None:
+    """Reliability diagram: share of pairs the RM orders like the reference, against its confidence."""
+    figure, axis = plt.subplots(figsize=(5, 5))
+    axis.plot([0.5, 1.0], [0.5, 1.0], color="grey", linestyle="--", label="calibrated")
+    for name, calibration in curves.items():
+        rows = [row for row in calibration.get("bins", []) if row["pairs"]]
+        if rows:
+            axis.plot(
+                [row["mean_confidence"] for row in rows], [row["share_right"] for row in rows], marker="o",
+                label=f"{name} (ECE {calibration['ece']:.3f}, {calibration['pairs']} pairs)",
+            )
+    axis.set_xlabel("confidence max(σ(r_a − r_b), 1 − σ(r_a − r_b))")
+    axis.set_ylabel("share of pairs ordered as the reference orders them")
+    axis.set_xlim(0.5, 1.0)
+    axis.set_ylim(0.0, 1.02)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def best_of_n_prompts(args: RewardArguments, eval_pairs: datasets.Dataset) -> list[str]:
+    if args.dataset == "toy":
+        from pipeline.data.toy_world import ToyWorld
+
+        return ToyWorld(seed=args.toy_seed, max_digits=args.toy_max_digits).prompts(args.best_of_n_prompts, split="eval")
+    return list(dict.fromkeys(eval_pairs["prompt"]))[: args.best_of_n_prompts]
+
+
+def run_best_of_n(args, model_args, policy, reward_model, tokenizer, eval_pairs, output_dir: Path, seed: int):
+    """Best-of-N with the input model (the SFT model) as the policy; writes best_of_n.json/png."""
+    from eval.best_of_n import best_of_n, plot_best_of_n
+
+    result = best_of_n(
+        policy, tokenizer, reward_model, tokenizer, best_of_n_prompts(args, eval_pairs),
+        n_max=args.best_of_n_max, strategy=args.best_of_n_strategy, max_new_tokens=args.sample_max_new_tokens,
+        seed=seed, toy=args.dataset == "toy",
+    )
+    result["policy"], result["reward_model"] = model_args.model_name_or_path, str(output_dir)
+    write_json(output_dir / "best_of_n.json", result)
+    plot_best_of_n(result, output_dir / "best_of_n.png")
+    return result
+
+
+def targets(heldout_accuracy: float, best_of_n: dict | None) -> dict[str, Any]:
+    """The toy world's targets (issue 5): held-out accuracy >= 0.85, Best-of-16 gold above the SFT mean."""
+    out: dict[str, Any] = {
+        "heldout_accuracy": {"value": heldout_accuracy, "target": f">= {TARGET_ACCURACY}", "met": heldout_accuracy >= TARGET_ACCURACY}
+    }
+    rows = {row["n"]: row for row in (best_of_n or {}).get("table", [])}
+    if TARGET_BEST_OF in rows and best_of_n.get("policy_mean_gold") is not None:
+        value, baseline = rows[TARGET_BEST_OF]["gold"], best_of_n["policy_mean_gold"]
+        out[f"best_of_{TARGET_BEST_OF}_gold"] = {"value": value, "target": f"> SFT mean gold {baseline}", "met": value > baseline}
+    return out
+
+
+# --- the stage ----------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args, model_args, training_args, recipe = parse_recipe(RECIPE_TYPES, argv, "reward", __doc__)
+    output_dir = Path(training_args.output_dir)
+    run = StageRun(recipe, output_dir, stage_inputs("reward", recipe.values), training_args.seed, training_args.should_save)
+    try:
+        checkpoint = run.start()
+    except AlreadyFinished:
+        logger.info("%s already holds a finished run of this recipe; nothing to do (--force re-runs it)", output_dir)
+        return
+    set_seed(training_args.seed)
+    toy = args.dataset == "toy"
+
+    train_pairs, eval_pairs, data_stats = load_pairs(args, training_args.seed)
+    tokenizer = load_tokenizer(model_args.model_name_or_path, trust_remote_code=training_args.trust_remote_code)
+    model = build_model(model_args, tokenizer, training_args.trust_remote_code, args.append_eos)
+    max_length = resolve_max_length(training_args.max_length, model, recipe.path)
+    training_args.max_length = max_length
+    policy, policy_pairs = None, {}
+    if args.toy_policy_prompts:  # after the reward head is initialised, so that it does not depend on this
+        policy = load_policy(model_args, tokenizer, training_args.trust_remote_code).to(training_args.device)
+        extra, policy_pairs = policy_comparisons(policy, tokenizer, args, training_args.seed)
+        if extra is not None:
+            train_pairs = datasets.concatenate_datasets([train_pairs, extra]).shuffle(seed=training_args.seed)
+    train_set, eval_set, truncation = encode_splits(args, train_pairs, eval_pairs, tokenizer, max_length)
+    batch = training_args.per_device_eval_batch_size
+    before = pairwise_metrics(*(score_token_ids(model, list(eval_set[key]), batch) for key in ("chosen_ids", "rejected_ids")))
+
+    if training_args.train_sampling_strategy == "group_by_length":
+        # Trainer builds the sampler after removing the columns the model does not take, `length` among them;
+        # keep them (TRL's collator reads only chosen_ids, rejected_ids and margin).
+        training_args.remove_unused_columns = False
+
+    interrupt = GracefulInterrupt()
+    trainer = RewardTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_set,
+        eval_dataset=eval_set,
+        processing_class=tokenizer,
+        peft_config=get_peft_config(model_args),
+        callbacks=[interrupt],
+    )
+    counts = parameter_counts(trainer.model)
+    logger.info(
+        "%s reward model: %d of %d parameters trainable; %d train / %d held-out pairs; max_length %d; "
+        "held-out accuracy before training %.3f",
+        "LoRA" if model_args.use_peft else "full", counts["trainable_parameters"], counts["parameters"],
+        len(train_set), len(eval_set), max_length, before["accuracy"],
+    )
+    started = time.perf_counter()
+    train_result = trainer.train(resume_from_checkpoint=checkpoint)
+    train_seconds = time.perf_counter() - started
+    interrupt.restore()
+    if interrupt.requested:
+        raise RunInterrupted(
+            f"stopped at step {trainer.state.global_step}; the checkpoint is in {output_dir}. "
+            "Run the same command again to resume."
+        )
+    adapter_dir = output_dir / "adapter"
+    trainer.save_model(str(adapter_dir if model_args.use_peft else output_dir))  # every process: FSDP/ZeRO gather
+    if not trainer.is_world_process_zero():
+        return
+    reward_model = trainer.model
+    if model_args.use_peft:
+        tokenizer.save_pretrained(output_dir)
+        if args.merge_adapters:
+            reward_model = merge_adapter(
+                model_args, tokenizer, adapter_dir, output_dir, training_args.trust_remote_code, args.append_eos
+            )
+            reward_model.to(trainer.args.device)
+
+    heldout = judge(reward_model, eval_set, eval_pairs, batch, toy)
+    plot_reward_histogram(
+        heldout.pop("chosen_scores"), heldout.pop("rejected_scores"), output_dir / "reward_histogram.png",
+        f"held-out rewards ({len(eval_set)} pairs, accuracy {heldout['accuracy']:.3f})",
+    )
+    bon = None
+    if args.best_of_n_prompts:
+        policy = (policy or load_policy(model_args, tokenizer, training_args.trust_remote_code)).to(reward_model.device)
+        bon = run_best_of_n(args, model_args, policy, reward_model, tokenizer, eval_pairs, output_dir, training_args.seed)
+    curves = {"held-out pairs": heldout["calibration"]}
+    if bon and bon.get("calibration_on_samples"):
+        curves["policy samples vs gold"] = bon["calibration_on_samples"]
+    plot_calibration(curves, output_dir / "calibration.png")
+    plot_loss_curves(trainer.state.log_history, output_dir / "loss_curve.png", f"reward model: {recipe.path}")
+    write_json(output_dir / "log_history.json", trainer.state.log_history)
+
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    metrics: dict[str, Any] = {
+        "mode": "lora" if model_args.use_peft else "full",
+        "heldout_accuracy": heldout["accuracy"],
+        "heldout_mean_margin": heldout["mean_margin"],
+        "heldout_loss": heldout["loss"],
+        "heldout_pairs": heldout["pairs"],
+        "heldout_accuracy_before": before["accuracy"],
+        "heldout_calibration": heldout["calibration"],
+        "train_loss": round(train_result.training_loss, 4),
+        "first_logged_loss": round(losses[0], 4) if losses else None,
+        "last_logged_loss": round(losses[-1], 4) if losses else None,
+        "steps": trainer.state.global_step,
+        **counts,
+        "max_length": max_length,
+        "margins": args.margin_column,
+        "append_eos": args.append_eos,
+        "center_rewards_coefficient": training_args.center_rewards_coefficient,
+        "train_truncation": truncation["train"],
+        "eval_truncation": truncation["eval"],
+        "data": {**data_stats, **({"policy_comparisons": policy_pairs} if policy_pairs else {})},
+        "train_seconds": round(train_seconds, 2),
+        "resumed_from": checkpoint,
+    }
+    if "accuracy_by_kind" in heldout:
+        metrics["heldout_accuracy_by_kind"] = heldout["accuracy_by_kind"]
+    if bon:
+        metrics["best_of_n"] = {row["n"]: {"gold": row.get("gold"), "reward": row["reward"]} for row in bon["table"]}
+        for key in ("policy_mean_gold", "rm_gold_pearson", "rm_gold_spearman", "rm_gold_spearman_within_prompt", "calibration_on_samples"):
+            if bon.get(key) is not None:
+                metrics[key] = bon[key]
+    if toy:
+        metrics["targets"] = targets(heldout["accuracy"], bon)
+    run.finish(resolved_recipe("reward", args, model_args, training_args), metrics)
+    logger.info(
+        "held-out accuracy %.3f (before training %.3f), mean margin %.3f, calibration ECE %s; outputs in %s",
+        heldout["accuracy"], before["accuracy"], heldout["mean_margin"], heldout["calibration"]["ece"], output_dir,
+    )
+
+
+if __name__ == "__main__":
+    run_cli(main)
