@@ -1,0 +1,554 @@
+"""PPO (RLHF): improve the SFT model against a reward, with a per-token KL penalty that keeps it near itself.
+
+    python -m pipeline.ppo --config recipes/toy/ppo.yaml
+    accelerate launch --config_file accelerate_config.yaml -m pipeline.ppo --config recipes/gpt2/ppo.yaml
+
+TRL >= 1.13 ships no PPOTrainer, so this stage owns its PPO, written from the papers on Transformers +
+Accelerate + PEFT (pipeline/rl/ holds the parts; each cites where it follows or diverges):
+
+    Ziegler et al. 2019   per-token reward r_t = −β·KL_t, plus the reward model's score at the last token;
+                          adaptive β towards a target KL
+    Ouyang et al. 2022    (InstructGPT) policy and critic from the SFT model / reward model; PPO-ptx
+    Huang et al. 2024     "The N+ implementation details of RLHF with PPO": left padding, the same
+                          temperature at sampling and scoring, reward at the true last token, EOS
+                          penalty, whitening, no dropout
+
+The story: parse the recipe -> open the output directory (resume or refuse) -> load the policy's
+tokenizer and the prompts (train, and held-out ones for measuring) -> with `algorithm: grpo | rloo` hand
+over to TRL's trainer with the same reward and reference (pipeline.rl.trl_online) -> otherwise build the
+policy (the SFT model, optionally with LoRA), the frozen reference (the SFT model: with LoRA the same
+model with its adapters disabled), the critic (a separate value model or a value head) and the reward
+(a learned reward model, or the toy world's programmatic gold reward) -> measure the SFT model on the
+held-out prompts -> for each step: sample responses, score them, turn scores and KL into per-token
+rewards, estimate advantages with GAE, run several PPO epochs over mini-batches, log, adapt β, and
+checkpoint -> measure the trained policy on the same prompts -> save it as a full model + tokenizer ->
+plot reward and KL, write samples, metrics and the manifest.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import torch
+from accelerate import Accelerator
+from transformers import get_scheduler, set_seed
+from trl import ModelConfig
+from trl.trainer.utils import get_peft_config
+
+from pipeline.contract import AlreadyFinished, StageRun, write_json
+from pipeline.errors import RecipeError, RunInterrupted, UserError, run_cli
+from pipeline.kl import ESTIMATORS, kl_estimates, sequence_kl
+from pipeline.models import check_lora_targets, linear_module_names, load_model, load_tokenizer, parameter_counts
+from pipeline.recipes import parse_recipe, resolved_recipe
+from pipeline.rl.advantages import generalized_advantage_estimation, kl_penalised_rewards, masked_mean, whiten
+from pipeline.rl.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.rl.evaluation import evaluate_policy
+from pipeline.rl.kl_control import make_kl_controller
+from pipeline.rl.losses import explained_variance
+from pipeline.rl.plots import plot_reward_and_kl
+from pipeline.rl.prompts import PromptSets, load_prompt_sets, pretraining_batches, step_prompts
+from pipeline.rl.rollout import Reference, collect_rollout, select
+from pipeline.rl.scoring import GoldScorer, make_scorer
+from pipeline.rl.update import ppo_update
+from pipeline.rl.value import ActorCritic, ValueModel
+from pipeline.stages import stage_inputs
+from pipeline.training import GracefulInterrupt
+
+logger = logging.getLogger("pipeline.ppo")
+
+
+# --- the recipe ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class PPOArguments:
+    """Where prompts, rewards and the critic come from, and what is measured."""
+
+    path_fields: ClassVar[dict[str, str]] = {
+        "dataset": "dataset", "reward_model_path": "model", "value_model_path": "model", "ptx_dataset": "dataset",
+    }
+
+    dataset: str = field(
+        default="toy",
+        metadata={"help": "'toy' (toy-world prompts), a .jsonl file with `prompt` (or preference pairs / HH transcripts), or a hub data set"},
+    )
+    dataset_split: str = field(default="train", metadata={"help": "split of a hub data set"})
+    max_prompts: int | None = field(default=None, metadata={"help": "use at most this many training prompts"})
+    toy_prompts: int = field(default=4096, metadata={"help": "toy world: training prompts (train split)"})
+    toy_seed: int = field(default=0, metadata={"help": "toy world: generator seed (as in the earlier stages)"})
+    toy_max_digits: int = field(default=2, metadata={"help": "toy world: digits of the addition operands"})
+    num_eval_prompts: int = field(default=256, metadata={"help": "held-out prompts measured before and after training"})
+    eval_batch_size: int = field(default=128, metadata={"help": "prompts per batch when measuring"})
+
+    reward: Literal["model", "gold"] = field(
+        default="model", metadata={"help": "'model': the reward model at reward_model_path; 'gold': the toy world's programmatic reward"}
+    )
+    reward_model_path: str | None = field(default=None, metadata={"help": "the reward stage's output_dir (sequence classifier)"})
+    value_model: Literal["separate", "head"] = field(
+        default="separate", metadata={"help": "critic: a separate value model, or a value head on the policy"}
+    )
+    value_model_path: str | None = field(
+        default=None, metadata={"help": "body of the separate critic (default: the reward model if it shares the policy's tokenizer, else the SFT model)"}
+    )
+    ptx_dataset: str | None = field(default=None, metadata={"help": "PPO-ptx text: 'toy' (toy pretraining corpus) or a .txt/.jsonl file"})
+    ptx_batch_size: int = field(default=8, metadata={"help": "PPO-ptx documents per micro-batch"})
+    ptx_max_length: int = field(default=128, metadata={"help": "PPO-ptx: tokens per document (longer ones are cut)"})
+
+    def __post_init__(self) -> None:
+        for key in ("toy_prompts", "num_eval_prompts", "eval_batch_size", "ptx_batch_size", "ptx_max_length"):
+            if getattr(self, key) <= 0:
+                raise ValueError(f"key '{key}' must be > 0, got {getattr(self, key)}")
+        if self.max_prompts is not None and self.max_prompts <= 0:
+            raise ValueError(f"key 'max_prompts' must be > 0 or null, got {self.max_prompts}")
+        if self.reward == "model" and not self.reward_model_path:
+            raise ValueError("key 'reward_model_path' is missing: reward: model needs the reward stage's output_dir (or set reward: gold)")
+        if self.reward == "gold" and self.dataset != "toy":
+            raise ValueError("key 'reward': gold is the toy world's programmatic reward and needs dataset: toy")
+
+
+@dataclass
+class PPOModelArguments(ModelConfig):
+    """TRL's ModelConfig: the SFT model to start from (model_name_or_path), dtype, LoRA (use_peft, lora_*) and 4-bit."""
+
+    path_fields: ClassVar[dict[str, str]] = {"model_name_or_path": "model"}
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.model_name_or_path:
+            raise ValueError("missing key 'model_name_or_path' (the SFT model, e.g. runs/toy/sft)")
+        if (self.load_in_4bit or self.load_in_8bit) and not self.use_peft:
+            raise ValueError("key 'load_in_4bit' trains LoRA adapters on a frozen 4-bit model: set use_peft: true")
+        # ModelConfig turns a one-element list into a string, which PEFT would read as a regex of the full name.
+        if isinstance(self.lora_target_modules, str) and self.lora_target_modules != "all-linear":
+            self.lora_target_modules = [self.lora_target_modules]
+
+
+@dataclass
+class PPOConfig:
+    """The optimisation: one step = one batch of rollouts, then `ppo_epochs` passes over it in mini-batches."""
+
+    output_dir: str = field(default="runs/ppo", metadata={"help": "where the stage writes its outputs"})
+    algorithm: Literal["ppo", "grpo", "rloo"] = field(
+        default="ppo", metadata={"help": "'ppo' (this project's), or TRL's 'grpo' / 'rloo' with the same reward and reference"}
+    )
+    seed: int = 42
+    max_steps: int = field(default=100, metadata={"help": "PPO steps (rollout batch + update)"})
+    per_device_train_batch_size: int = field(default=64, metadata={"help": "prompts (episodes) per step and process"})
+    num_mini_batches: int = field(default=4, metadata={"help": "optimizer steps per PPO epoch (the batch is split into these)"})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-batches per mini-batch (memory only: the gradient is the same)"})
+    ppo_epochs: int = field(default=4, metadata={"help": "passes over each rollout batch"})
+    forward_batch_size: int | None = field(default=None, metadata={"help": "rows per no-grad forward pass at rollout (default: all)"})
+
+    learning_rate: float = 1e-5
+    value_learning_rate: float | None = field(default=None, metadata={"help": "learning rate of the critic (default: learning_rate)"})
+    lr_scheduler_type: str = field(default="linear", metadata={"help": "transformers scheduler name (linear decays to 0, as lm-human-preferences does)"})
+    warmup_steps: float = field(default=0.0, metadata={"help": "optimizer steps of warm-up (< 1: a share of them)"})
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = field(default=1e-5, metadata={"help": "1e-5 as in OpenAI's lm-human-preferences"})
+    max_grad_norm: float = 1.0
+
+    response_length: int = field(default=53, metadata={"help": "largest number of new tokens per response"})
+    max_prompt_length: int = field(default=512, metadata={"help": "longer prompts are left out (and counted)"})
+    temperature: float = field(default=1.0, metadata={"help": "sampling temperature; also divides the logits when log-probs are recomputed"})
+    missing_eos_penalty: float | None = field(
+        default=1.0, metadata={"help": "subtracted from the score of a response that hit the length limit without EOS (null: none)"}
+    )
+    kl_coef: float = field(default=0.05, metadata={"help": "β of the per-token penalty −β·KL_t (the initial β when target_kl is set)"})
+    kl_estimator: Literal["k1", "k2", "k3"] = field(
+        default="k1", metadata={"help": "per-token KL in the reward: k1 = log π/π_ref (Ziegler et al.), k2, or k3 (>= 0); all three are logged"}
+    )
+    target_kl: float | None = field(default=None, metadata={"help": "adaptive β towards this mean per-sequence KL (null: fixed β)"})
+    kl_horizon: int = field(default=10000, metadata={"help": "adaptive β: episodes over which β moves by at most 20%"})
+    gamma: float = field(default=1.0, metadata={"help": "discount"})
+    lam: float = field(default=0.95, metadata={"help": "GAE λ"})
+    whiten_advantages: bool = True
+    cliprange: float = field(default=0.2, metadata={"help": "ε of the clipped policy ratio"})
+    cliprange_value: float = field(default=0.2, metadata={"help": "ε_v of the clipped value loss"})
+    vf_coef: float = field(default=0.1, metadata={"help": "weight of the value loss"})
+    entropy_coef: float = field(default=0.0, metadata={"help": "weight of an entropy bonus (0: none, as in InstructGPT)"})
+    ptx_coef: float = field(default=0.0, metadata={"help": "γ_ptx of PPO-ptx: + γ_ptx · mean log π(x) on ptx_dataset"})
+    num_generations: int = field(default=4, metadata={"help": "grpo/rloo: responses per prompt (the group)"})
+
+    logging_steps: int = 1
+    save_steps: int = field(default=20, metadata={"help": "checkpoint every this many steps (resume after a kill)"})
+    save_total_limit: int | None = 2
+    use_cpu: bool = False
+    bf16: bool = field(default=False, metadata={"help": "bf16 mixed precision (GPUs; slow on most CPUs)"})
+    fp16: bool = field(default=False, metadata={"help": "fp16 mixed precision (older GPUs)"})
+    tf32: bool | None = field(default=None, metadata={"help": "allow TF32 matmuls on Ampere+ GPUs (null: torch's default)"})
+    gradient_checkpointing: bool = False
+
+    def __post_init__(self) -> None:
+        if self.kl_coef < 0:
+            raise ValueError(f"key 'kl_coef' must be >= 0, got {self.kl_coef}: a negative β would reward moving away from the SFT model")
+        for key in ("max_steps", "num_mini_batches", "ppo_epochs", "response_length", "max_prompt_length", "num_generations", "save_steps"):
+            if getattr(self, key) <= 0:
+                raise ValueError(f"key '{key}' must be > 0, got {getattr(self, key)}")
+        for key in ("temperature", "cliprange", "cliprange_value"):
+            if getattr(self, key) <= 0:
+                raise ValueError(f"key '{key}' must be > 0, got {getattr(self, key)}")
+        for key in ("gamma", "lam"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                raise ValueError(f"key '{key}' must be in [0, 1], got {getattr(self, key)}")
+        for key in ("vf_coef", "entropy_coef", "ptx_coef"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"key '{key}' must be >= 0, got {getattr(self, key)}")
+        if self.bf16 and self.fp16:
+            raise ValueError("keys 'bf16' and 'fp16' are both true: choose one mixed precision")
+        if self.value_learning_rate is not None and self.value_learning_rate <= 0:
+            raise ValueError(f"key 'value_learning_rate' must be > 0 or null, got {self.value_learning_rate}")
+        if self.target_kl is not None and self.target_kl <= 0:
+            raise ValueError(f"key 'target_kl' must be > 0 or null, got {self.target_kl}")
+        mini_batch, remainder = divmod(self.per_device_train_batch_size, self.num_mini_batches)
+        if remainder or mini_batch < self.gradient_accumulation_steps:
+            raise ValueError(
+                f"key 'per_device_train_batch_size' ({self.per_device_train_batch_size}) must split into num_mini_batches "
+                f"({self.num_mini_batches}) mini-batches of at least gradient_accumulation_steps ({self.gradient_accumulation_steps}) rows"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+RECIPE_TYPES = (PPOArguments, PPOModelArguments, PPOConfig)
+
+
+# --- models -------------------------------------------------------------------------------------------
+
+
+def same_tokenizer(path: str, tokenizer) -> bool:
+    try:
+        other = load_tokenizer(path)
+    except UserError:
+        return False
+    return other.get_vocab() == tokenizer.get_vocab()
+
+
+def build_models(args: PPOArguments, model_args: PPOModelArguments, config: PPOConfig, tokenizer) -> tuple[ActorCritic, Reference]:
+    """Policy (+ LoRA), frozen reference and critic, all starting from the SFT model (or the RM for the critic)."""
+    policy = load_model(model_args, tokenizer)
+    if model_args.use_peft:
+        from peft import get_peft_model, prepare_model_for_kbit_training
+
+        if model_args.lora_target_modules is None:  # GPT-2: attention and MLP, as the SFT stage adapts them
+            gpt2_like = {"c_attn", "c_proj", "c_fc"} <= set(linear_module_names(policy))
+            model_args.lora_target_modules = ["c_attn", "c_proj", "c_fc"] if gpt2_like else "all-linear"
+        check_lora_targets(policy, model_args.lora_target_modules)
+        if model_args.load_in_4bit or model_args.load_in_8bit:
+            policy = prepare_model_for_kbit_training(policy, use_gradient_checkpointing=config.gradient_checkpointing)
+        policy = get_peft_model(policy, get_peft_config(model_args))
+        reference = Reference(peft_policy=policy)  # the same weights with adapters off: no second copy
+    else:
+        reference = Reference(model=load_model(model_args, tokenizer))
+    if config.gradient_checkpointing:
+        policy.gradient_checkpointing_enable()
+
+    critic = None
+    if args.value_model == "separate":
+        path = args.value_model_path
+        if path is None:
+            # InstructGPT initialises the critic from the reward model; that needs the RM to read the policy's tokens.
+            use_rm = args.reward == "model" and same_tokenizer(args.reward_model_path, tokenizer)
+            path = args.reward_model_path if use_rm else model_args.model_name_or_path
+        elif not same_tokenizer(path, tokenizer):
+            raise UserError(f"value_model_path {path}: its tokenizer differs from the policy's; the critic reads the policy's tokens.")
+        critic = ValueModel.from_pretrained(path, vocabulary_size=len(tokenizer))
+        logger.info("critic: a separate value model with the body of %s", path)
+    return ActorCritic(policy, critic), reference
+
+
+def build_optimizer(actor_critic: ActorCritic, config: PPOConfig):
+    """AdamW with two parameter groups: the policy at `learning_rate`, the critic at `value_learning_rate`.
+
+    A freshly initialised value head must travel from 0 to the scale of the rewards; with Adam every step
+    moves a weight by about the learning rate, so at a policy-sized rate the critic would explain nothing
+    for the whole run and every advantage would be the raw (whitened) reward.
+    """
+    critic = actor_critic.value_head if actor_critic.value_head is not None else actor_critic.critic
+    critic_ids = {id(p) for p in critic.parameters()}
+    policy_params = [p for p in actor_critic.parameters() if p.requires_grad and id(p) not in critic_ids]
+    critic_params = [p for p in critic.parameters() if p.requires_grad]
+    groups = [
+        {"params": policy_params, "lr": config.learning_rate},
+        {"params": critic_params, "lr": config.value_learning_rate or config.learning_rate},
+    ]
+    optimizer = torch.optim.AdamW(groups, betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_epsilon, weight_decay=config.weight_decay)
+    total = config.max_steps * config.ppo_epochs * config.num_mini_batches
+    warmup = int(config.warmup_steps * total) if 0 < config.warmup_steps < 1 else int(config.warmup_steps)
+    return optimizer, get_scheduler(config.lr_scheduler_type, optimizer, num_warmup_steps=warmup, num_training_steps=total)
+
+
+# --- one PPO step -------------------------------------------------------------------------------------
+
+
+def gathered_mean(accelerator: Accelerator, values: torch.Tensor) -> float:
+    return accelerator.gather(values.float().to(accelerator.device)).mean().item()
+
+
+def ppo_step(
+    step: int, accelerator: Accelerator, model, optimizer, scheduler, reference: Reference, tokenizer, scorer, gold,
+    kl_control, prompts: list[str], config: PPOConfig, ptx_batches,
+) -> dict[str, Any]:
+    """Rollout -> score -> per-token rewards -> GAE -> PPO epochs. Returns the step's log entry."""
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+    torch.manual_seed(config.seed * 100_003 + step * 1_009 + accelerator.process_index)  # resumable sampling
+    actor_critic = accelerator.unwrap_model(model)
+    with accelerator.autocast():  # the precision the update's forward passes use, so that π/π_old starts at 1
+        rollout = collect_rollout(
+            actor_critic, reference, tokenizer, prompts, config.response_length, config.temperature, config.forward_batch_size, timings
+        )
+    device, mask = rollout.response_mask.device, rollout.response_mask
+
+    scoring_started = time.perf_counter()
+    finished = rollout.finished.tolist()
+    raw_scores = scorer(rollout.prompts, rollout.texts, finished).to(device)
+    gold_scores = raw_scores if isinstance(scorer, GoldScorer) else gold(rollout.prompts, rollout.texts, finished).to(device) if gold else None
+    scores = raw_scores.clone()
+    if config.missing_eos_penalty is not None:
+        # Responses must learn to end. N+ details' "EOS trick" replaces such a score by a constant; subtracting a
+        # penalty instead keeps the reward's judgement of the text, and makes the penalty a recipe value.
+        scores[~rollout.finished] -= config.missing_eos_penalty
+    timings["scoring"] = time.perf_counter() - scoring_started
+
+    # Per-token rewards: −β·KL_t with the chosen estimator, and the score at the last real token (Ziegler et al.).
+    kl = {name: value * mask for name, value in kl_estimates(rollout.logprobs, rollout.ref_logprobs).items()}
+    beta = kl_control.value
+    rewards = kl_penalised_rewards(scores, kl[config.kl_estimator], mask, beta)
+    advantages, returns = generalized_advantage_estimation(rewards, rollout.values, mask, config.gamma, config.lam)
+    if config.whiten_advantages:
+        advantages = whiten(advantages, mask)
+
+    optimisation_started = time.perf_counter()
+    batch = {**select(rollout, slice(None)), "advantages": advantages, "returns": returns}
+    generator = torch.Generator().manual_seed(config.seed * 7_919 + step)
+    update_stats = ppo_update(accelerator, model, optimizer, scheduler, batch, config, generator, ptx_batches)
+    timings["optimisation"] = time.perf_counter() - optimisation_started
+
+    sequence = {name: sequence_kl(value, mask) for name, value in kl.items()}
+    kl_control.update(gathered_mean(accelerator, sequence[config.kl_estimator]), len(prompts) * accelerator.num_processes)
+    seconds = time.perf_counter() - started
+    response_tokens = accelerator.reduce(mask.sum().float(), reduction="sum").item()
+    entry = {
+        "step": step,
+        "episodes": step * len(prompts) * accelerator.num_processes,
+        "score": gathered_mean(accelerator, raw_scores),
+        "rm_reward": None if isinstance(scorer, GoldScorer) else gathered_mean(accelerator, raw_scores),
+        "gold_reward": gathered_mean(accelerator, gold_scores) if gold_scores is not None else None,
+        "total_reward": gathered_mean(accelerator, rewards.sum(dim=1)),
+        **{f"kl_{name}": gathered_mean(accelerator, value) for name, value in sequence.items()},
+        "kl_coef": beta,
+        "entropy": masked_mean(rollout.entropy, mask, across_processes=True).item(),
+        "response_length": gathered_mean(accelerator, mask.sum(dim=1)),
+        "finished_fraction": gathered_mean(accelerator, rollout.finished),
+        "explained_variance": explained_variance(rollout.values, returns, mask),
+        **update_stats,
+        "learning_rate": scheduler.get_last_lr()[0],
+        "samples_per_second": len(prompts) * accelerator.num_processes / seconds,
+        "tokens_per_second": response_tokens / seconds,
+        **{f"time_{name}": round(value, 4) for name, value in timings.items()},
+    }
+    return {key: (round(value, 5) if isinstance(value, float) and math.isfinite(value) else value) for key, value in entry.items()}
+
+
+# --- the stage ----------------------------------------------------------------------------------------
+
+
+def summary_line(entry: dict[str, Any], max_steps: int) -> str:
+    reward = f"gold {entry['gold_reward']:.3f}" if entry.get("gold_reward") is not None else ""
+    if entry.get("rm_reward") is not None:
+        reward += f" rm {entry['rm_reward']:.3f}"
+    return (
+        f"step {entry['step']}/{max_steps}: {reward.strip()} | KL k1 {entry['kl_k1']:.3f} k3 {entry['kl_k3']:.3f} "
+        f"β {entry['kl_coef']:.4f} | len {entry['response_length']:.1f} eos {entry['finished_fraction']:.2f} "
+        f"entropy {entry['entropy']:.3f} clip {entry['policy_clip_fraction']:.3f} ev {entry['explained_variance']:.2f} "
+        f"| {entry['samples_per_second']:.1f} samples/s"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args, model_args, config, recipe = parse_recipe(RECIPE_TYPES, argv, "ppo", __doc__)
+    accelerator = Accelerator(cpu=config.use_cpu, mixed_precision="bf16" if config.bf16 else "fp16" if config.fp16 else "no")
+    if config.tf32 is not None and torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = config.tf32
+    output_dir = Path(config.output_dir)
+    run = StageRun(recipe, output_dir, stage_inputs("ppo", recipe.values), config.seed, accelerator.is_main_process)
+    try:
+        checkpoint = run.start()
+    except AlreadyFinished:
+        logger.info("%s already holds a finished run of this recipe; nothing to do (--force re-runs it)", output_dir)
+        return
+    set_seed(config.seed)
+
+    tokenizer = load_tokenizer(model_args.model_name_or_path)  # pad distinct from EOS, so EOS stays a learnable action
+    context = _context_length(model_args.model_name_or_path)
+    prompt_limit = min(config.max_prompt_length, context - config.response_length) if context else config.max_prompt_length
+    if config.ptx_coef > 0 and not args.ptx_dataset:
+        raise RecipeError(f"{recipe.path}: key 'ptx_coef' is {config.ptx_coef} but 'ptx_dataset' is not set (toy, or a text file).")
+    if prompt_limit <= 0:
+        raise RecipeError(f"{recipe.path}: key 'response_length' ({config.response_length}) leaves no room for a prompt in the model's context of {context} tokens.")
+    prompt_sets = load_prompt_sets(
+        args.dataset, tokenizer, prompt_limit, args.num_eval_prompts, config.seed, args.dataset_split, args.max_prompts,
+        args.toy_prompts, args.toy_seed, args.toy_max_digits,
+    )
+    logger.info("prompts: %d for training, %d held out for measuring", len(prompt_sets.train), len(prompt_sets.eval))
+
+    if config.algorithm != "ppo":
+        from pipeline.rl.trl_online import train_with_trl
+
+        metrics = train_with_trl(args, model_args, config, tokenizer, prompt_sets, checkpoint, recipe)
+        if metrics is not None:
+            run.finish(resolved_recipe("ppo", args, model_args, config), metrics)
+        return
+
+    actor_critic, reference = build_models(args, model_args, config, tokenizer)
+    counts = parameter_counts(actor_critic)
+    scorer = make_scorer(args.reward, args.reward_model_path, accelerator.device, args.eval_batch_size, tokenizer)
+    gold = GoldScorer() if args.dataset == "toy" else None
+    optimizer, scheduler = build_optimizer(actor_critic, config)
+    model, optimizer = accelerator.prepare(actor_critic, optimizer)
+    if reference.model is not None:
+        reference.model.to(accelerator.device)
+    kl_control = make_kl_controller(config.kl_coef, config.target_kl, config.kl_horizon)
+    logger.info(
+        "PPO: %d of %d parameters trainable (%s, critic: %s); reward: %s; β %.4g (%s, %s)",
+        counts["trainable_parameters"], counts["parameters"], "LoRA" if model_args.use_peft else "full",
+        args.value_model, args.reward, config.kl_coef, "adaptive" if config.target_kl else "fixed", config.kl_estimator,
+    )
+
+    # The SFT model's behaviour on held-out prompts; the policy is still identical to the reference here.
+    scorers = {"gold": gold} if gold else {}
+    if args.reward == "model":
+        scorers["rm"] = scorer
+
+    def measure():
+        with accelerator.autocast():
+            return evaluate_policy(
+                accelerator, accelerator.unwrap_model(model), reference, tokenizer, prompt_sets.eval, scorers,
+                config.response_length, config.temperature, args.eval_batch_size, config.seed,
+            )
+
+    before, samples_before = measure()
+    logger.info("SFT model on %d held-out prompts: %s", before["num_prompts"], before)
+
+    start_step, log_history = 0, []
+    if checkpoint:
+        state = load_checkpoint(checkpoint, accelerator.unwrap_model(model), optimizer, scheduler)
+        start_step, log_history = state["step"], state["log_history"]
+        kl_control.load_state_dict(state["kl_control"])
+        logger.info("resumed from %s at step %d", checkpoint, start_step)
+    ptx_batches = None
+    if config.ptx_coef > 0:
+        ptx_length = min(args.ptx_max_length, context or args.ptx_max_length)  # documents are cut to the context
+        ptx_batches = pretraining_batches(args.ptx_dataset, tokenizer, args.ptx_batch_size, ptx_length, config.seed, accelerator.device, args.toy_seed)
+
+    interrupt = GracefulInterrupt()
+    started = time.perf_counter()
+    for step in range(start_step + 1, config.max_steps + 1):
+        prompts = step_prompts(prompt_sets.train, step, config.per_device_train_batch_size, config.seed, accelerator.process_index, accelerator.num_processes)
+        entry = ppo_step(step, accelerator, model, optimizer, scheduler, reference, tokenizer, scorer, gold, kl_control, prompts, config, ptx_batches)
+        log_history.append(entry)
+        if step % config.logging_steps == 0 or step == config.max_steps:
+            logger.info(summary_line(entry, config.max_steps))
+        if step % config.save_steps == 0 or interrupt.requested:
+            if accelerator.is_main_process:
+                state = {"log_history": log_history, "kl_control": kl_control.state_dict()}
+                save_checkpoint(output_dir, step, accelerator.unwrap_model(model), optimizer, scheduler, state, config.save_total_limit)
+            accelerator.wait_for_everyone()
+        if interrupt.requested:
+            raise RunInterrupted(f"stopped at step {step}; the checkpoint is in {output_dir}. Run the same command again to resume.")
+    train_seconds = time.perf_counter() - started
+    interrupt.restore()
+
+    after, samples_after = measure()
+    logger.info("PPO policy on the same prompts: %s", after)
+    policy = save_policy(accelerator, model, tokenizer, output_dir)
+    if not accelerator.is_main_process:
+        return
+    write_json(output_dir / "log_history.json", log_history)
+    write_json(output_dir / "samples.json", [{"when": "before", **r} for r in samples_before] + [{"when": "after", **r} for r in samples_after])
+    plot_reward_and_kl(log_history, output_dir / "reward_kl.png", f"PPO: {recipe.path}")
+    metrics = final_metrics(before, after, log_history, config, counts, prompt_sets, train_seconds, start_step, checkpoint, kl_control.value)
+    metrics["saved_parameters"] = sum(p.numel() for p in policy.parameters())
+    run.finish(resolved_recipe("ppo", args, model_args, config), metrics)
+    logger.info("gold/RM reward before -> after: %s; outputs in %s", {k: (before.get(k), after.get(k)) for k in ("gold_reward", "rm_reward") if k in after}, output_dir)
+
+
+def _context_length(name_or_path: str) -> int | None:
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(name_or_path)
+    except (OSError, ValueError):
+        return None
+    return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+
+
+def save_policy(accelerator: Accelerator, model, tokenizer, output_dir: Path):
+    """The trained policy as a full model (LoRA merged into it) + tokenizer, loadable with from_pretrained."""
+    policy = accelerator.unwrap_model(model).policy
+    if hasattr(policy, "merge_and_unload"):
+        policy = policy.merge_and_unload()  # the end of the run: the reference is no longer needed
+    if accelerator.is_main_process:
+        policy.save_pretrained(output_dir, safe_serialization=True)
+        tokenizer.save_pretrained(output_dir)
+    accelerator.wait_for_everyone()
+    return policy
+
+
+def final_metrics(before, after, log_history, config: PPOConfig, counts, prompt_sets: PromptSets, train_seconds, start_step, checkpoint, beta) -> dict[str, Any]:
+    """metrics.json: before/after on held-out prompts (the targets), KL to the reference, throughput."""
+    steps_run = config.max_steps - start_step
+    recent = log_history[-max(1, len(log_history) // 10) :]  # the last tenth of training, for the timing split
+    metrics: dict[str, Any] = {"algorithm": "ppo"}
+    for key in ("gold_reward", "rm_reward"):
+        if key in after:
+            metrics[f"{key}_before"], metrics[f"{key}_after"] = before[key], after[key]
+            metrics[f"{key}_gain"] = round(after[key] - before[key], 4)
+    metrics.update({
+        "kl_to_reference": {name: after[f"kl_{name}"] for name in ESTIMATORS},  # mean per-sequence KL, nats
+        "response_length_before": before["response_length"],
+        "response_length_after": after["response_length"],
+        "finished_fraction_before": before["finished_fraction"],
+        "finished_fraction_after": after["finished_fraction"],
+        "eval_prompts": after["num_prompts"],
+        "eval_temperature": config.temperature,
+        "final_kl_coef": round(beta, 6),
+        "steps": config.max_steps,
+        "episodes": log_history[-1]["episodes"] if log_history else 0,
+        **counts,
+        **prompt_sets.as_dict(),
+        "train_seconds": round(train_seconds, 2),
+        "seconds_per_step": round(train_seconds / steps_run, 3) if steps_run else None,
+        "samples_per_second": round(sum(e["samples_per_second"] for e in recent) / len(recent), 2) if recent else None,
+        "tokens_per_second": round(sum(e["tokens_per_second"] for e in recent) / len(recent), 1) if recent else None,
+        "time_split": {
+            name: round(sum(e.get(f"time_{name}", 0.0) for e in log_history), 2) for name in ("generation", "forward", "scoring", "optimisation")
+        },
+        "peak_memory_mb": peak_memory_mb(),
+        "resumed_from": checkpoint,
+    })
+    return metrics
+
+
+def peak_memory_mb() -> float:
+    """Peak GPU memory allocated by torch where there is a GPU, else this process's peak resident set size."""
+    if torch.cuda.is_available() and torch.cuda.max_memory_allocated() > 0:
+        return round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10, 1)  # kilobytes on Linux
+
+
+if __name__ == "__main__":
+    run_cli(main)

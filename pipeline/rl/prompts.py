@@ -1,0 +1,121 @@
+"""The prompts that online RL samples from, and the pretraining text of PPO-ptx.
+
+Prompts come from the toy world (train split for training, the held-out eval split for measuring), a
+JSON Lines file with a `prompt` field, or preference data (a file or a hub data set, HH transcripts
+included) through pipeline.data.preferences, whose prompts are used without their responses.
+Prompts longer than the limit are left out and counted (cutting a prompt changes its question).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from pipeline.data.text import JSON_SUFFIXES, iter_jsonl, load_text_dataset
+from pipeline.data.toy_world import ToyWorld
+from pipeline.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PromptSets:
+    train: list[str]
+    eval: list[str]
+    too_long: int  # prompts left out for exceeding the length limit
+
+    def as_dict(self) -> dict[str, int]:
+        return {"train_prompts": len(self.train), "eval_prompts": len(self.eval), "prompts_too_long": self.too_long}
+
+
+def read_prompts(source: str, split: str = "train", limit: int | None = None) -> list[str]:
+    """Unique prompts, in first-seen order, from a prompt file or from preference data."""
+    path = Path(source)
+    if path.exists() and path.name.endswith(JSON_SUFFIXES):
+        records = iter_jsonl(path)
+        first = next(records, None)
+        if first is None:
+            raise DataError(f"{path}: the file holds no records.")
+        if "prompt" in first[1] and "chosen" not in first[1]:
+            prompts = []
+            for line, record in [first, *records]:
+                if not isinstance(record.get("prompt"), str) or not record["prompt"].strip():
+                    raise DataError(f"{path}:{line}: field 'prompt' must be a non-empty string.")
+                prompts.append(record["prompt"])
+            return list(dict.fromkeys(prompts))[:limit]
+    from pipeline.data.preferences import load_preferences
+
+    pairs, _ = load_preferences(source, split=split)
+    return list(dict.fromkeys(pairs["prompt"]))[:limit]
+
+
+def load_prompt_sets(
+    dataset: str,
+    tokenizer,
+    max_prompt_tokens: int,
+    num_eval: int,
+    seed: int,
+    split: str = "train",
+    max_prompts: int | None = None,
+    toy_prompts: int = 4096,
+    toy_seed: int = 0,
+    toy_max_digits: int = 2,
+) -> PromptSets:
+    """Train and held-out eval prompts that fit in `max_prompt_tokens` tokens."""
+    if dataset == "toy":
+        world = ToyWorld(seed=toy_seed, max_digits=toy_max_digits)
+        train, evaluation = world.prompts(max_prompts or toy_prompts, split="train"), world.prompts(num_eval, split="eval")
+    else:
+        prompts = read_prompts(dataset, split)
+        random.Random(seed).shuffle(prompts)
+        if len(prompts) <= num_eval:
+            raise DataError(f"{dataset}: {len(prompts)} unique prompts, not enough to hold out num_eval_prompts={num_eval}.")
+        evaluation, train = prompts[:num_eval], prompts[num_eval:]
+        train = train[:max_prompts]
+    lengths = lambda texts: [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]  # noqa: E731
+    kept_train = [p for p, n in zip(train, lengths(train)) if n <= max_prompt_tokens]
+    kept_eval = [p for p, n in zip(evaluation, lengths(evaluation)) if n <= max_prompt_tokens]
+    too_long = len(train) - len(kept_train) + len(evaluation) - len(kept_eval)
+    if too_long:
+        logger.warning("left out %d prompts longer than %d tokens (max_prompt_length, or the context minus response_length)", too_long, max_prompt_tokens)
+    if not kept_train or not kept_eval:
+        raise DataError(
+            f"{dataset}: no prompt fits in {max_prompt_tokens} tokens (max_prompt_length, or the model's context minus "
+            "response_length): raise max_prompt_length or lower response_length."
+        )
+    return PromptSets(kept_train, kept_eval, too_long)
+
+
+def step_prompts(prompts: list[str], step: int, per_process: int, seed: int, process_index: int, num_processes: int) -> list[str]:
+    """This process's share of step `step`'s prompts: a seeded draw, so a resumed run draws the same ones."""
+    rng = random.Random(f"ppo-prompts:{seed}:{step}")
+    total = per_process * num_processes
+    drawn = rng.sample(prompts, total) if total <= len(prompts) else [rng.choice(prompts) for _ in range(total)]
+    return drawn[process_index * per_process : (process_index + 1) * per_process]
+
+
+def pretraining_batches(
+    source: str, tokenizer, batch_size: int, max_length: int, seed: int, device: torch.device, toy_seed: int = 0
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Endless right-padded batches of pretraining documents (each ended by EOS) for the PPO-ptx term."""
+    if source == "toy":
+        documents = ToyWorld(seed=toy_seed).pretraining_corpus(4000)
+    else:
+        documents = list(load_text_dataset(source)["text"])
+    rows = [ids[: max_length - 1] + [tokenizer.eos_token_id] for ids in tokenizer(documents, add_special_tokens=False)["input_ids"]]
+    if len(rows) < batch_size:
+        raise DataError(f"ptx_dataset {source}: {len(rows)} documents, fewer than ptx_batch_size={batch_size}.")
+    rng = random.Random(f"ptx:{seed}")
+    while True:
+        rng.shuffle(rows)
+        for start in range(0, len(rows) - batch_size + 1, batch_size):
+            batch = rows[start : start + batch_size]
+            longest = max(len(row) for row in batch)
+            ids = torch.tensor([row + [tokenizer.pad_token_id] * (longest - len(row)) for row in batch], device=device)
+            mask = torch.tensor([[1] * len(row) + [0] * (longest - len(row)) for row in batch], device=device)
+            yield ids, mask
