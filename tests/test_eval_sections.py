@@ -1,0 +1,115 @@
+"""The report's reward, PPO, DPO, Best-of-N and weak-to-strong sections read what those stages write.
+
+Training those stages takes minutes, so these tests write stage output directories in the stages' formats,
+made with the stages' own functions where they exist (weak-to-strong summaries, Best-of-N tables,
+calibration), and check that every number the report shows is the stage's. A stage output with missing
+files and keys must still give a report, without errors.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from eval.context import Options
+from eval.report import build_report
+
+NO_STUDIES = Options(studies=False)
+
+
+def write_output(directory: Path, stage: str, metrics: dict, wall_time_s: float = 10.0, inputs: dict | None = None, **files) -> Path:
+    directory.mkdir(parents=True)
+    (directory / "metrics.json").write_text(json.dumps(metrics))
+    for name, content in files.items():
+        (directory / f"{name}.json").write_text(json.dumps(content))
+    manifest = {"stage": stage, "wall_time_s": wall_time_s, "inputs": inputs or {}, "recipe_values": {"dataset": "toy"}}
+    (directory / "manifest.json").write_text(json.dumps(manifest))  # last, as the stage contract does
+    return directory
+
+
+def w2s_metrics() -> dict:
+    from pipeline.w2s.metrics import performance_gap_recovered
+    from pipeline.weak_to_strong import flat_metrics, summarize
+
+    per_seed = []
+    for seed, (weak, ceiling, xent, logconf) in enumerate([(0.60, 0.80, 0.66, 0.72), (0.62, 0.78, 0.64, 0.70), (0.61, 0.61, 0.62, 0.60)]):
+        students = {}
+        for name, accuracy in (("xent", xent), ("logconf", logconf)):
+            pgr = performance_gap_recovered(weak, accuracy, ceiling)
+            students[name] = {"accuracy": accuracy, "pgr": pgr.value, "pgr_reason": pgr.reason,
+                              "agreement": {"weak_right": 0.9, "weak_wrong": 0.4}}
+        per_seed.append({"seed": seed, "weak_accuracy": weak, "ceiling_accuracy": ceiling, "gap": ceiling - weak,
+                         "weak_label_accuracy": weak, "students": students})
+    summary = summarize(per_seed)
+    return {**flat_metrics(summary), "summary": summary, "per_seed": per_seed, "seeds": [0, 1, 2],
+            "models": {"weak": "small", "strong": "large"}, "task": {"name": "toy"}}
+
+
+def test_weak_to_strong_pgr_table_and_bars(tmp_path):
+    metrics = w2s_metrics()
+    write_output(tmp_path / "runs" / "w2s", "weak_to_strong", metrics)
+    report = build_report([tmp_path / "runs"], options=NO_STUDIES)
+    assert report["errors"] == []
+    shown = report["sections"]["weak-to-strong"]["w2s"]
+    assert shown["pgr_median"] == {"xent": metrics["pgr_median_xent"], "logconf": metrics["pgr_median_logconf"]}
+    assert shown["pgr_median"]["logconf"] == pytest.approx(np.median([0.6, 0.5]))  # seed 2 has no gap: n/a, left out
+    assert shown["pgr_per_seed"]["xent"][2] is None
+    assert shown["accuracy_median"]["ceiling"] == metrics["ceiling_accuracy_median"]
+    markdown = (tmp_path / "runs" / "report.md").read_text()
+    assert "the ceiling (0.6100) equals the weak model (0.6100)" in markdown
+    assert (tmp_path / "runs" / "report_figures" / "pgr_w2s.png").is_file()
+
+
+def test_reward_best_of_n_dpo_and_ppo_numbers_are_the_stages(tmp_path):
+    from eval.best_of_n import best_of_n_table
+    from pipeline.reward_model import pairwise_calibration
+
+    rng = np.random.default_rng(0)
+    runs = tmp_path / "runs"
+    write_output(runs / "sft", "sft", {"gold_reward_sampled": 0.55, "gold_reward_greedy": 0.7}, inputs={"model_name_or_path": "x"})
+    rewards, gold = rng.normal(size=(8, 16)), rng.uniform(size=(8, 16))
+    bon = {"prompts": 8, "samples_per_prompt": 16, "policy": str(runs / "sft"), "policy_mean_gold": float(gold.mean()),
+           "table": best_of_n_table(rewards, gold)}
+    calibration = pairwise_calibration(rng.normal(1.0, 1.0, size=200), [True] * 200)
+    write_output(runs / "reward", "reward", {"heldout_accuracy": 0.91, "heldout_accuracy_before": 0.5, "heldout_mean_margin": 1.2,
+                                            "heldout_calibration": calibration, "rm_gold_pearson": 0.6}, best_of_n=bon)
+    dpo_history = [{"step": s, "rewards/margins": 0.1 * s, "rewards/accuracies": 0.5 + 0.01 * s, "logps/chosen": -5 - 0.1 * s,
+                    "loss": 0.69 - 0.01 * s} for s in range(1, 6)]
+    write_output(runs / "dpo", "dpo", {"gold_reward_sampled": 0.7, "kl_to_sft": {"k1": 1.1, "k3": 1.0, "exact": 1.05},
+                                       "win_rate_vs_sft": {"gold_reward": {"sampled": 0.6}}}, inputs={"model_name_or_path": str(runs / "sft")},
+                 log_history=dpo_history)
+    ppo_history = [{"step": s, "gold_reward": 0.5 + 0.02 * s, "kl_k1": 0.1 * s, "kl_k3": 0.09 * s, "entropy": 1.0} for s in range(1, 9)]
+    write_output(runs / "ppo", "ppo", {"gold_reward_after": 0.74, "kl_to_reference": {"k1": 0.8, "k2": 0.9, "k3": 0.7}},
+                 inputs={"model_name_or_path": str(runs / "sft")}, log_history=ppo_history)
+
+    report = build_report([runs], options=NO_STUDIES)
+    assert report["errors"] == []
+    sections = report["sections"]
+    assert sections["reward"]["reward"]["heldout_accuracy"] == 0.91
+    assert sections["reward"]["reward"]["ece"] == calibration["ece"]
+    assert sections["reward"]["reward"]["best_of_n"]["table"] == bon["table"]
+    assert sections["dpo"]["dpo"]["curves"]["rewards/margins"] == {"step": [1, 2, 3, 4, 5], "value": [0.1 * s for s in range(1, 6)]}
+    assert sections["dpo"]["dpo"]["kl_to_sft"]["exact"] == 1.05
+    assert sections["ppo"]["ppo"]["curves"]["gold_reward"]["value"] == [e["gold_reward"] for e in ppo_history]
+    # Without studies the comparison plots what the stages measured: (KL to SFT, gold reward of samples).
+    points = sections["comparison"]["points"]
+    assert points["sft"] == {"kl": [0.0], "gold": [0.55]}
+    assert points["dpo"] == {"kl": [1.05], "gold": [0.7]}  # the exact KL where the stage has it
+    assert points["ppo"] == {"kl": [0.7], "gold": [0.74]}  # else k3
+    assert points["Best-of-N (RM picks)"] == {"kl": [r["kl_nats"] for r in bon["table"]], "gold": [r["gold"] for r in bon["table"]]}
+    assert report["missing_stages"] == ["pretrain", "weak_to_strong"]
+
+
+def test_stage_outputs_without_files_or_keys_still_give_a_report(tmp_path):
+    runs = tmp_path / "runs"
+    for stage in ("pretrain", "sft", "reward", "ppo", "dpo", "weak_to_strong"):
+        write_output(runs / stage, stage, {})
+    (runs / "unfinished").mkdir()  # no manifest: not a finished stage, not reported
+    (runs / "unfinished" / "metrics.json").write_text("{}")
+    report = build_report([runs], options=NO_STUDIES)
+    assert report["errors"] == [] and report["missing_stages"] == []
+    assert [o["name"] for o in report["sections"]["overview"]["outputs"]] == ["pretrain", "sft", "reward", "ppo", "dpo", "weak_to_strong"]
+    assert (runs / "report.html").is_file()
