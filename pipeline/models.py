@@ -29,8 +29,14 @@ PAD_TOKEN = "<|pad|>"
 def _check_exists(name_or_path: str) -> None:
     from pipeline.recipes import looks_like_hub_id
 
-    if not Path(name_or_path).exists() and not looks_like_hub_id(name_or_path):
+    path = Path(name_or_path)
+    if not path.exists() and not looks_like_hub_id(name_or_path):
         raise UserError(f"model {name_or_path} not found: is it the output of a stage that has not run yet?")
+    if path.is_dir() and not any((path / name).is_file() for name in ("config.json", "adapter_config.json")):
+        raise UserError(
+            f"{name_or_path} is not a model folder: it has no config.json. A finished stage output holds config.json, "
+            "model.safetensors and the tokenizer files; an unfinished one only checkpoints (run its stage again to finish it)."
+        )
 
 
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, padding_side: str = "right"):
@@ -38,8 +44,9 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, padding_s
     _check_exists(name_or_path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
-    except OSError as error:
-        raise UserError(f"could not load a tokenizer from {name_or_path}: {error}") from None
+    except (OSError, ValueError) as error:  # ValueError: a folder with no tokenizer files at all
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(f"could not load a tokenizer from {name_or_path} (tokenizer.json missing?): {first_line}") from None
     if tokenizer.eos_token is None:
         raise UserError(f"the tokenizer of {name_or_path} has no EOS token; the pipeline needs one to end responses.")
     if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:

@@ -71,3 +71,25 @@ def run_module(module: str, *args: str, cwd: Path | None = None, timeout: int = 
     return subprocess.run(
         [sys.executable, "-m", module, *args], cwd=cwd or REPO, env=env, capture_output=True, text=True, timeout=timeout
     )
+
+
+def save_tiny_gpt2(
+    directory: Path, n_embd: int = 32, n_layer: int = 1, n_positions: int = 128, texts: list[str] | None = None,
+    seed: int = 0,
+) -> Path:
+    """A random GPT-2 (no training) with a char tokenizer of `texts` (default: toy dialogues), saved like a stage output."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from pipeline.data.toy_world import ToyWorld
+    from pipeline.tokenization import train_tokenizer
+
+    tokenizer = train_tokenizer(texts or ToyWorld(seed=0).pretraining_corpus(300), kind="char")
+    config = GPT2Config(
+        vocab_size=len(tokenizer), n_positions=n_positions, n_embd=n_embd, n_layer=n_layer, n_head=2,
+        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    GPT2LMHeadModel(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory

@@ -10,28 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import SHARED_DATA, TINY_PRETRAIN, run_module, write_recipe
+from conftest import SHARED_DATA, TINY_PRETRAIN, run_module, save_tiny_gpt2, write_recipe
 from pipeline.errors import DataError, RecipeError
 
 torch.set_num_threads(1)
-
-
-def save_tiny_gpt2(directory: Path, n_positions: int = 128) -> Path:
-    """A random 1-layer, 32-wide GPT-2 with the char tokenizer of the toy world (no training)."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    from pipeline.data.toy_world import ToyWorld
-    from pipeline.tokenization import train_tokenizer
-
-    tokenizer = train_tokenizer(ToyWorld(seed=0).pretraining_corpus(300), kind="char")
-    config = GPT2Config(
-        vocab_size=len(tokenizer), n_positions=n_positions, n_embd=32, n_layer=1, n_head=2,
-        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(0)
-    GPT2LMHeadModel(config).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
 
 
 @pytest.fixture(scope="session")

@@ -9,25 +9,14 @@ import numpy as np
 import pytest
 import torch
 
+import conftest
 from conftest import write_recipe
 from pipeline.data.toy_world import CHARSET
 
 
 def save_tiny_gpt2(directory: Path, n_embd: int = 16, n_layer: int = 1) -> Path:
-    """A randomly initialised char-level GPT-2 with the pipeline's char tokenizer, saved like a stage output."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    from pipeline.tokenization import train_tokenizer
-
-    tokenizer = train_tokenizer([CHARSET], kind="char")
-    config = GPT2Config(
-        vocab_size=len(tokenizer), n_positions=128, n_embd=n_embd, n_layer=n_layer, n_head=2,
-        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(n_embd)
-    GPT2LMHeadModel(config).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
+    """A randomly initialised char-level GPT-2 over CHARSET, saved like a stage output."""
+    return conftest.save_tiny_gpt2(directory, n_embd=n_embd, n_layer=n_layer, texts=[CHARSET], seed=n_embd)
 
 
 @pytest.fixture(scope="module")

@@ -31,23 +31,26 @@ def _open_text(path: Path):
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield (line number, record) from a JSON Lines file (optionally gzipped); bad lines raise DataError."""
     path = Path(path)
-    line_number = 0
-    try:
-        with _open_text(path) as handle:
-            for line_number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise DataError(f"{path}:{line_number}: malformed JSON ({error.msg} at column {error.colno}).") from None
-                if not isinstance(record, dict):
-                    raise DataError(f"{path}:{line_number}: expected a JSON object per line, got {type(record).__name__}.")
-                yield line_number, record
-    except UnicodeDecodeError as error:
-        raise DataError(
-            f"{path}:{line_number + 1}: not UTF-8 text (byte {error.object[error.start]:#04x}); re-encode the file as UTF-8."
-        ) from None
+    # Bytes in, one line decoded at a time: a text-mode reader decodes ahead in chunks, and its
+    # UnicodeDecodeError would come before the lines in front of the bad byte, with the wrong line number.
+    with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as handle:
+        for line_number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise DataError(
+                    f"{path}:{line_number}: not UTF-8 text (byte {raw[error.start]:#04x} at column {error.start + 1}); "
+                    "re-encode the file as UTF-8."
+                ) from None
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise DataError(f"{path}:{line_number}: malformed JSON ({error.msg} at column {error.colno}).") from None
+            if not isinstance(record, dict):
+                raise DataError(f"{path}:{line_number}: expected a JSON object per line, got {type(record).__name__}.")
+            yield line_number, record
 
 
 def read_jsonl(path: str | Path, required_columns: tuple[str, ...] = (), types: dict[str, type] | None = None) -> list[dict]:
