@@ -28,6 +28,7 @@ from typing import Any
 
 import yaml
 
+from pipeline.distributed import wait_for_everyone
 from pipeline.errors import RecipeError
 from pipeline.recipes import Recipe
 
@@ -140,7 +141,7 @@ class StageRun:
         """
         if self.is_main_process:
             self._prepare()
-        _wait_for_everyone()
+        wait_for_everyone()
         checkpoint = last_checkpoint(self.output_dir)
         if checkpoint:
             logger.info("resuming from %s", checkpoint)
@@ -247,12 +248,3 @@ def last_checkpoint(output_dir: Path) -> str | None:
     return str(max(checkpoints)[1]) if checkpoints else None
 
 
-def _wait_for_everyone() -> None:
-    try:
-        from accelerate import PartialState
-
-        state = PartialState()
-        if state.num_processes > 1:
-            state.wait_for_everyone()
-    except ImportError:
-        pass

@@ -74,7 +74,12 @@ def run_cli(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] 
     try:
         main(argv)
     except UserError as error:
+        # The other processes (under accelerate launch) meet the same error in the same place, or are ended
+        # by the launcher when this one exits: no closing barrier here, it could wait for ever.
         if debug:
             raise
         print(f"error: {error}", file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED if isinstance(error, RunInterrupted) else EXIT_USER_ERROR)
+    from pipeline.distributed import end_process_group
+
+    end_process_group()

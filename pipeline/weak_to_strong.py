@@ -52,6 +52,7 @@ from trl import ModelConfig
 
 from pipeline.contract import AlreadyFinished, StageRun, write_atomic, write_json
 from pipeline.data.toy_world import SKILLS
+from pipeline.distributed import wait_for_everyone
 from pipeline.errors import DataError, RecipeError, RunInterrupted, run_cli
 from pipeline.models import load_tokenizer, parameter_counts
 from pipeline.recipes import parse_recipe, resolved_recipe
@@ -340,7 +341,7 @@ class Experiment:
             _save_classifier(trained.trainer.model, tokenizer, self.cache.model_dir(key))
         self.cache.put(key, config, {"probs": {name: p.tolist() for name, p in probs.items()}, "info": info})
         self.cache.clear_scratch(key)
-        _wait_for_everyone()
+        wait_for_everyone()
         del trained, model
         gc.collect()
         return SubRun(probs, info, key)
@@ -577,14 +578,6 @@ def _copy_model(source: Path, output_dir: Path) -> None:
     for path in source.iterdir():
         if path.is_file():
             shutil.copy2(path, output_dir / path.name)
-
-
-def _wait_for_everyone() -> None:
-    from accelerate import PartialState
-
-    state = PartialState()
-    if state.num_processes > 1:
-        state.wait_for_everyone()
 
 
 if __name__ == "__main__":
