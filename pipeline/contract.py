@@ -238,6 +238,21 @@ class StageRun:
         return manifest
 
 
+def open_stage_run(
+    recipe: Recipe, stage: str, output_dir: str | os.PathLike, seed: int, is_main_process: bool
+) -> tuple[StageRun, str | None] | None:
+    """Open a stage's output directory: (the run, the checkpoint to resume from or None), or None when the
+    directory already holds a finished run of this very recipe and inputs (then there is nothing to do)."""
+    from pipeline.stages import stage_inputs
+
+    run = StageRun(recipe, Path(output_dir), stage_inputs(stage, recipe.values), seed, is_main_process)
+    try:
+        return run, run.start()
+    except AlreadyFinished:
+        logger.info("%s already holds a finished run of this recipe; nothing to do (--force re-runs it)", output_dir)
+        return None
+
+
 def last_checkpoint(output_dir: Path) -> str | None:
     """The newest complete `checkpoint-N` (Trainer writes trainer_state.json last in a checkpoint)."""
     checkpoints = []

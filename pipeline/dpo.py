@@ -40,7 +40,7 @@ from transformers import PreTrainedModel, set_seed
 from trl import DPOConfig, DPOTrainer
 from trl.trainer.utils import get_peft_config
 
-from pipeline.contract import AlreadyFinished, StageRun, write_json
+from pipeline.contract import open_stage_run, write_json
 from pipeline.data.preferences import load_preferences
 from pipeline.errors import DataError, RecipeError, RunInterrupted, run_cli
 from pipeline.models import load_model, load_tokenizer
@@ -56,7 +56,6 @@ from pipeline.sft import (  # the model is built, merged and counted as in SFT
     parameter_counts,
     peak_memory_mb,
 )
-from pipeline.stages import stage_inputs
 from pipeline.training import GracefulInterrupt
 
 logger = logging.getLogger("pipeline.dpo")
@@ -386,12 +385,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     args, model_args, training_args, recipe = parse_recipe(RECIPE_TYPES, argv, "dpo", __doc__)
     check_combination(model_args, training_args, recipe.path)
     output_dir = Path(training_args.output_dir)
-    run = StageRun(recipe, output_dir, stage_inputs("dpo", recipe.values), training_args.seed, training_args.should_save)
-    try:
-        checkpoint = run.start()
-    except AlreadyFinished:
-        logger.info("%s already holds a finished run of this recipe; nothing to do (--force re-runs it)", output_dir)
+    opened = open_stage_run(recipe, "dpo", output_dir, training_args.seed, training_args.should_save)
+    if opened is None:
         return
+    run, checkpoint = opened
     set_seed(training_args.seed)
 
     train_set, held_out, data_report = load_pairs(args, training_args.seed)

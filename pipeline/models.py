@@ -45,6 +45,8 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, padding_s
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as error:  # ValueError: a folder with no tokenizer files at all
+        if "trust_remote_code" in str(error):
+            raise UserError(remote_code_message(name_or_path)) from None
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UserError(f"could not load a tokenizer from {name_or_path} (tokenizer.json missing?): {first_line}") from None
     if tokenizer.eos_token is None:
@@ -55,6 +57,13 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, padding_s
         logger.info("added pad token %s (id %d), distinct from EOS", PAD_TOKEN, tokenizer.pad_token_id)
     tokenizer.padding_side = padding_side
     return tokenizer
+
+
+def remote_code_message(name: str) -> str:
+    return (
+        f"{name} needs custom Python code from its folder or repository to load, and remote code is off. Read that "
+        "code first; set `trust_remote_code: true` in the recipe only if you trust it."
+    )
 
 
 def torch_dtype(name: str | None) -> Any:
@@ -111,6 +120,8 @@ def load_model(
     except OSError as error:
         raise UserError(f"could not load model {name}: {error}") from None
     except ValueError as error:
+        if "trust_remote_code" in str(error):
+            raise UserError(remote_code_message(name)) from None
         if "Unrecognized configuration class" in str(error) or "does not support" in str(error):
             raise UserError(f"{name} cannot be loaded as a {head.replace('_', ' ')} model: {error}") from None
         raise

@@ -41,7 +41,7 @@ from transformers import get_scheduler, set_seed
 from trl import ModelConfig
 from trl.trainer.utils import get_peft_config
 
-from pipeline.contract import AlreadyFinished, StageRun, write_json
+from pipeline.contract import open_stage_run, write_json
 from pipeline.errors import RecipeError, RunInterrupted, UserError, run_cli
 from pipeline.kl import ESTIMATORS, kl_estimates, sequence_kl
 from pipeline.models import check_lora_targets, linear_module_names, load_model, load_tokenizer, parameter_counts
@@ -57,7 +57,6 @@ from pipeline.rl.rollout import Reference, collect_rollout, select
 from pipeline.rl.scoring import GoldScorer, make_scorer
 from pipeline.rl.update import ppo_update
 from pipeline.rl.value import ActorCritic, ValueModel
-from pipeline.stages import stage_inputs
 from pipeline.training import GracefulInterrupt
 
 logger = logging.getLogger("pipeline.ppo")
@@ -382,12 +381,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     if config.tf32 is not None and torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = config.tf32
     output_dir = Path(config.output_dir)
-    run = StageRun(recipe, output_dir, stage_inputs("ppo", recipe.values), config.seed, accelerator.is_main_process)
-    try:
-        checkpoint = run.start()
-    except AlreadyFinished:
-        logger.info("%s already holds a finished run of this recipe; nothing to do (--force re-runs it)", output_dir)
+    opened = open_stage_run(recipe, "ppo", output_dir, config.seed, accelerator.is_main_process)
+    if opened is None:
         return
+    run, checkpoint = opened
     set_seed(config.seed)
 
     tokenizer = load_tokenizer(model_args.model_name_or_path)  # pad distinct from EOS, so EOS stays a learnable action

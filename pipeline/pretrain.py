@@ -26,14 +26,13 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, Trainer, TrainingArguments, set_seed
 from transformers import default_data_collator
 
-from pipeline.contract import AlreadyFinished, StageRun, write_json
+from pipeline.contract import open_stage_run, write_json
 from pipeline.data.text import load_text_dataset
 from pipeline.data.toy_world import ToyWorld, gold_reward
 from pipeline.decoding import DEFAULT_STRATEGIES, sample_table
-from pipeline.errors import DataError, RecipeError, RunInterrupted, run_cli
+from pipeline.errors import DataError, RunInterrupted, run_cli
 from pipeline.plots import plot_loss_curves
 from pipeline.recipes import parse_recipe, resolved_recipe
-from pipeline.stages import stage_inputs
 from pipeline.tokenization import train_tokenizer
 from pipeline.training import GracefulInterrupt, Throughput
 
@@ -231,12 +230,10 @@ def write_samples(model, tokenizer, args: PretrainArguments, prompts: list[str],
 def main(argv: Sequence[str] | None = None) -> None:
     args, training_args, recipe = parse_recipe(RECIPE_TYPES, argv, "pretrain", __doc__)
     output_dir = Path(training_args.output_dir)
-    run = StageRun(recipe, output_dir, stage_inputs("pretrain", recipe.values), training_args.seed, training_args.should_save)
-    try:
-        checkpoint = run.start()
-    except AlreadyFinished:
-        logger.info("%s already holds a finished run of this recipe; nothing to do (--force re-runs it)", output_dir)
+    opened = open_stage_run(recipe, "pretrain", output_dir, training_args.seed, training_args.should_save)
+    if opened is None:
         return
+    run, checkpoint = opened
     set_seed(training_args.seed)
 
     train_documents, eval_documents = load_documents(args, training_args.seed)

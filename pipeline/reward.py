@@ -55,7 +55,7 @@ from trl import ModelConfig, RewardConfig, RewardTrainer
 from trl.trainer.reward_trainer import suppress_seqcls_warning
 from trl.trainer.utils import get_peft_config
 
-from pipeline.contract import AlreadyFinished, StageRun, write_json
+from pipeline.contract import open_stage_run, write_json
 from pipeline.data.preferences import HH_ASSISTANT, clean_pairs, load_preferences, split_hh_transcript
 from pipeline.data.text import iter_jsonl
 from pipeline.data.toy_world import gold_reward
@@ -71,7 +71,6 @@ from pipeline.reward_model import (
     pairwise_metrics,
     score_token_ids,
 )
-from pipeline.stages import stage_inputs
 from pipeline.training import GracefulInterrupt
 
 logger = logging.getLogger("pipeline.reward")
@@ -516,12 +515,10 @@ def targets(heldout_accuracy: float, best_of_n: dict | None) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> None:
     args, model_args, training_args, recipe = parse_recipe(RECIPE_TYPES, argv, "reward", __doc__)
     output_dir = Path(training_args.output_dir)
-    run = StageRun(recipe, output_dir, stage_inputs("reward", recipe.values), training_args.seed, training_args.should_save)
-    try:
-        checkpoint = run.start()
-    except AlreadyFinished:
-        logger.info("%s already holds a finished run of this recipe; nothing to do (--force re-runs it)", output_dir)
+    opened = open_stage_run(recipe, "reward", output_dir, training_args.seed, training_args.should_save)
+    if opened is None:
         return
+    run, checkpoint = opened
     set_seed(training_args.seed)
     toy = args.dataset == "toy"
 

@@ -51,7 +51,7 @@ from trl import ModelConfig, SFTConfig, SFTTrainer
 from trl.chat_template_utils import has_generation_markers
 from trl.trainer.utils import get_peft_config
 
-from pipeline.contract import AlreadyFinished, StageRun, write_json
+from pipeline.contract import open_stage_run, write_json
 from pipeline.data.sft_formats import SIMPLE_CHAT_TEMPLATE, load_sft_dataset, toy_sft_dataset
 from pipeline.data.toy_world import ToyWorld, gold_reward
 from pipeline.decoding import generate
@@ -59,7 +59,6 @@ from pipeline.errors import DataError, RunInterrupted, UserError, run_cli
 from pipeline.models import check_lora_targets, linear_module_names, load_model, load_tokenizer
 from pipeline.plots import plot_loss_curves
 from pipeline.recipes import parse_recipe, resolved_recipe
-from pipeline.stages import stage_inputs
 from pipeline.training import GracefulInterrupt
 
 logger = logging.getLogger("pipeline.sft")
@@ -421,12 +420,10 @@ def mode_name(model_args: SFTModelArguments) -> str:
 def main(argv: Sequence[str] | None = None) -> None:
     args, model_args, training_args, recipe = parse_recipe(RECIPE_TYPES, argv, "sft", __doc__)
     output_dir = Path(training_args.output_dir)
-    run = StageRun(recipe, output_dir, stage_inputs("sft", recipe.values), training_args.seed, training_args.should_save)
-    try:
-        checkpoint = run.start()
-    except AlreadyFinished:
-        logger.info("%s already holds a finished run of this recipe; nothing to do (--force re-runs it)", output_dir)
+    opened = open_stage_run(recipe, "sft", output_dir, training_args.seed, training_args.should_save)
+    if opened is None:
         return
+    run, checkpoint = opened
     set_seed(training_args.seed)
 
     train_set, eval_set, dataset_format = load_data(args, training_args.seed)

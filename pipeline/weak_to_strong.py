@@ -50,13 +50,12 @@ import numpy as np
 from transformers import AutoConfig, TrainingArguments, set_seed
 from trl import ModelConfig
 
-from pipeline.contract import AlreadyFinished, StageRun, write_atomic, write_json
+from pipeline.contract import open_stage_run, write_atomic, write_json
 from pipeline.data.toy_world import SKILLS
 from pipeline.distributed import wait_for_everyone
 from pipeline.errors import DataError, RecipeError, RunInterrupted, run_cli
 from pipeline.models import load_tokenizer, parameter_counts
 from pipeline.recipes import parse_recipe, resolved_recipe
-from pipeline.stages import stage_inputs
 from pipeline.training import GracefulInterrupt
 from pipeline.w2s.cache import ResultCache, config_key, model_fingerprint
 from pipeline.w2s.datasets import (
@@ -499,12 +498,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     if "learning_rate" in recipe.values:
         raise RecipeError(f"{recipe.path}: key 'learning_rate' is not used here; set weak_learning_rate and strong_learning_rate.")
     output_dir = Path(training_args.output_dir)
-    run = StageRun(recipe, output_dir, stage_inputs(STAGE, recipe.values), training_args.seed, training_args.should_save)
-    try:
-        run.start()  # no top-level checkpoint: an interrupted run resumes sub-run by sub-run from the cache
-    except AlreadyFinished:
-        logger.info("%s already holds a finished run of this recipe; nothing to do (--force re-runs it)", output_dir)
+    opened = open_stage_run(recipe, STAGE, output_dir, training_args.seed, training_args.should_save)
+    if opened is None:
         return
+    run, _ = opened  # no top-level checkpoint: an interrupted run resumes sub-run by sub-run from the cache
 
     models = {"weak": args.weak_model, "strong": args.strong_model, **({"middle": args.middle_model} if args.middle_model else {})}
     task, data_info = load_data(args, models)

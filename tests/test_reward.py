@@ -59,7 +59,7 @@ def load_tiny_reward_model(path: Path):
 
 @pytest.mark.parametrize("padding_side", ["right", "left"])
 def test_reward_is_read_at_the_last_real_token_whatever_the_padding(tiny_gpt2, padding_side):
-    from pipeline.reward_model import encode, score, score_token_ids
+    from pipeline.reward_model import encode, score
 
     model, tokenizer = load_tiny_reward_model(tiny_gpt2)
     prompts = ["User: what is 3 + 4?\nBot:", "User: reverse the word: cat\nBot:", "User: what colour is a frog?\nBot:"]
