@@ -89,7 +89,10 @@ def run_plain_loop(args) -> dict:
     text = SHAKESPEARE.read_text() if SHAKESPEARE.is_file() else "\n".join(__import__("pipeline.data.toy_world", fromlist=["ToyWorld"]).ToyWorld().pretraining_corpus(20000))
     tokenizer = train_tokenizer([text], kind="char")
     data = torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
-    config = GPT2Config(vocab_size=len(tokenizer), n_positions=args.block_size, n_embd=args.n_embd, n_layer=args.n_layer, n_head=args.n_head)
+    config = GPT2Config(
+        vocab_size=len(tokenizer), n_positions=args.block_size, n_embd=args.n_embd, n_layer=args.n_layer, n_head=args.n_head,
+        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,  # not GPT-2's 50256: this vocabulary is small
+    )
     model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1, fused=True)
