@@ -330,9 +330,13 @@ def report(results: list[dict], cuda: bool) -> None:
             # programs hold, so on a shared CPU it compares the two code paths more fairly than wall time.
             cpu_ratio = stage["step_cpu_seconds"] / direct["step_cpu_seconds"]
             judged = cpu_ratio if not cuda else ratio
+            # The goal bounds the stage's overhead; a stage that comes out faster is run-to-run noise, said as such.
+            verdict = "met" if judged <= 1.05 else "NOT met"
+            if judged < 0.95:
+                verdict += f": the stage came out {1 - judged:.0%} faster, which is noise between runs, not a speed-up"
             print(
                 f"stage / direct SFTTrainer ({mode}): step time x{ratio:.3f} wall, x{cpu_ratio:.3f} process CPU "
-                f"(goal within 5%: {'met' if abs(judged - 1) <= 0.05 else 'NOT met'}), "
+                f"(goal: at most 5% slower; {verdict}), "
                 f"training peak memory x{stage['train_peak_mb'] / direct['train_peak_mb']:.2f}"
             )
 

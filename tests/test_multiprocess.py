@@ -42,6 +42,7 @@ def test_pretrain_two_processes_match_one_process_with_the_same_global_batch(tin
     # the training losses agree to float-reduction noise.
     assert train_losses(two) == pytest.approx(train_losses(one), abs=1e-4)
     metrics_one, metrics_two = (json.loads((d / "metrics.json").read_text()) for d in (one, two))
+    print(f"pretrain eval loss: 1 process {metrics_one['eval_loss']}, 2 processes {metrics_two['eval_loss']}")  # pytest -s shows it
     assert metrics_two["eval_loss"] == pytest.approx(metrics_one["eval_loss"], abs=5e-3)
     # Written once, by the main process; the story logged once.
     assert json.loads((two / "manifest.json").read_text())["stage"] == "pretrain"
@@ -76,6 +77,7 @@ def one_and_two_processes(module: str, recipe: dict, tmp_path: Path, batch: int)
     double = launch("-m", module, "--config", str(two))
     assert double.returncode == 0, double.stderr[-3000:]
     metrics = [json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("one", "two")]
+    print(f"{module}: 1 process {metrics[0]}\n{module}: 2 processes {metrics[1]}")  # pytest -s shows it
     for name in ("one", "two"):
         assert json.loads((tmp_path / name / "manifest.json").read_text())["stage"] == recipe["stage"]
     return metrics[0], metrics[1], double
