@@ -159,6 +159,29 @@ def test_two_processes_train_like_one_with_the_same_global_batch(lora_run, tmp_p
     AutoModelForCausalLM.from_pretrained(tmp_path / "two")
 
 
+@pytest.mark.slow
+def test_qlora_runs_under_two_processes_and_writes_once(tmp_path, tiny_base):
+    """QLoRA (4-bit base + adapters) under `accelerate launch` with 2 CPU processes: trains, merges, writes once."""
+    import os
+    import subprocess
+
+    pytest.importorskip("bitsandbytes")
+    recipe = write_recipe(tmp_path / "qlora2.yaml", {
+        **TINY_SFT, "model_name_or_path": str(tiny_base), "output_dir": str(tmp_path / "qlora2"), "per_device_train_batch_size": 8,
+        "load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "max_steps": 8, "eval_steps": 8, "save_steps": 8, "num_eval_prompts": 8,
+    })
+    accelerate = Path(sys.executable).with_name("accelerate")
+    result = subprocess.run(
+        [str(accelerate), "launch", "--config_file", str(REPO / "recipes/accelerate/cpu2.yaml"), "-m", "pipeline.sft", "--config", str(recipe)],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "qlora2" / "metrics.json").read_text())
+    assert metrics["mode"] == "qlora" and metrics["steps"] == 8 and metrics["eval_loss"] < metrics["eval_loss_before"]
+    assert read_manifest(tmp_path / "qlora2")["stage"] == "sft" and result.stderr.count("qlora fine-tuning:") == 1
+    assert "quantization_config" not in json.loads((tmp_path / "qlora2" / "config.json").read_text())
+
+
 def test_full_fine_tune_trains_every_parameter(sft_recipe):
     out, metrics = run_sft(sft_recipe("full", use_peft=False, learning_rate=1e-3, max_steps=20, num_eval_prompts=8))
     assert metrics["mode"] == "full" and metrics["trainable_share"] == 1.0
