@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,11 +41,11 @@ from trl.trainer.utils import get_peft_config
 
 from pipeline.contract import open_stage_run, write_json
 from pipeline.data.preferences import load_preferences
-from pipeline.errors import DataError, RecipeError, RunInterrupted, run_cli
+from pipeline.errors import DataError, RecipeError, run_cli
 from pipeline.models import load_model, load_tokenizer
 from pipeline.plots import plot_loss_curves  # also selects matplotlib's file-only backend
 from pipeline.policy_eval import evaluate_policy, reward_model_scorer, toy_gold_scorer, toy_skill
-from pipeline.recipes import parse_recipe, resolved_recipe
+from pipeline.recipes import parse_recipe, require_positive, resolved_recipe
 from pipeline.sft import (  # the model is built, merged and counted as in SFT
     SFTModelArguments,
     build_model,
@@ -106,12 +105,8 @@ class DPOArguments:
     generation_batch_size: int = field(default=64, metadata={"help": "prompts per generate call in the comparison"})
 
     def __post_init__(self) -> None:
-        for key in ("toy_pairs", "toy_eval_pairs", "num_eval_prompts", "sample_max_new_tokens", "generation_batch_size"):
-            if getattr(self, key) <= 0:
-                raise ValueError(f"key '{key}' must be > 0, got {getattr(self, key)}")
-        for key in ("max_train_pairs", "max_eval_pairs", "max_prompt_length"):
-            if getattr(self, key) is not None and getattr(self, key) <= 0:
-                raise ValueError(f"key '{key}' must be > 0 or null, got {getattr(self, key)}")
+        require_positive(self, "toy_pairs", "toy_eval_pairs", "num_eval_prompts", "sample_max_new_tokens", "generation_batch_size")
+        require_positive(self, "max_train_pairs", "max_eval_pairs", "max_prompt_length", allow_none=True)
         if not 0.0 < self.eval_fraction < 1.0:
             raise ValueError(f"key 'eval_fraction' must be in (0, 1), got {self.eval_fraction}")
         if self.eval_temperature <= 0:
@@ -166,8 +161,7 @@ class DPOTrainingConfig(DPOConfig):
             raise ValueError(f"key 'label_smoothing' must be in [0, 0.5), got {self.label_smoothing}")
         if "exo_pair" in loss_types and self.label_smoothing == 0.0:
             raise ValueError("key 'label_smoothing' must be > 0 for loss_type exo_pair (the EXO paper uses 1e-3)")
-        if self.max_length is not None and self.max_length <= 0:
-            raise ValueError(f"key 'max_length' must be > 0 or null, got {self.max_length}")
+        require_positive(self, "max_length", allow_none=True)
         if self.ld_alpha is not None and not 0.0 <= self.ld_alpha <= 1.0:
             raise ValueError(f"key 'ld_alpha' must be in [0, 1] or null, got {self.ld_alpha}")
         super().__post_init__()
@@ -410,14 +404,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     before_raw = trainer.evaluate()
     before = held_out_numbers(before_raw, "eval")
 
-    started = time.perf_counter()
-    train_result = trainer.train(resume_from_checkpoint=checkpoint)
-    train_seconds = time.perf_counter() - started
-    interrupt.restore()
-    if interrupt.requested:
-        raise RunInterrupted(
-            f"stopped at step {trainer.state.global_step}; the checkpoint is in {output_dir}. Run the same command again to resume."
-        )
+    train_result, train_seconds = interrupt.run_training(trainer, checkpoint, output_dir)
     trainer.state.log_history.insert(0, {**before_raw, "step": 0})  # train() started a new history
     after = held_out_numbers(final_evaluation(trainer), "eval")
     adapter_dir = output_dir / "adapter"

@@ -45,7 +45,7 @@ from pipeline.contract import open_stage_run, write_json
 from pipeline.errors import RecipeError, RunInterrupted, UserError, run_cli
 from pipeline.kl import ESTIMATORS, kl_estimates, sequence_kl
 from pipeline.models import check_lora_targets, linear_module_names, load_model, load_tokenizer, parameter_counts
-from pipeline.recipes import parse_recipe, resolved_recipe
+from pipeline.recipes import parse_recipe, require_non_negative, require_positive, resolved_recipe
 from pipeline.rl.advantages import generalized_advantage_estimation, kl_penalised_rewards, masked_mean, whiten
 from pipeline.rl.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.rl.evaluation import evaluate_policy
@@ -100,11 +100,8 @@ class PPOArguments:
     ptx_max_length: int = field(default=128, metadata={"help": "PPO-ptx: tokens per document (longer ones are cut)"})
 
     def __post_init__(self) -> None:
-        for key in ("toy_prompts", "num_eval_prompts", "eval_batch_size", "ptx_batch_size", "ptx_max_length"):
-            if getattr(self, key) <= 0:
-                raise ValueError(f"key '{key}' must be > 0, got {getattr(self, key)}")
-        if self.max_prompts is not None and self.max_prompts <= 0:
-            raise ValueError(f"key 'max_prompts' must be > 0 or null, got {self.max_prompts}")
+        require_positive(self, "toy_prompts", "num_eval_prompts", "eval_batch_size", "ptx_batch_size", "ptx_max_length")
+        require_positive(self, "max_prompts", allow_none=True)
         if self.reward == "model" and not self.reward_model_path:
             raise ValueError("key 'reward_model_path' is missing: reward: model needs the reward stage's output_dir (or set reward: gold)")
         if self.reward == "gold" and self.dataset != "toy":
@@ -188,24 +185,15 @@ class PPOConfig:
     def __post_init__(self) -> None:
         if self.kl_coef < 0:
             raise ValueError(f"key 'kl_coef' must be >= 0, got {self.kl_coef}: a negative β would reward moving away from the SFT model")
-        for key in ("max_steps", "num_mini_batches", "ppo_epochs", "response_length", "max_prompt_length", "num_generations", "save_steps"):
-            if getattr(self, key) <= 0:
-                raise ValueError(f"key '{key}' must be > 0, got {getattr(self, key)}")
-        for key in ("temperature", "cliprange", "cliprange_value"):
-            if getattr(self, key) <= 0:
-                raise ValueError(f"key '{key}' must be > 0, got {getattr(self, key)}")
+        require_positive(self, "max_steps", "num_mini_batches", "ppo_epochs", "response_length", "max_prompt_length", "num_generations", "save_steps")
+        require_positive(self, "temperature", "cliprange", "cliprange_value")
         for key in ("gamma", "lam"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise ValueError(f"key '{key}' must be in [0, 1], got {getattr(self, key)}")
-        for key in ("vf_coef", "entropy_coef", "ptx_coef"):
-            if getattr(self, key) < 0:
-                raise ValueError(f"key '{key}' must be >= 0, got {getattr(self, key)}")
+        require_non_negative(self, "vf_coef", "entropy_coef", "ptx_coef")
         if self.bf16 and self.fp16:
             raise ValueError("keys 'bf16' and 'fp16' are both true: choose one mixed precision")
-        if self.value_learning_rate is not None and self.value_learning_rate <= 0:
-            raise ValueError(f"key 'value_learning_rate' must be > 0 or null, got {self.value_learning_rate}")
-        if self.target_kl is not None and self.target_kl <= 0:
-            raise ValueError(f"key 'target_kl' must be > 0 or null, got {self.target_kl}")
+        require_positive(self, "value_learning_rate", "target_kl", allow_none=True)
         mini_batch, remainder = divmod(self.per_device_train_batch_size, self.num_mini_batches)
         if remainder or mini_batch < self.gradient_accumulation_steps:
             raise ValueError(

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,9 +29,9 @@ from pipeline.contract import open_stage_run, write_json
 from pipeline.data.text import load_text_dataset
 from pipeline.data.toy_world import ToyWorld, gold_reward
 from pipeline.decoding import DEFAULT_STRATEGIES, sample_table
-from pipeline.errors import DataError, RunInterrupted, run_cli
+from pipeline.errors import DataError, run_cli
 from pipeline.plots import plot_loss_curves
-from pipeline.recipes import parse_recipe, resolved_recipe
+from pipeline.recipes import parse_recipe, require_positive, resolved_recipe
 from pipeline.tokenization import train_tokenizer
 from pipeline.training import GracefulInterrupt, Throughput
 
@@ -84,9 +83,7 @@ class PretrainArguments:
     )
 
     def __post_init__(self) -> None:
-        for key in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "toy_documents", "sample_max_new_tokens"):
-            if getattr(self, key) <= 0:
-                raise ValueError(f"key '{key}' must be > 0, got {getattr(self, key)}")
+        require_positive(self, "n_layer", "n_head", "n_embd", "block_size", "vocab_size", "toy_documents", "sample_max_new_tokens")
         if self.n_embd % self.n_head:
             raise ValueError(f"key 'n_embd' ({self.n_embd}) must be divisible by 'n_head' ({self.n_head})")
         if not 0.0 < self.eval_fraction < 1.0:
@@ -264,15 +261,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         processing_class=tokenizer,
         callbacks=[interrupt, Throughput(global_batch * args.block_size, flops_per_token(model, args.block_size))],
     )
-    started = time.perf_counter()
-    train_result = trainer.train(resume_from_checkpoint=checkpoint)
-    train_seconds = time.perf_counter() - started
-    interrupt.restore()
-    if interrupt.requested:
-        raise RunInterrupted(
-            f"stopped at step {trainer.state.global_step}; the checkpoint is in {output_dir}. "
-            "Run the same command again to resume."
-        )
+    train_result, train_seconds = interrupt.run_training(trainer, checkpoint, output_dir)
 
     trainer.save_model(str(output_dir))
     eval_metrics = trainer.evaluate()

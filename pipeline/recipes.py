@@ -225,6 +225,23 @@ def _check_ranges(values: dict[str, Any], path: Path) -> None:
             raise RecipeError(f"{path}: key '{key}' must be >= 0, got {values[key]}.")
 
 
+def require_positive(settings: Any, *keys: str, allow_none: bool = False) -> None:
+    """For a recipe dataclass's __post_init__: each of `keys` must be > 0 (or None, with allow_none)."""
+    for key in keys:
+        value = getattr(settings, key)
+        if allow_none and value is None:
+            continue
+        if value <= 0:
+            raise ValueError(f"key '{key}' must be > 0{' or null' if allow_none else ''}, got {value}")
+
+
+def require_non_negative(settings: Any, *keys: str) -> None:
+    """For a recipe dataclass's __post_init__: each of `keys` must be >= 0."""
+    for key in keys:
+        if getattr(settings, key) < 0:
+            raise ValueError(f"key '{key}' must be >= 0, got {getattr(settings, key)}")
+
+
 def check_paths(args: Any, path: Path) -> None:
     """Fields listed in the dataclass's `path_fields` ({field: "file" | "dataset" | "model"}) must exist.
 

@@ -41,7 +41,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,10 +59,10 @@ from pipeline.data.preferences import HH_ASSISTANT, clean_pairs, load_preference
 from pipeline.data.text import iter_jsonl
 from pipeline.data.toy_world import gold_reward
 from pipeline.decoding import DEFAULT_STRATEGIES, generate
-from pipeline.errors import DataError, RecipeError, RunInterrupted, run_cli
+from pipeline.errors import DataError, RecipeError, run_cli
 from pipeline.models import check_lora_targets, linear_module_names, load_model, load_tokenizer, parameter_counts
 from pipeline.plots import plot_loss_curves, plt
-from pipeline.recipes import parse_recipe, resolved_recipe
+from pipeline.recipes import parse_recipe, require_non_negative, require_positive, resolved_recipe
 from pipeline.reward_model import (
     context_length,
     encode_pairs,
@@ -130,15 +129,9 @@ class RewardArguments:
     sample_max_new_tokens: int = field(default=32, metadata={"help": "length limit of Best-of-N samples"})
 
     def __post_init__(self) -> None:
-        for key in ("toy_pairs", "toy_eval_pairs", "best_of_n_max", "sample_max_new_tokens"):
-            if getattr(self, key) <= 0:
-                raise ValueError(f"key '{key}' must be > 0, got {getattr(self, key)}")
-        for key in ("max_train_pairs", "max_eval_pairs"):
-            if getattr(self, key) is not None and getattr(self, key) <= 0:
-                raise ValueError(f"key '{key}' must be > 0 or null, got {getattr(self, key)}")
-        for key in ("best_of_n_prompts", "toy_policy_prompts"):
-            if getattr(self, key) < 0:
-                raise ValueError(f"key '{key}' must be >= 0, got {getattr(self, key)}")
+        require_positive(self, "toy_pairs", "toy_eval_pairs", "best_of_n_max", "sample_max_new_tokens")
+        require_positive(self, "max_train_pairs", "max_eval_pairs", allow_none=True)
+        require_non_negative(self, "best_of_n_prompts", "toy_policy_prompts")
         if self.toy_policy_samples < 2:
             raise ValueError(f"key 'toy_policy_samples' must be >= 2 (a pair needs two samples), got {self.toy_policy_samples}")
         if self.toy_policy_prompts and self.dataset != "toy":
@@ -559,15 +552,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "LoRA" if model_args.use_peft else "full", counts["trainable_parameters"], counts["parameters"],
         len(train_set), len(eval_set), max_length, before["accuracy"],
     )
-    started = time.perf_counter()
-    train_result = trainer.train(resume_from_checkpoint=checkpoint)
-    train_seconds = time.perf_counter() - started
-    interrupt.restore()
-    if interrupt.requested:
-        raise RunInterrupted(
-            f"stopped at step {trainer.state.global_step}; the checkpoint is in {output_dir}. "
-            "Run the same command again to resume."
-        )
+    train_result, train_seconds = interrupt.run_training(trainer, checkpoint, output_dir)
     adapter_dir = output_dir / "adapter"
     trainer.save_model(str(adapter_dir if model_args.use_peft else output_dir))  # every process: FSDP/ZeRO gather
     if not trainer.is_world_process_zero():

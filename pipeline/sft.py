@@ -37,7 +37,6 @@ import logging
 import math
 import resource
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,10 +54,10 @@ from pipeline.contract import open_stage_run, write_json
 from pipeline.data.sft_formats import SIMPLE_CHAT_TEMPLATE, load_sft_dataset, toy_sft_dataset
 from pipeline.data.toy_world import ToyWorld, gold_reward
 from pipeline.decoding import generate
-from pipeline.errors import DataError, RunInterrupted, UserError, run_cli
+from pipeline.errors import DataError, UserError, run_cli
 from pipeline.models import check_lora_targets, linear_module_names, load_model, load_tokenizer
 from pipeline.plots import plot_loss_curves
-from pipeline.recipes import parse_recipe, resolved_recipe
+from pipeline.recipes import parse_recipe, require_positive, resolved_recipe
 from pipeline.training import GracefulInterrupt
 
 logger = logging.getLogger("pipeline.sft")
@@ -106,12 +105,8 @@ class SFTArguments:
     sample_max_new_tokens: int = field(default=48, metadata={"help": "length limit of generated responses"})
 
     def __post_init__(self) -> None:
-        for key in ("toy_examples", "toy_eval_examples", "num_eval_prompts", "sample_max_new_tokens"):
-            if getattr(self, key) <= 0:
-                raise ValueError(f"key '{key}' must be > 0, got {getattr(self, key)}")
-        for key in ("max_train_examples", "max_eval_examples"):
-            if getattr(self, key) is not None and getattr(self, key) <= 0:
-                raise ValueError(f"key '{key}' must be > 0 or null, got {getattr(self, key)}")
+        require_positive(self, "toy_examples", "toy_eval_examples", "num_eval_prompts", "sample_max_new_tokens")
+        require_positive(self, "max_train_examples", "max_eval_examples", allow_none=True)
         if not 0.0 < self.eval_fraction < 1.0:
             raise ValueError(f"key 'eval_fraction' must be in (0, 1), got {self.eval_fraction}")
         if not 1 <= self.toy_max_digits <= 9:
@@ -448,15 +443,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     eval_before = trainer.evaluate(metric_key_prefix="eval_before")
 
-    started = time.perf_counter()
-    train_result = trainer.train(resume_from_checkpoint=checkpoint)
-    train_seconds = time.perf_counter() - started
-    interrupt.restore()
-    if interrupt.requested:
-        raise RunInterrupted(
-            f"stopped at step {trainer.state.global_step}; the checkpoint is in {output_dir}. "
-            "Run the same command again to resume."
-        )
+    train_result, train_seconds = interrupt.run_training(trainer, checkpoint, output_dir)
     eval_metrics = trainer.evaluate()
     adapter_dir = output_dir / "adapter"
     trainer.save_model(str(adapter_dir if model_args.use_peft else output_dir))  # every process: FSDP/ZeRO gather

@@ -9,6 +9,8 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from pipeline.errors import RunInterrupted
+
 logger = logging.getLogger(__name__)
 
 
@@ -37,6 +39,23 @@ class GracefulInterrupt(TrainerCallback):
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous = {}
+
+    def run_training(self, trainer, checkpoint: str | None, output_dir) -> tuple[Any, float]:
+        """`trainer.train()` (resumed from `checkpoint`, if any) with this callback among its callbacks.
+
+        Returns (the train result, seconds). When a signal asked the run to stop, the trainer has saved a
+        checkpoint by then, and RunInterrupted tells the user how to resume.
+        """
+        started = time.perf_counter()
+        result = trainer.train(resume_from_checkpoint=checkpoint)
+        seconds = time.perf_counter() - started
+        self.restore()
+        if self.requested:
+            raise RunInterrupted(
+                f"stopped at step {trainer.state.global_step}; the checkpoint is in {output_dir}. "
+                "Run the same command again to resume."
+            )
+        return result, seconds
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.requested:

@@ -139,11 +139,9 @@ class W2SArguments:
             raise ValueError(f"key 'toy_holdout_share' must be in (0, 1), got {self.toy_holdout_share}")
         if not 0.0 < self.early_stopping_fraction < 0.5:
             raise ValueError(f"key 'early_stopping_fraction' must be in (0, 0.5), got {self.early_stopping_fraction}")
-        for key in ("train_size", "test_size", "max_length", "early_stopping_patience"):
-            value = getattr(self, key)
-            if value is not None and value <= 0:
-                raise ValueError(f"key '{key}' must be > 0, got {value}")
-        for key in ("weak_learning_rate", "strong_learning_rate", "middle_learning_rate", "head_learning_rate"):
+        sizes = ("train_size", "test_size", "max_length", "early_stopping_patience")
+        rates = ("weak_learning_rate", "strong_learning_rate", "middle_learning_rate", "head_learning_rate")
+        for key in sizes + rates:
             value = getattr(self, key)
             if value is not None and value <= 0:
                 raise ValueError(f"key '{key}' must be > 0, got {value}")

@@ -19,7 +19,6 @@ PPO's critic: the group mean (GRPO) or the leave-one-out mean of the other sampl
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,7 @@ from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 from trl.trainer.utils import get_peft_config
 
 from pipeline.contract import write_json
-from pipeline.errors import RecipeError, RunInterrupted, UserError
+from pipeline.errors import RecipeError, UserError
 from pipeline.models import load_model
 from pipeline.rl.evaluation import evaluate_policy
 from pipeline.rl.rollout import Reference
@@ -151,12 +150,7 @@ def train_with_trl(args, model_args, config, tokenizer, prompt_sets, checkpoint:
         )
 
     before, samples_before = measure(sft)
-    started = time.perf_counter()
-    trainer.train(resume_from_checkpoint=checkpoint)
-    train_seconds = time.perf_counter() - started
-    interrupt.restore()
-    if interrupt.requested:
-        raise RunInterrupted(f"stopped at step {trainer.state.global_step}; the checkpoint is in {output_dir}. Run the same command again to resume.")
+    _, train_seconds = interrupt.run_training(trainer, checkpoint, output_dir)
 
     policy = accelerator.unwrap_model(trainer.model)
     if hasattr(policy, "merge_and_unload"):
