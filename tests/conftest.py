@@ -52,6 +52,18 @@ def write_recipe(path: Path, values: dict) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def tiny_pretrained(tmp_path_factory) -> Path:
+    """The pretraining stage run once per test session on TINY_PRETRAIN: the tiny base that SFT, reward and PPO
+    tests start from (nothing writes into it)."""
+    from pipeline import pretrain
+
+    root = tmp_path_factory.mktemp("tiny_pretrained")
+    recipe = write_recipe(root / "pretrain.yaml", {**TINY_PRETRAIN, "output_dir": str(root / "pretrain")})
+    pretrain.main(["--config", str(recipe)])
+    return root / "pretrain"
+
+
 @pytest.fixture
 def tiny_pretrain_recipe(tmp_path: Path):
     """A factory: tiny_pretrain_recipe(name, **overrides) -> recipe path with output_dir under tmp_path."""

@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO, TINY_PRETRAIN, run_module, write_recipe
+from conftest import REPO, run_module, write_recipe
 from pipeline.errors import DataError, RecipeError
 
 torch.set_num_threads(1)
@@ -46,14 +46,9 @@ TINY_PPO = {
 
 
 @pytest.fixture(scope="session")
-def tiny_sft(tmp_path_factory) -> Path:
+def tiny_sft(tiny_pretrained) -> Path:
     """The pretraining stage's tiny model (conftest.TINY_PRETRAIN) stands in for an SFT model."""
-    from pipeline import pretrain
-
-    root = tmp_path_factory.mktemp("ppo_base")
-    recipe = write_recipe(root / "pretrain.yaml", {**TINY_PRETRAIN, "output_dir": str(root / "pretrain")})
-    pretrain.main(["--config", str(recipe)])
-    return root / "pretrain"
+    return tiny_pretrained
 
 
 def ppo_recipe(tmp_path: Path, base: Path, name: str = "ppo", **overrides) -> Path:

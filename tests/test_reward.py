@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import SHARED_DATA, TINY_PRETRAIN, run_module, save_tiny_gpt2, write_recipe
+from conftest import SHARED_DATA, run_module, save_tiny_gpt2, write_recipe
 from pipeline.errors import DataError, RecipeError
 
 torch.set_num_threads(1)
@@ -19,17 +19,6 @@ torch.set_num_threads(1)
 @pytest.fixture(scope="session")
 def tiny_gpt2(tmp_path_factory) -> Path:
     return save_tiny_gpt2(tmp_path_factory.mktemp("tiny_gpt2"))
-
-
-@pytest.fixture(scope="session")
-def tiny_pretrained(tmp_path_factory) -> Path:
-    """The TINY_PRETRAIN recipe (1 layer x 32, 40 steps on toy dialogues), run once for the session."""
-    from pipeline.pretrain import main as pretrain
-
-    root = tmp_path_factory.mktemp("tiny_pretrained")
-    recipe = write_recipe(root / "pretrain.yaml", {**TINY_PRETRAIN, "output_dir": str(root / "out"), "decoding_strategies": ["greedy"]})
-    pretrain(["--config", str(recipe)])
-    return root / "out"
 
 
 def reward_recipe(tmp_path: Path, model: Path, **overrides) -> Path:

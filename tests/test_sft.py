@@ -14,7 +14,7 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import REPO, TINY_PRETRAIN, run_module, write_recipe
+from conftest import REPO, run_module, write_recipe
 from pipeline.contract import read_manifest
 from pipeline.data.sft_formats import SIMPLE_CHAT_TEMPLATE
 from pipeline.data.toy_world import ToyWorld
@@ -53,14 +53,9 @@ TINY_SFT = {
 
 
 @pytest.fixture(scope="session")
-def tiny_base(tmp_path_factory) -> Path:
+def tiny_base(tiny_pretrained) -> Path:
     """The pretraining stage's tiny model (conftest.TINY_PRETRAIN), trained once per session."""
-    from pipeline import pretrain
-
-    root = tmp_path_factory.mktemp("sft_base")
-    recipe = write_recipe(root / "pretrain.yaml", {**TINY_PRETRAIN, "output_dir": str(root / "pretrain")})
-    pretrain.main(["--config", str(recipe)])
-    return root / "pretrain"
+    return tiny_pretrained
 
 
 @pytest.fixture
