@@ -31,6 +31,7 @@ import yaml
 from pipeline.distributed import wait_for_everyone
 from pipeline.errors import RecipeError
 from pipeline.recipes import Recipe
+from pipeline.stages import stage_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -243,8 +244,6 @@ def open_stage_run(
 ) -> tuple[StageRun, str | None] | None:
     """Open a stage's output directory: (the run, the checkpoint to resume from or None), or None when the
     directory already holds a finished run of this very recipe and inputs (then there is nothing to do)."""
-    from pipeline.stages import stage_inputs
-
     run = StageRun(recipe, Path(output_dir), stage_inputs(stage, recipe.values), seed, is_main_process)
     try:
         return run, run.start()
