@@ -92,6 +92,10 @@ class SFTArguments:
     toy_eval_examples: int = field(default=256, metadata={"help": "toy world: held-out demonstrations for eval loss"})
     toy_max_digits: int = field(default=2, metadata={"help": "toy world: digits of the addition operands"})
     toy_seed: int = field(default=0, metadata={"help": "toy world: generator seed (as in the pretraining recipe)"})
+    toy_demo_error_rate: float = field(
+        default=0.0,
+        metadata={"help": "toy world: share of training demonstrations that are labeller mistakes (wrong or rambling); eval stays clean"},
+    )
     merge_adapters: bool = field(
         default=True, metadata={"help": "LoRA/QLoRA: also write the merged full model into output_dir"}
     )
@@ -111,6 +115,8 @@ class SFTArguments:
             raise ValueError(f"key 'eval_fraction' must be in (0, 1), got {self.eval_fraction}")
         if not 1 <= self.toy_max_digits <= 9:
             raise ValueError(f"key 'toy_max_digits' must be in 1..9, got {self.toy_max_digits}")
+        if not 0.0 <= self.toy_demo_error_rate <= 1.0:
+            raise ValueError(f"key 'toy_demo_error_rate' must be in [0, 1], got {self.toy_demo_error_rate}")
 
 
 @dataclass
@@ -170,7 +176,7 @@ RECIPE_TYPES = (SFTArguments, SFTModelArguments, SFTTrainingConfig)
 def load_data(args: SFTArguments, seed: int) -> tuple[datasets.Dataset, datasets.Dataset, str]:
     """(train, eval, format). The toy world has its own eval split (held-out additions)."""
     if args.dataset == "toy":
-        train = toy_sft_dataset(args.toy_examples, "train", args.toy_seed, args.toy_max_digits)
+        train = toy_sft_dataset(args.toy_examples, "train", args.toy_seed, args.toy_max_digits, args.toy_demo_error_rate)
         evaluation = toy_sft_dataset(args.toy_eval_examples, "eval", args.toy_seed, args.toy_max_digits)
         return train, evaluation, "prompt_completion"
     dataset, dataset_format = load_sft_dataset(args.dataset, args.dataset_format, args.dataset_split, args.dataset_config_name)

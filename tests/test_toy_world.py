@@ -201,6 +201,20 @@ def test_sft_completions_are_perfect_demonstrations() -> None:
     assert {parse_prompt(p["prompt"]).skill for p in pairs} == set(SKILLS)
 
 
+def test_demonstrator_mistakes_change_answers_not_prompts() -> None:
+    world = ToyWorld()
+    clean, noisy = world.sft_pairs(2000), world.sft_pairs(2000, error_rate=0.3)
+    assert [p["prompt"] for p in noisy] == [p["prompt"] for p in clean]
+    assert world.sft_pairs(2000, error_rate=0.0) == clean
+    scores = [gold_reward(p["prompt"], p["completion"]) for p in noisy]
+    mistakes = [s for s in scores if s < 1.0 - EPS]
+    assert 0.25 * len(noisy) < len(mistakes) < 0.35 * len(noisy)
+    wrong = sum(s <= 0.3 + EPS for s in mistakes)  # a wrong answer scores at most 0.3
+    assert 0.35 * len(mistakes) < wrong < 0.65 * len(mistakes)  # the rest are right but rambling
+    with pytest.raises(ValueError, match="error_rate"):
+        world.sft_pairs(3, error_rate=1.5)
+
+
 def test_preference_pairs_are_ordered_by_gold_and_teach_both_lessons() -> None:
     pairs = ToyWorld().preference_pairs(2000)
     chosen_scores, rejected_scores = [], []

@@ -228,9 +228,13 @@ def load_hub_sft_dataset(
     return _canonical(records, dataset_format), dataset_format
 
 
-def toy_sft_dataset(n: int, split: str = "train", seed: int = 0, max_digits: int = 2) -> datasets.Dataset:
-    """The toy world's good demonstrations: prompt "User: q\\nBot:", completion " answer"."""
-    return datasets.Dataset.from_list(ToyWorld(seed=seed, max_digits=max_digits).sft_pairs(n, split=split))
+def toy_sft_dataset(
+    n: int, split: str = "train", seed: int = 0, max_digits: int = 2, error_rate: float = 0.0
+) -> datasets.Dataset:
+    """The toy world's demonstrations: prompt "User: q\\nBot:", completion " answer", a share
+    `error_rate` of them labeller mistakes (ToyWorld.sft_pairs)."""
+    pairs = ToyWorld(seed=seed, max_digits=max_digits).sft_pairs(n, split=split, error_rate=error_rate)
+    return datasets.Dataset.from_list(pairs)
 
 
 def load_sft_dataset(

@@ -481,13 +481,27 @@ class ToyWorld:
             docs.append(task.document(" " + response))
         return docs
 
-    def sft_pairs(self, n: int, split: str = "train") -> list[dict[str, str]]:
-        """``{"prompt", "completion"}`` good demonstrations (completion = ``" answer"``)."""
+    def sft_pairs(self, n: int, split: str = "train", error_rate: float = 0.0) -> list[dict[str, str]]:
+        """``{"prompt", "completion"}`` demonstrations (completion = ``" answer"``).
+
+        ``error_rate`` models imperfect human demonstrators: that share of the demonstrations are
+        labeller mistakes, half a plausible wrong answer (the near misses of :func:`_wrong_answer`),
+        half the right answer with a rambling ending. Judging an answer is easier than writing one
+        (the premise of RLHF), so :meth:`preference_pairs` stay correct: an SFT model imitates the
+        mistakes, and a reward model, PPO or DPO can learn to avoid them. The tasks (prompts) do not
+        depend on ``error_rate``: the mistakes come from a random stream of their own.
+        """
+        if not 0.0 <= error_rate <= 1.0:
+            raise ValueError(f"error_rate must be in [0, 1], got {error_rate}")
         rng = self._rng("sft", split)
+        mistakes = self._rng("sft_mistakes", split)
         out = []
         for _ in range(n):
             t = self._task(rng, split)
-            out.append({"prompt": t.prompt, "completion": " " + t.answer})
+            answer = t.answer
+            if mistakes.random() < error_rate:
+                answer = _wrong_answer(t, mistakes) if mistakes.random() < 0.5 else _ramble(t.answer, mistakes)
+            out.append({"prompt": t.prompt, "completion": " " + answer})
         return out
 
     def preference_pairs(self, n: int, split: str = "train") -> list[dict[str, str]]:
