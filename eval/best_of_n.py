@@ -234,6 +234,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--toy_seed", type=int, default=0)
     parser.add_argument("--toy_max_digits", type=int, default=2)
+    parser.add_argument("--toy_skills", nargs="+", default=None, help="toy world skills (default: all; as in the recipes)")
     parser.add_argument(
         "--output", default=None,
         help="JSON file to write (default: <reward_model>_best_of_n.json, beside the reward model's directory, "
@@ -249,7 +250,7 @@ def load_prompts(args: argparse.Namespace) -> list[str]:
     if args.dataset == "toy":
         from pipeline.data.toy_world import ToyWorld
 
-        return ToyWorld(seed=args.toy_seed, max_digits=args.toy_max_digits).prompts(args.num_prompts, split=args.split)
+        return ToyWorld.from_recipe(args).prompts(args.num_prompts, split=args.split)
     from pipeline.data.preferences import load_preferences
 
     pairs, _ = load_preferences(args.dataset)

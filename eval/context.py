@@ -83,4 +83,4 @@ class Context:
             return None
         from pipeline.data.toy_world import ToyWorld
 
-        return ToyWorld(seed=recipe.get("toy_seed", 0), max_digits=recipe.get("toy_max_digits", 2)).prompts(n, split="eval")
+        return ToyWorld.from_recipe(recipe).prompts(n, split="eval")

@@ -45,7 +45,7 @@ def corpus_from_recipe(recipe: dict[str, Any], n_train: int, n_eval: int, seed: 
     if dataset == "toy":
         from pipeline.data.toy_world import ToyWorld
 
-        world = ToyWorld(seed=recipe.get("toy_seed", 0), max_digits=recipe.get("toy_max_digits", 2))
+        world = ToyWorld.from_recipe(recipe)
         documents = world.pretraining_corpus(n_train + n_eval, good_fraction=recipe.get("toy_good_fraction", 0.6))
         description = f"the toy world's pretraining corpus (seed {recipe.get('toy_seed', 0)})"
     else:

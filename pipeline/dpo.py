@@ -41,6 +41,7 @@ from trl.trainer.utils import get_peft_config
 
 from pipeline.contract import open_stage_run, write_json
 from pipeline.data.preferences import load_preferences
+from pipeline.data.toy_world import SKILLS, ToyWorld, check_toy_keys
 from pipeline.errors import DataError, RecipeError, run_cli
 from pipeline.models import load_model, load_tokenizer
 from pipeline.plots import plot_loss_curves  # also selects matplotlib's file-only backend
@@ -90,6 +91,9 @@ class DPOArguments:
     toy_eval_pairs: int = field(default=256, metadata={"help": "toy world: held-out pairs (eval split: unseen additions)"})
     toy_seed: int = field(default=0, metadata={"help": "toy world: generator seed"})
     toy_max_digits: int = field(default=2, metadata={"help": "toy world: digits of the addition operands"})
+    toy_skills: list[str] = field(
+        default_factory=lambda: list(SKILLS), metadata={"help": "toy world: skills to mix (the same in every stage of a chain)"}
+    )
     max_prompt_length: int | None = field(
         default=None,
         metadata={"help": "prompts longer than this many tokens keep their last ones (the latest turns); null: no limit"},
@@ -111,8 +115,7 @@ class DPOArguments:
             raise ValueError(f"key 'eval_fraction' must be in (0, 1), got {self.eval_fraction}")
         if self.eval_temperature <= 0:
             raise ValueError(f"key 'eval_temperature' must be > 0, got {self.eval_temperature}")
-        if not 1 <= self.toy_max_digits <= 9:
-            raise ValueError(f"key 'toy_max_digits' must be in 1..9, got {self.toy_max_digits}")
+        check_toy_keys(self.toy_max_digits, self.toy_skills)
 
 
 @dataclass
@@ -176,7 +179,7 @@ RECIPE_TYPES = (DPOArguments, DPOModelArguments, DPOTrainingConfig)
 def load_pairs(args: DPOArguments, seed: int) -> tuple[datasets.Dataset, datasets.Dataset, dict[str, Any]]:
     """(train, held-out, what loading did). The toy world has its own eval split (unseen additions)."""
     if args.dataset == "toy":
-        toy = {"toy_seed": args.toy_seed, "toy_max_digits": args.toy_max_digits}
+        toy = {"toy_seed": args.toy_seed, "toy_max_digits": args.toy_max_digits, "toy_skills": args.toy_skills}
         train, stats = load_preferences("toy", "train", toy_pairs=args.toy_pairs, **toy)
         held_out, held_out_stats = load_preferences("toy", "eval", toy_pairs=args.toy_eval_pairs, **toy)
     elif args.eval_dataset:
@@ -316,9 +319,8 @@ def policy_and_reference(trainer: DPOTrainer, model_args: DPOModelArguments, mer
 def evaluation_prompts(args: DPOArguments, held_out: datasets.Dataset) -> list[str]:
     """Held-out toy prompts (gold reward), else the distinct prompts of the held-out pairs."""
     if args.dataset == "toy":
-        from pipeline.data.toy_world import ToyWorld
 
-        return ToyWorld(seed=args.toy_seed, max_digits=args.toy_max_digits).prompts(args.num_eval_prompts, split="eval")
+        return ToyWorld.from_recipe(args).prompts(args.num_eval_prompts, split="eval")
     return list(dict.fromkeys(held_out["prompt"]))[: args.num_eval_prompts]
 
 

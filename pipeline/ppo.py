@@ -42,6 +42,7 @@ from trl import ModelConfig
 from trl.trainer.utils import get_peft_config
 
 from pipeline.contract import open_stage_run, write_json
+from pipeline.data.toy_world import SKILLS, check_toy_keys
 from pipeline.errors import RecipeError, RunInterrupted, UserError, run_cli
 from pipeline.kl import ESTIMATORS, kl_estimates, sequence_kl
 from pipeline.models import check_lora_targets, linear_module_names, load_model, load_tokenizer, parameter_counts
@@ -82,6 +83,9 @@ class PPOArguments:
     toy_prompts: int = field(default=4096, metadata={"help": "toy world: training prompts (train split)"})
     toy_seed: int = field(default=0, metadata={"help": "toy world: generator seed (as in the earlier stages)"})
     toy_max_digits: int = field(default=2, metadata={"help": "toy world: digits of the addition operands"})
+    toy_skills: list[str] = field(
+        default_factory=lambda: list(SKILLS), metadata={"help": "toy world: skills to mix (the same in every stage of a chain)"}
+    )
     num_eval_prompts: int = field(default=256, metadata={"help": "held-out prompts measured before and after training"})
     eval_batch_size: int = field(default=128, metadata={"help": "prompts per batch when measuring"})
 
@@ -102,6 +106,7 @@ class PPOArguments:
     def __post_init__(self) -> None:
         require_positive(self, "toy_prompts", "num_eval_prompts", "eval_batch_size", "ptx_batch_size", "ptx_max_length")
         require_positive(self, "max_prompts", allow_none=True)
+        check_toy_keys(self.toy_max_digits, self.toy_skills)
         if self.reward == "model" and not self.reward_model_path:
             raise ValueError("key 'reward_model_path' is missing: reward: model needs the reward stage's output_dir (or set reward: gold)")
         if self.reward == "gold" and self.dataset != "toy":
@@ -384,7 +389,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise RecipeError(f"{recipe.path}: key 'response_length' ({config.response_length}) leaves no room for a prompt in the model's context of {context} tokens.")
     prompt_sets = load_prompt_sets(
         args.dataset, tokenizer, prompt_limit, args.num_eval_prompts, config.seed, args.dataset_split, args.max_prompts,
-        args.toy_prompts, args.toy_seed, args.toy_max_digits,
+        args.toy_prompts, args.toy_seed, args.toy_max_digits, args.toy_skills,
     )
     logger.info("prompts: %d for training, %d held out for measuring", len(prompt_sets.train), len(prompt_sets.eval))
 

@@ -27,7 +27,7 @@ from transformers import default_data_collator
 
 from pipeline.contract import open_stage_run, write_json
 from pipeline.data.text import load_text_dataset
-from pipeline.data.toy_world import ToyWorld, gold_reward
+from pipeline.data.toy_world import SKILLS, ToyWorld, check_toy_keys, gold_reward
 from pipeline.decoding import DEFAULT_STRATEGIES, sample_table
 from pipeline.errors import DataError, run_cli
 from pipeline.plots import plot_loss_curves
@@ -59,6 +59,9 @@ class PretrainArguments:
     toy_good_fraction: float = field(default=0.6, metadata={"help": "toy world: share of correct, clean answers"})
     toy_max_digits: int = field(default=2, metadata={"help": "toy world: digits of the addition operands"})
     toy_seed: int = field(default=0, metadata={"help": "toy world: generator seed (independent of training seed)"})
+    toy_skills: list[str] = field(
+        default_factory=lambda: list(SKILLS), metadata={"help": "toy world: skills to mix (the same in every stage of a chain)"}
+    )
 
     tokenizer: Literal["char", "bpe"] = field(default="char", metadata={"help": "tokenizer to train"})
     vocab_size: int = field(default=512, metadata={"help": "vocabulary size for the BPE tokenizer"})
@@ -90,6 +93,7 @@ class PretrainArguments:
             raise ValueError(f"key 'eval_fraction' must be in (0, 1), got {self.eval_fraction}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"key 'dropout' must be in [0, 1), got {self.dropout}")
+        check_toy_keys(self.toy_max_digits, self.toy_skills)
         if not 0.0 <= self.toy_good_fraction <= 1.0:
             raise ValueError(f"key 'toy_good_fraction' must be in [0, 1], got {self.toy_good_fraction}")
         unknown = [name for name in self.decoding_strategies if name not in DEFAULT_STRATEGIES]
@@ -125,7 +129,7 @@ RECIPE_TYPES = (PretrainArguments, PretrainConfig)
 def load_documents(args: PretrainArguments, seed: int) -> tuple[datasets.Dataset, datasets.Dataset]:
     """Train and eval documents (column `text`); eval is a held-out share of documents, never of blocks."""
     if args.dataset == "toy":
-        world = ToyWorld(seed=args.toy_seed, max_digits=args.toy_max_digits)
+        world = ToyWorld.from_recipe(args)
         documents = datasets.Dataset.from_dict(
             {"text": world.pretraining_corpus(args.toy_documents, good_fraction=args.toy_good_fraction)}
         )
@@ -202,7 +206,7 @@ def sample_prompts(args: PretrainArguments, eval_documents: datasets.Dataset) ->
     if args.sample_prompts:
         return args.sample_prompts
     if args.dataset == "toy":
-        return ToyWorld(seed=args.toy_seed, max_digits=args.toy_max_digits).prompts(args.num_sample_prompts, split="eval")
+        return ToyWorld.from_recipe(args).prompts(args.num_sample_prompts, split="eval")
     return [text[:16] for text in eval_documents["text"][:4]]
 
 

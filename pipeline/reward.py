@@ -57,7 +57,7 @@ from trl.trainer.utils import get_peft_config
 from pipeline.contract import open_stage_run, write_json
 from pipeline.data.preferences import HH_ASSISTANT, clean_pairs, load_preferences, split_hh_transcript
 from pipeline.data.text import iter_jsonl
-from pipeline.data.toy_world import gold_reward
+from pipeline.data.toy_world import SKILLS, ToyWorld, check_toy_keys, gold_reward
 from pipeline.decoding import DEFAULT_STRATEGIES, generate
 from pipeline.errors import DataError, RecipeError, run_cli
 from pipeline.models import check_lora_targets, linear_module_names, load_model, load_tokenizer, parameter_counts
@@ -116,6 +116,9 @@ class RewardArguments:
     )
     toy_policy_samples: int = field(default=4, metadata={"help": "toy world: samples per prompt for toy_policy_prompts"})
     toy_max_digits: int = field(default=2, metadata={"help": "toy world: digits of the addition operands"})
+    toy_skills: list[str] = field(
+        default_factory=lambda: list(SKILLS), metadata={"help": "toy world: skills to mix (the same in every stage of a chain)"}
+    )
     append_eos: bool = field(
         default=True,
         metadata={"help": "end each response with EOS and read the reward there (false: at the last response token)"},
@@ -142,8 +145,7 @@ class RewardArguments:
             raise ValueError(f"key 'best_of_n_strategy': unknown strategy '{self.best_of_n_strategy}'; choose from {', '.join(DEFAULT_STRATEGIES)}")
         if not 0.0 < self.eval_fraction < 1.0:
             raise ValueError(f"key 'eval_fraction' must be in (0, 1), got {self.eval_fraction}")
-        if not 1 <= self.toy_max_digits <= 9:
-            raise ValueError(f"key 'toy_max_digits' must be in 1..9, got {self.toy_max_digits}")
+        check_toy_keys(self.toy_max_digits, self.toy_skills)
         if self.margin_column == TOY_MARGIN and self.dataset != "toy":
             raise ValueError(f"key 'margin_column': '{TOY_MARGIN}' needs the toy world's gold reward (dataset: toy)")
         if self.eval_dataset and self.dataset == "toy":
@@ -206,7 +208,7 @@ RECIPE_TYPES = (RewardArguments, RewardModelArguments, RewardTrainingConfig)
 def load_pairs(args: RewardArguments, seed: int) -> tuple[datasets.Dataset, datasets.Dataset, dict[str, Any]]:
     """(train pairs, held-out pairs, what loading did). Held-out pairs never share a prompt with training."""
     if args.dataset == "toy":
-        common = {"toy_seed": args.toy_seed, "toy_max_digits": args.toy_max_digits}
+        common = {"toy_seed": args.toy_seed, "toy_max_digits": args.toy_max_digits, "toy_skills": args.toy_skills}
         train, train_stats = load_preferences("toy", "train", toy_pairs=args.toy_pairs, **common)
         held_out, eval_stats = load_preferences("toy", "eval", toy_pairs=args.toy_eval_pairs, **common)
     else:
@@ -260,10 +262,9 @@ def policy_comparisons(policy, tokenizer, args: RewardArguments, seed: int) -> t
     whose samples all have one gold reward give no pair. Samples cut by the length limit are left out,
     because training ends every response with EOS.
     """
-    from pipeline.data.toy_world import ToyWorld
 
     k = args.toy_policy_samples
-    prompts = ToyWorld(seed=args.toy_seed, max_digits=args.toy_max_digits).prompts(args.toy_policy_prompts, split="train")
+    prompts = ToyWorld.from_recipe(args).prompts(args.toy_policy_prompts, split="train")
     samples = generate(
         policy, tokenizer, [prompt for prompt in prompts for _ in range(k)], strategy=args.best_of_n_strategy,
         max_new_tokens=args.sample_max_new_tokens, seed=seed + 1, batch_size=256,
@@ -469,9 +470,8 @@ def plot_calibration(curves: dict[str, dict], path: Path) -> None:
 
 def best_of_n_prompts(args: RewardArguments, eval_pairs: datasets.Dataset) -> list[str]:
     if args.dataset == "toy":
-        from pipeline.data.toy_world import ToyWorld
 
-        return ToyWorld(seed=args.toy_seed, max_digits=args.toy_max_digits).prompts(args.best_of_n_prompts, split="eval")
+        return ToyWorld.from_recipe(args).prompts(args.best_of_n_prompts, split="eval")
     return list(dict.fromkeys(eval_pairs["prompt"]))[: args.best_of_n_prompts]
 
 

@@ -52,7 +52,7 @@ from trl.trainer.utils import get_peft_config
 
 from pipeline.contract import open_stage_run, write_json
 from pipeline.data.sft_formats import SIMPLE_CHAT_TEMPLATE, load_sft_dataset, toy_sft_dataset
-from pipeline.data.toy_world import ToyWorld, gold_reward
+from pipeline.data.toy_world import SKILLS, ToyWorld, check_toy_keys, gold_reward
 from pipeline.decoding import generate
 from pipeline.errors import DataError, UserError, run_cli
 from pipeline.models import check_lora_targets, linear_module_names, load_model, load_tokenizer
@@ -92,6 +92,9 @@ class SFTArguments:
     toy_eval_examples: int = field(default=256, metadata={"help": "toy world: held-out demonstrations for eval loss"})
     toy_max_digits: int = field(default=2, metadata={"help": "toy world: digits of the addition operands"})
     toy_seed: int = field(default=0, metadata={"help": "toy world: generator seed (as in the pretraining recipe)"})
+    toy_skills: list[str] = field(
+        default_factory=lambda: list(SKILLS), metadata={"help": "toy world: skills to mix (the same in every stage of a chain)"}
+    )
     toy_demo_error_rate: float = field(
         default=0.0,
         metadata={"help": "toy world: share of training demonstrations that are labeller mistakes (wrong or rambling); eval stays clean"},
@@ -113,8 +116,7 @@ class SFTArguments:
         require_positive(self, "max_train_examples", "max_eval_examples", allow_none=True)
         if not 0.0 < self.eval_fraction < 1.0:
             raise ValueError(f"key 'eval_fraction' must be in (0, 1), got {self.eval_fraction}")
-        if not 1 <= self.toy_max_digits <= 9:
-            raise ValueError(f"key 'toy_max_digits' must be in 1..9, got {self.toy_max_digits}")
+        check_toy_keys(self.toy_max_digits, self.toy_skills)
         if not 0.0 <= self.toy_demo_error_rate <= 1.0:
             raise ValueError(f"key 'toy_demo_error_rate' must be in [0, 1], got {self.toy_demo_error_rate}")
 
@@ -176,8 +178,9 @@ RECIPE_TYPES = (SFTArguments, SFTModelArguments, SFTTrainingConfig)
 def load_data(args: SFTArguments, seed: int) -> tuple[datasets.Dataset, datasets.Dataset, str]:
     """(train, eval, format). The toy world has its own eval split (held-out additions)."""
     if args.dataset == "toy":
-        train = toy_sft_dataset(args.toy_examples, "train", args.toy_seed, args.toy_max_digits, args.toy_demo_error_rate)
-        evaluation = toy_sft_dataset(args.toy_eval_examples, "eval", args.toy_seed, args.toy_max_digits)
+        world = ToyWorld.from_recipe(args)
+        train = toy_sft_dataset(world, args.toy_examples, "train", args.toy_demo_error_rate)
+        evaluation = toy_sft_dataset(world, args.toy_eval_examples, "eval")
         return train, evaluation, "prompt_completion"
     dataset, dataset_format = load_sft_dataset(args.dataset, args.dataset_format, args.dataset_split, args.dataset_config_name)
     if len(dataset) < 2:
@@ -375,7 +378,7 @@ def generation_prompts(args: SFTArguments, eval_set: datasets.Dataset, tokenizer
     if args.sample_prompts:
         return list(args.sample_prompts)
     if args.dataset == "toy":
-        return ToyWorld(seed=args.toy_seed, max_digits=args.toy_max_digits).prompts(args.num_eval_prompts, split="eval")
+        return ToyWorld.from_recipe(args).prompts(args.num_eval_prompts, split="eval")
     head = eval_set.select(range(min(args.num_samples, len(eval_set))))
     if "messages" in head.column_names:
         # The conversation up to its last assistant turn, rendered as the model will see it.

@@ -51,7 +51,7 @@ from transformers import AutoConfig, TrainingArguments, set_seed
 from trl import ModelConfig
 
 from pipeline.contract import open_stage_run, write_atomic, write_json
-from pipeline.data.toy_world import SKILLS
+from pipeline.data.toy_world import SKILLS, check_toy_keys
 from pipeline.distributed import wait_for_everyone
 from pipeline.errors import DataError, RecipeError, RunInterrupted, run_cli
 from pipeline.models import load_tokenizer, parameter_counts
@@ -145,9 +145,7 @@ class W2SArguments:
             value = getattr(self, key)
             if value is not None and value <= 0:
                 raise ValueError(f"key '{key}' must be > 0, got {value}")
-        bad_skills = [skill for skill in self.toy_skills if skill not in SKILLS]
-        if bad_skills or not self.toy_skills:
-            raise ValueError(f"key 'toy_skills': choose from {', '.join(SKILLS)}, got {self.toy_skills}")
+        check_toy_keys(self.toy_max_digits, self.toy_skills)
 
 
 @dataclass

@@ -155,6 +155,7 @@ CASES = [
     Case("qlora-without-lora", lambda t, m: sft(t, m, use_peft=False, load_in_4bit=True), ("{recipe}", "load_in_4bit", "use_peft: true")),
     Case("negative-kl-coefficient", lambda t, m: ppo(t, m, kl_coef=-0.1), ("{recipe}", "key 'kl_coef' must be >= 0")),
     Case("reward-model-missing-for-ppo", lambda t, m: ppo(t, m, reward="model"), ("{recipe}", "key 'reward_model_path' is missing", "reward: gold")),
+    Case("unknown-toy-skill", lambda t, m: dpo(t, m, toy_skills=["copy", "spell"]), ("{recipe}", "key 'toy_skills'", "'spell'", "add, copy, reverse, colour")),
     Case("aux-alpha-out-of-range", lambda t, m: w2s(t, m, aux_alpha=1.5), ("{recipe}", "key 'aux_alpha' must be in [0, 1]")),
     Case("missing-stage-key", lambda t, m: without_stage_key(*sft(t, m)), ("{recipe}", "missing key 'stage'")),
     # --- data: file and line

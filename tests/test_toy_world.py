@@ -14,6 +14,7 @@ from pipeline.data.toy_world import (
     WORDS,
     Task,
     ToyWorld,
+    check_toy_keys,
     gold_reward,
     gold_reward_batch,
     parse_prompt,
@@ -199,6 +200,20 @@ def test_sft_completions_are_perfect_demonstrations() -> None:
     assert all(set(p) == {"prompt", "completion"} for p in pairs)
     assert all(gold_reward(p["prompt"], p["completion"]) == pytest.approx(1.0) for p in pairs)
     assert {parse_prompt(p["prompt"]).skill for p in pairs} == set(SKILLS)
+
+
+def test_a_recipe_describes_its_world_and_bad_knobs_name_the_key() -> None:
+    recipe = {"toy_seed": 3, "toy_max_digits": 1, "toy_skills": ["copy", "colour"]}
+    world = ToyWorld.from_recipe(recipe)
+    assert world == ToyWorld(seed=3, max_digits=1, skills=("copy", "colour"))
+    assert {parse_prompt(p).skill for p in world.prompts(200)} == {"copy", "colour"}
+    assert ToyWorld.from_recipe({}) == ToyWorld()  # missing keys: the defaults, all skills
+    with pytest.raises(ValueError, match="key 'toy_skills'.*'spell'"):
+        check_toy_keys(2, ["copy", "spell"])
+    with pytest.raises(ValueError, match="key 'toy_skills'"):
+        check_toy_keys(2, [])
+    with pytest.raises(ValueError, match="key 'toy_max_digits' must be in 1..9"):
+        check_toy_keys(0, SKILLS)
 
 
 def test_demonstrator_mistakes_change_answers_not_prompts() -> None:

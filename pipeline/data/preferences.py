@@ -11,7 +11,7 @@ equals rejected are dropped and counted, because they carry no preference and on
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -132,6 +132,7 @@ def load_preferences(
     toy_seed: int = 0,
     toy_max_digits: int = 2,
     toy_pairs: int = 2000,
+    toy_skills: Sequence[str] | None = None,
 ) -> tuple[datasets.Dataset, PreferenceStats]:
     """Preference pairs as a Dataset with columns prompt, chosen, rejected (plain strings), plus stats.
 
@@ -140,7 +141,8 @@ def load_preferences(
     if source == "toy":
         from pipeline.data.toy_world import ToyWorld
 
-        pairs = ToyWorld(seed=toy_seed, max_digits=toy_max_digits).preference_pairs(max_pairs or toy_pairs, split=split)
+        world = ToyWorld.from_recipe({"toy_seed": toy_seed, "toy_max_digits": toy_max_digits, "toy_skills": toy_skills})
+        pairs = world.preference_pairs(max_pairs or toy_pairs, split=split)
         records = ((f"toy:{index}", (p["prompt"], p["chosen"], p["rejected"])) for index, p in enumerate(pairs))
         return clean_pairs(records, "toy world", "toy")
     path = Path(source)

@@ -228,13 +228,10 @@ def load_hub_sft_dataset(
     return _canonical(records, dataset_format), dataset_format
 
 
-def toy_sft_dataset(
-    n: int, split: str = "train", seed: int = 0, max_digits: int = 2, error_rate: float = 0.0
-) -> datasets.Dataset:
-    """The toy world's demonstrations: prompt "User: q\\nBot:", completion " answer", a share
+def toy_sft_dataset(world: ToyWorld, n: int, split: str = "train", error_rate: float = 0.0) -> datasets.Dataset:
+    """The toy world's demonstrations: prompt "User: q\nBot:", completion " answer", a share
     `error_rate` of them labeller mistakes (ToyWorld.sft_pairs)."""
-    pairs = ToyWorld(seed=seed, max_digits=max_digits).sft_pairs(n, split=split, error_rate=error_rate)
-    return datasets.Dataset.from_list(pairs)
+    return datasets.Dataset.from_list(world.sft_pairs(n, split=split, error_rate=error_rate))
 
 
 def load_sft_dataset(

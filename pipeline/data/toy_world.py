@@ -69,7 +69,7 @@ import string
 import zlib
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 __all__ = [
     "CHARSET",
@@ -78,6 +78,7 @@ __all__ = [
     "SPLITS",
     "WORDS",
     "Task",
+    "check_toy_keys",
     "ToyWorld",
     "gold_reward",
     "gold_reward_batch",
@@ -373,6 +374,16 @@ def _ramble(answer_token: str, rng: random.Random, min_clauses: int = 1) -> str:
     return out + "."
 
 
+def check_toy_keys(max_digits: int, skills: Sequence[str]) -> None:
+    """The recipe-level check of the toy world's knobs (keys toy_max_digits, toy_skills), run by each
+    stage's arguments before any data or model is loaded, so that the message names the recipe key."""
+    if not 1 <= max_digits <= 9:
+        raise ValueError(f"key 'toy_max_digits' must be in 1..9, got {max_digits}")
+    unknown = [skill for skill in skills if skill not in SKILLS]
+    if unknown or not skills:
+        raise ValueError(f"key 'toy_skills': choose one or more of {', '.join(SKILLS)}, got {list(skills)}")
+
+
 # --------------------------------------------------------------------------
 # The generator
 # --------------------------------------------------------------------------
@@ -407,6 +418,17 @@ class ToyWorld:
         if not self.skills or unknown:
             raise ValueError(f"skills must be a non-empty subset of {SKILLS}, got {self.skills}")
         self._words = tuple(w for w in WORDS if len(w) <= self.max_word_len)
+
+    @classmethod
+    def from_recipe(cls, recipe: Any) -> "ToyWorld":
+        """The world a stage recipe describes by its keys toy_seed, toy_max_digits and toy_skills.
+
+        ``recipe`` is a stage's arguments dataclass or a plain recipe dict; missing keys take the
+        defaults, so that every stage of a chain rebuilds the same world from its own recipe.
+        """
+        get = recipe.get if isinstance(recipe, Mapping) else (lambda key, default: getattr(recipe, key, default))
+        skills = get("toy_skills", None) or SKILLS
+        return cls(seed=get("toy_seed", 0), max_digits=get("toy_max_digits", 2), skills=tuple(skills))
 
     # -- random streams and sampling ---------------------------------------
 

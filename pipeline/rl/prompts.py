@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,10 +65,11 @@ def load_prompt_sets(
     toy_prompts: int = 4096,
     toy_seed: int = 0,
     toy_max_digits: int = 2,
+    toy_skills: Sequence[str] | None = None,
 ) -> PromptSets:
     """Train and held-out eval prompts that fit in `max_prompt_tokens` tokens."""
     if dataset == "toy":
-        world = ToyWorld(seed=toy_seed, max_digits=toy_max_digits)
+        world = ToyWorld.from_recipe({"toy_seed": toy_seed, "toy_max_digits": toy_max_digits, "toy_skills": toy_skills})
         train, evaluation = world.prompts(max_prompts or toy_prompts, split="train"), world.prompts(num_eval, split="eval")
     else:
         prompts = read_prompts(dataset, split)
