@@ -41,12 +41,13 @@ from trl.trainer.utils import get_peft_config
 
 from pipeline.contract import open_stage_run, write_json
 from pipeline.data.preferences import load_preferences
+from pipeline.data.toy_comparisons import policy_comparisons
 from pipeline.data.toy_world import SKILLS, ToyWorld, check_toy_keys
 from pipeline.errors import DataError, RecipeError, run_cli
 from pipeline.models import load_model, load_tokenizer
 from pipeline.plots import plot_loss_curves  # also selects matplotlib's file-only backend
 from pipeline.policy_eval import evaluate_policy, reward_model_scorer, toy_gold_scorer, toy_skill
-from pipeline.recipes import parse_recipe, require_positive, resolved_recipe
+from pipeline.recipes import parse_recipe, require_non_negative, require_positive, resolved_recipe
 from pipeline.sft import (  # the model is built, merged and counted as in SFT
     SFTModelArguments,
     build_model,
@@ -94,6 +95,12 @@ class DPOArguments:
     toy_skills: list[str] = field(
         default_factory=lambda: list(SKILLS), metadata={"help": "toy world: skills to mix (the same in every stage of a chain)"}
     )
+    toy_policy_prompts: int = field(
+        default=0,
+        metadata={"help": "toy world: also train on comparisons of the SFT model's own samples for this many train prompts, "
+                  "labelled by the gold reward (0: off); with toy_pairs: 0 only on those"},
+    )
+    toy_policy_samples: int = field(default=4, metadata={"help": "toy world: samples per prompt for toy_policy_prompts"})
     max_prompt_length: int | None = field(
         default=None,
         metadata={"help": "prompts longer than this many tokens keep their last ones (the latest turns); null: no limit"},
@@ -109,7 +116,14 @@ class DPOArguments:
     generation_batch_size: int = field(default=64, metadata={"help": "prompts per generate call in the comparison"})
 
     def __post_init__(self) -> None:
-        require_positive(self, "toy_pairs", "toy_eval_pairs", "num_eval_prompts", "sample_max_new_tokens", "generation_batch_size")
+        require_positive(self, "toy_eval_pairs", "num_eval_prompts", "sample_max_new_tokens", "generation_batch_size")
+        require_non_negative(self, "toy_pairs", "toy_policy_prompts")
+        if self.dataset == "toy" and self.toy_pairs + self.toy_policy_prompts == 0:
+            raise ValueError("keys 'toy_pairs' and 'toy_policy_prompts' are both 0: no pairs to train on")
+        if self.toy_policy_samples < 2:
+            raise ValueError(f"key 'toy_policy_samples' must be >= 2 (a pair needs two samples), got {self.toy_policy_samples}")
+        if self.toy_policy_prompts and self.dataset != "toy":
+            raise ValueError("key 'toy_policy_prompts' needs the toy world's gold reward to label samples (dataset: toy)")
         require_positive(self, "max_train_pairs", "max_eval_pairs", "max_prompt_length", allow_none=True)
         if not 0.0 < self.eval_fraction < 1.0:
             raise ValueError(f"key 'eval_fraction' must be in (0, 1), got {self.eval_fraction}")
@@ -176,11 +190,31 @@ RECIPE_TYPES = (DPOArguments, DPOModelArguments, DPOTrainingConfig)
 # --- data ---------------------------------------------------------------------------------------------------
 
 
+def add_own_sample_comparisons(
+    train: datasets.Dataset | None, args: DPOArguments, model_args: DPOModelArguments, tokenizer, training_args: DPOTrainingConfig
+) -> tuple[datasets.Dataset, dict[str, int]]:
+    """`train` plus comparisons of the SFT model's own samples (pipeline.data.toy_comparisons): on-policy pairs,
+    so that DPO pushes down the mistakes this model makes rather than only the hand-made ones."""
+    sft_model = load_model(dataclasses.replace(model_args, use_peft=False, load_in_4bit=False), tokenizer).to(training_args.device)
+    prompts = ToyWorld.from_recipe(args).prompts(args.toy_policy_prompts, split="train")
+    sampling = {"do_sample": True, "temperature": args.eval_temperature, "top_k": 0, "top_p": 1.0}
+    extra, counts = policy_comparisons(
+        sft_model, tokenizer, prompts, args.toy_policy_samples, sampling, args.sample_max_new_tokens, training_args.seed + 1
+    )
+    del sft_model
+    if extra is None:
+        if train is None:
+            raise DataError("the SFT model's samples never differ in gold reward: no comparisons to train on (toy_pairs: 0)")
+        return train, counts
+    combined = extra if train is None else datasets.concatenate_datasets([train, extra.cast(train.features)])
+    return combined.shuffle(seed=training_args.seed), counts
+
+
 def load_pairs(args: DPOArguments, seed: int) -> tuple[datasets.Dataset, datasets.Dataset, dict[str, Any]]:
     """(train, held-out, what loading did). The toy world has its own eval split (unseen additions)."""
     if args.dataset == "toy":
         toy = {"toy_seed": args.toy_seed, "toy_max_digits": args.toy_max_digits, "toy_skills": args.toy_skills}
-        train, stats = load_preferences("toy", "train", toy_pairs=args.toy_pairs, **toy)
+        train, stats = load_preferences("toy", "train", toy_pairs=args.toy_pairs, **toy) if args.toy_pairs else (None, None)
         held_out, held_out_stats = load_preferences("toy", "eval", toy_pairs=args.toy_eval_pairs, **toy)
     elif args.eval_dataset:
         train, stats = load_preferences(args.dataset, args.dataset_split, max_pairs=args.max_train_pairs)
@@ -191,11 +225,11 @@ def load_pairs(args: DPOArguments, seed: int) -> tuple[datasets.Dataset, dataset
             raise DataError(f"{args.dataset}: need at least 2 pairs to hold one out for evaluation, got {len(pairs)}.")
         split = pairs.train_test_split(test_size=args.eval_fraction, seed=seed, shuffle=True)
         train, held_out, held_out_stats = split["train"], split["test"], None
-    if args.max_train_pairs:
+    if args.max_train_pairs and train is not None:
         train = train.select(range(min(args.max_train_pairs, len(train))))
     if args.max_eval_pairs:
         held_out = held_out.select(range(min(args.max_eval_pairs, len(held_out))))
-    report = {"train": stats.as_dict(), **({"eval": held_out_stats.as_dict()} if held_out_stats else {})}
+    report = {"train": stats.as_dict() if stats else {}, **({"eval": held_out_stats.as_dict()} if held_out_stats else {})}
     return train, held_out, report
 
 
@@ -389,6 +423,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     train_set, held_out, data_report = load_pairs(args, training_args.seed)
     tokenizer = load_tokenizer(model_args.model_name_or_path, trust_remote_code=training_args.trust_remote_code)
+    if args.toy_policy_prompts:
+        train_set, data_report["policy_comparisons"] = add_own_sample_comparisons(train_set, args, model_args, tokenizer, training_args)
     train_set, shortened = shorten_prompts(train_set, tokenizer, args.max_prompt_length, "train")
     held_out, _ = shorten_prompts(held_out, tokenizer, args.max_prompt_length, "eval")
     lengths = count_long_pairs(train_set, tokenizer, training_args.max_length, "train")

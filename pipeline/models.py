@@ -131,6 +131,44 @@ def load_model(
     return model
 
 
+def add_identity_blocks(model: PreTrainedModel, count: int, seed: int = 0) -> None:
+    """Append `count` transformer blocks to a GPT-2-style body (`transformer.h`), each starting as the identity.
+
+    Why (reward models): the body of a causal LM spends its last layer predicting the next token, and a
+    reward read at the last token must also compare the response with the prompt and gather the result
+    there. On the toy world, the SFT model's own likelihood ranks right above wrong answers in every held-out
+    pair while a reward head on its last layer learned it in about 70% of them; two more blocks give the
+    head room to do that comparison. Each new block is freshly initialised (GPT-2's normal(0, 0.02)) except its two
+    output projections, which are zero, so the model computes exactly what it computed before until training
+    moves them. `config.n_layer` grows with the blocks, so the result saves and loads as a plain model.
+    """
+    if count <= 0:
+        return
+    body = getattr(model, "transformer", None)
+    blocks = getattr(body, "h", None)
+    if not isinstance(blocks, torch.nn.ModuleList) or not hasattr(model.config, "n_layer"):
+        raise UserError(f"extra_layers needs a GPT-2-style model (transformer.h blocks); {type(model).__name__} has none.")
+    from transformers.pytorch_utils import Conv1D
+
+    template = blocks[-1]
+    parameter = next(template.parameters())
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(count):
+        block = type(template)(model.config, layer_idx=len(blocks))
+        for module in block.modules():
+            if isinstance(module, (torch.nn.Linear, Conv1D)):
+                with torch.no_grad():
+                    module.weight.copy_(torch.randn(module.weight.shape, generator=generator) * model.config.initializer_range)
+                    if module.bias is not None:
+                        module.bias.zero_()
+        with torch.no_grad():
+            for projection in (block.attn.c_proj, block.mlp.c_proj):
+                projection.weight.zero_()
+                projection.bias.zero_()
+        blocks.append(block.to(device=parameter.device, dtype=parameter.dtype))
+    model.config.n_layer = len(blocks)
+
+
 def keep_cpu_4bit_layers_on_the_generic_kernel(model: torch.nn.Module) -> None:
     """Turn off bitsandbytes' (0.50) AVX512-BF16 repacking of 4-bit CPU weights, which is meant for inference.
 

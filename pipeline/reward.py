@@ -55,12 +55,13 @@ from trl.trainer.reward_trainer import suppress_seqcls_warning
 from trl.trainer.utils import get_peft_config
 
 from pipeline.contract import open_stage_run, write_json
-from pipeline.data.preferences import HH_ASSISTANT, clean_pairs, load_preferences, split_hh_transcript
+from pipeline.data.preferences import HH_ASSISTANT, load_preferences, split_hh_transcript
 from pipeline.data.text import iter_jsonl
+from pipeline.data.toy_comparisons import policy_comparisons
 from pipeline.data.toy_world import SKILLS, ToyWorld, check_toy_keys, gold_reward
 from pipeline.decoding import DEFAULT_STRATEGIES, generate
 from pipeline.errors import DataError, RecipeError, run_cli
-from pipeline.models import check_lora_targets, linear_module_names, load_model, load_tokenizer, parameter_counts
+from pipeline.models import add_identity_blocks, check_lora_targets, linear_module_names, load_model, load_tokenizer, parameter_counts
 from pipeline.plots import plot_loss_curves, plt
 from pipeline.recipes import parse_recipe, require_non_negative, require_positive, resolved_recipe
 from pipeline.reward_model import (
@@ -119,6 +120,11 @@ class RewardArguments:
     toy_skills: list[str] = field(
         default_factory=lambda: list(SKILLS), metadata={"help": "toy world: skills to mix (the same in every stage of a chain)"}
     )
+    extra_layers: int = field(
+        default=0,
+        metadata={"help": "transformer blocks added on top of the input model's body, starting as the identity "
+                  "(GPT-2-style models, full fine-tuning): room to compare the response with the prompt"},
+    )
     append_eos: bool = field(
         default=True,
         metadata={"help": "end each response with EOS and read the reward there (false: at the last response token)"},
@@ -134,7 +140,7 @@ class RewardArguments:
     def __post_init__(self) -> None:
         require_positive(self, "toy_pairs", "toy_eval_pairs", "best_of_n_max", "sample_max_new_tokens")
         require_positive(self, "max_train_pairs", "max_eval_pairs", allow_none=True)
-        require_non_negative(self, "best_of_n_prompts", "toy_policy_prompts")
+        require_non_negative(self, "best_of_n_prompts", "toy_policy_prompts", "extra_layers")
         if self.toy_policy_samples < 2:
             raise ValueError(f"key 'toy_policy_samples' must be >= 2 (a pair needs two samples), got {self.toy_policy_samples}")
         if self.toy_policy_prompts and self.dataset != "toy":
@@ -252,36 +258,12 @@ def load_policy(model_args: RewardModelArguments, tokenizer, trust_remote_code: 
     )
 
 
-def policy_comparisons(policy, tokenizer, args: RewardArguments, seed: int) -> tuple[datasets.Dataset | None, dict]:
-    """Pairs of the policy's own samples, labelled by the toy world's gold reward: a simulated labeller.
-
-    This is how RLHF collects comparisons (InstructGPT's labellers rank samples of the SFT model): the
-    reward model then also learns the differences among the responses it will judge in Best-of-N and
-    PPO, not only those of the hand-made pairs, whose mistakes are of a few fixed kinds. Per prompt the
-    finished sample with the highest gold reward is chosen and the one with the lowest rejected; prompts
-    whose samples all have one gold reward give no pair. Samples cut by the length limit are left out,
-    because training ends every response with EOS.
-    """
-
-    k = args.toy_policy_samples
+def own_sample_comparisons(policy, tokenizer, args: RewardArguments, seed: int) -> tuple[datasets.Dataset | None, dict]:
+    """Comparisons of the input model's own samples on `toy_policy_prompts` train prompts (pipeline.data.toy_comparisons)."""
     prompts = ToyWorld.from_recipe(args).prompts(args.toy_policy_prompts, split="train")
-    samples = generate(
-        policy, tokenizer, [prompt for prompt in prompts for _ in range(k)], strategy=args.best_of_n_strategy,
-        max_new_tokens=args.sample_max_new_tokens, seed=seed + 1, batch_size=256,
+    return policy_comparisons(
+        policy, tokenizer, prompts, args.toy_policy_samples, args.best_of_n_strategy, args.sample_max_new_tokens, seed + 1
     )
-    records = []
-    for index, prompt in enumerate(prompts):
-        texts = [sample.text for sample in samples[index * k : (index + 1) * k] if sample.finished]
-        ranked = sorted(texts, key=lambda text: gold_reward(prompt, text))
-        if len(ranked) >= 2 and gold_reward(prompt, ranked[-1]) > gold_reward(prompt, ranked[0]):
-            records.append((f"policy sample {index}", (prompt, ranked[-1], ranked[0])))
-    counts = {"prompts": len(prompts), "samples": len(samples), "unfinished": sum(not s.finished for s in samples)}
-    if not records:
-        logger.warning("the policy's samples never differ in gold reward on %d prompts: no comparisons added", len(prompts))
-        return None, {**counts, "pairs": 0}
-    pairs, stats = clean_pairs(records, "policy comparisons", "toy-policy")
-    logger.info("%d comparisons of the policy's own samples (%d prompts x %d samples)", len(pairs), len(prompts), k)
-    return pairs, {**counts, "pairs": len(pairs), "duplicates_removed": stats.duplicates}
 
 
 def margins_for(pairs: datasets.Dataset, args: RewardArguments, source: str, split: str) -> list[float] | None:
@@ -376,13 +358,16 @@ def resolve_max_length(requested: int | None, model: PreTrainedModel, path: Path
 
 
 def build_model(
-    model_args: RewardModelArguments, tokenizer, trust_remote_code: bool, append_eos: bool = True
+    model_args: RewardModelArguments, tokenizer, trust_remote_code: bool, append_eos: bool = True,
+    extra_layers: int = 0, seed: int = 0,
 ) -> PreTrainedModel:
-    """The causal LM's body with a freshly initialised 1-output `score` head (seeded by the caller)."""
+    """The causal LM's body (plus `extra_layers` identity blocks) with a freshly initialised 1-output `score` head
+    (seeded by the caller)."""
     with suppress_seqcls_warning():  # "score.weight newly initialised", "lm_head unused": expected here
         model = load_model(model_args, tokenizer, head="sequence_classification", trust_remote_code=trust_remote_code)
     # Saved in config.json, so that pipeline.reward_model.score encodes responses as the model was trained.
     model.config.reward_append_eos = append_eos
+    add_identity_blocks(model, extra_layers, seed)
     if model_args.use_peft:
         if model_args.lora_target_modules is None:
             gpt2_like = set(GPT2_LORA_TARGETS) <= set(linear_module_names(model))
@@ -507,6 +492,10 @@ def targets(heldout_accuracy: float, best_of_n: dict | None) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args, model_args, training_args, recipe = parse_recipe(RECIPE_TYPES, argv, "reward", __doc__)
+    if args.extra_layers and model_args.use_peft:
+        raise RecipeError(
+            f"{recipe.path}: key 'extra_layers' needs full fine-tuning (use_peft: false): LoRA would leave the new blocks frozen as the identity."
+        )
     output_dir = Path(training_args.output_dir)
     opened = open_stage_run(recipe, "reward", output_dir, training_args.seed, training_args.should_save)
     if opened is None:
@@ -517,13 +506,13 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     train_pairs, eval_pairs, data_stats = load_pairs(args, training_args.seed)
     tokenizer = load_tokenizer(model_args.model_name_or_path, trust_remote_code=training_args.trust_remote_code)
-    model = build_model(model_args, tokenizer, training_args.trust_remote_code, args.append_eos)
+    model = build_model(model_args, tokenizer, training_args.trust_remote_code, args.append_eos, args.extra_layers, training_args.seed)
     max_length = resolve_max_length(training_args.max_length, model, recipe.path)
     training_args.max_length = max_length
     policy, policy_pairs = None, {}
     if args.toy_policy_prompts:  # after the reward head is initialised, so that it does not depend on this
         policy = load_policy(model_args, tokenizer, training_args.trust_remote_code).to(training_args.device)
-        extra, policy_pairs = policy_comparisons(policy, tokenizer, args, training_args.seed)
+        extra, policy_pairs = own_sample_comparisons(policy, tokenizer, args, training_args.seed)
         if extra is not None:
             train_pairs = datasets.concatenate_datasets([train_pairs, extra]).shuffle(seed=training_args.seed)
     train_set, eval_set, truncation = encode_splits(args, train_pairs, eval_pairs, tokenizer, max_length)

@@ -129,6 +129,28 @@ def test_loss_falls_and_the_policy_moves_away_from_sft(full_run):
     assert metrics["mode"] == "full" and metrics["reference"] == "frozen copy of the SFT model"
 
 
+def test_dpo_can_train_on_comparisons_of_the_sft_models_own_samples(tmp_path, sft_dir):
+    from pipeline.data.toy_world import gold_reward
+
+    path = recipe(tmp_path, sft_dir, toy_pairs=0, toy_policy_prompts=12, toy_policy_samples=8, max_steps=2,
+                  sample_max_new_tokens=32)  # long enough for the random tiny model to stop now and then
+    dpo.main(["--config", str(path)])
+    metrics = json.loads((tmp_path / "runs" / "dpo" / "metrics.json").read_text())
+    comparisons = metrics["data"]["policy_comparisons"]
+    assert comparisons["prompts"] == 12 and comparisons["samples"] == 96
+    assert metrics["train_pairs"] == comparisons["pairs"] > 0  # toy_pairs: 0 -> only the model's own samples
+    assert metrics["eval_pairs"] == 16  # held out: the toy world's hand-made eval pairs, as always
+    # Each comparison is labelled by the gold reward: chosen scores higher.
+    from pipeline.data.toy_comparisons import policy_comparisons
+    from pipeline.models import load_tokenizer
+    from transformers import AutoModelForCausalLM
+
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(sft_dir), load_tokenizer(str(sft_dir))
+    pairs, _ = policy_comparisons(model, tokenizer, ["User: repeat the word: cat\nBot:"] * 6, 8, "temperature_1.0", 32, seed=0)
+    assert pairs is not None
+    assert all(gold_reward(p, c) > gold_reward(p, r) for p, c, r in zip(pairs["prompt"], pairs["chosen"], pairs["rejected"]))
+
+
 def test_output_follows_the_stage_contract(full_run, sft_dir):
     path, out, _ = full_run
     for name in ("model.safetensors", "tokenizer.json", "recipe.yaml", "samples.json", "dpo_curves.png", "loss_curve.png"):
@@ -299,6 +321,7 @@ def test_qlora_trains_adapters_on_a_4bit_sft_model_and_saves_a_full_precision_me
         ({"ld_alpha": 1.5}, "key 'ld_alpha' must be in [0, 1]"),
         ({"use_peft": True, "sync_ref_model": True}, "sync_ref_model (TR-DPO) needs a separate reference model"),
         ({"reward_model_path": "runs/nowhere/reward"}, "key 'reward_model_path': path runs/nowhere/reward does not exist"),
+        ({"toy_pairs": 0}, "keys 'toy_pairs' and 'toy_policy_prompts' are both 0"),
     ],
 )
 def test_bad_recipes_name_key_and_file(tmp_path, sft_dir, overrides, expected):

@@ -249,6 +249,32 @@ def test_lora_reward_model_trains_its_head_and_merges(tiny_gpt2, tmp_path):
     assert not torch.allclose(merged["score.weight"], initial.score.weight.detach())
 
 
+def test_extra_layers_start_as_the_identity_and_save_as_a_plain_model(tiny_gpt2, tmp_path):
+    from transformers import AutoModelForSequenceClassification, set_seed
+
+    from pipeline.models import load_tokenizer
+    from pipeline.reward import RewardModelArguments, build_model
+    from pipeline.reward_model import score
+
+    tokenizer = load_tokenizer(str(tiny_gpt2))
+    set_seed(0)
+    plain = build_model(RewardModelArguments(model_name_or_path=str(tiny_gpt2)), tokenizer, False).eval()
+    set_seed(0)
+    deeper = build_model(RewardModelArguments(model_name_or_path=str(tiny_gpt2)), tokenizer, False, extra_layers=2).eval()
+    assert deeper.config.n_layer == plain.config.n_layer + 2 == len(deeper.transformer.h)
+    prompts, responses = ["User: repeat the word: cat\nBot:", "User: what colour is a frog?\nBot:"], [" cat", " green, i think."]
+    assert score(deeper, tokenizer, prompts, responses) == pytest.approx(score(plain, tokenizer, prompts, responses), abs=1e-5)
+    # The new blocks learn: their zeroed output projections get gradients.
+    deeper.train()
+    batch = tokenizer(["User: repeat the word: cat\nBot: cat"], return_tensors="pt")
+    deeper(**batch).logits.sum().backward()
+    assert deeper.transformer.h[-1].mlp.c_proj.weight.grad.abs().sum() > 0
+    deeper.save_pretrained(tmp_path / "rm")
+    reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm").eval()
+    assert reloaded.config.n_layer == deeper.config.n_layer
+    assert score(reloaded, tokenizer, prompts, responses) == pytest.approx(score(plain, tokenizer, prompts, responses), abs=1e-5)
+
+
 # --- bad input -------------------------------------------------------------------------------------
 
 
@@ -289,6 +315,7 @@ def test_bad_preference_data_is_one_clear_error(tiny_gpt2, tmp_path, records, me
         ({"max_length": 4096}, "key 'max_length' \\(4096\\) exceeds the model's context length \\(128\\)"),
         ({"load_in_4bit": True, "use_peft": True}, "quantized reward models are not supported"),
         ({"best_of_n_strategy": "nucleus"}, "unknown strategy 'nucleus'"),
+        ({"extra_layers": 2, "use_peft": True}, "key 'extra_layers' needs full fine-tuning"),
     ],
 )
 def test_bad_recipe_values_name_the_key(tiny_gpt2, tmp_path, overrides, message):

@@ -1,0 +1,56 @@
+"""Comparisons of a policy's own samples, labelled by the toy world's gold reward: a simulated labeller.
+
+This is how RLHF collects its comparisons (InstructGPT's labellers rank samples of the SFT model;
+Anthropic's HH pairs are two samples of their assistant): the reward model, or DPO, then learns from the
+differences among the responses the policy really writes, not only from the hand-made pairs, whose
+mistakes are of a few fixed kinds. Per prompt the finished sample with the highest gold reward is chosen
+and the one with the lowest rejected; prompts whose samples all have one gold reward give no pair.
+Samples cut by the length limit are left out, because the stages end every response with EOS.
+
+Used by the reward stage and the DPO stage (`toy_policy_prompts`, `toy_policy_samples`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import datasets
+from transformers import PreTrainedModel
+
+from pipeline.data.preferences import clean_pairs
+from pipeline.data.toy_world import gold_reward
+from pipeline.decoding import generate
+
+logger = logging.getLogger(__name__)
+
+
+def policy_comparisons(
+    policy: PreTrainedModel,
+    tokenizer,
+    prompts: Sequence[str],
+    samples_per_prompt: int,
+    strategy: str | Mapping[str, Any],
+    max_new_tokens: int,
+    seed: int,
+) -> tuple[datasets.Dataset | None, dict[str, int]]:
+    """(pairs prompt/chosen/rejected or None, counts) from `samples_per_prompt` samples of each prompt."""
+    k = samples_per_prompt
+    samples = generate(
+        policy, tokenizer, [prompt for prompt in prompts for _ in range(k)], strategy=strategy,
+        max_new_tokens=max_new_tokens, seed=seed, batch_size=256,
+    )
+    records = []
+    for index, prompt in enumerate(prompts):
+        texts = [sample.text for sample in samples[index * k : (index + 1) * k] if sample.finished]
+        ranked = sorted(texts, key=lambda text: gold_reward(prompt, text))
+        if len(ranked) >= 2 and gold_reward(prompt, ranked[-1]) > gold_reward(prompt, ranked[0]):
+            records.append((f"policy sample {index}", (prompt, ranked[-1], ranked[0])))
+    counts = {"prompts": len(prompts), "samples": len(samples), "unfinished": sum(not s.finished for s in samples)}
+    if not records:
+        logger.warning("the policy's samples never differ in gold reward on %d prompts: no comparisons made", len(prompts))
+        return None, {**counts, "pairs": 0}
+    pairs, stats = clean_pairs(records, "policy comparisons", "toy-policy")
+    logger.info("%d comparisons of the policy's own samples (%d prompts x %d samples)", len(pairs), len(prompts), k)
+    return pairs, {**counts, "pairs": len(pairs), "duplicates_removed": stats.duplicates}
