@@ -8,7 +8,7 @@ both from one seed, with no network and no external dependencies:
 * a pretraining corpus mixing good answers with realistic bad ones (wrong
   answers, rambling endings), so that a model imitating it has clear room to
   improve;
-* SFT demonstrations (good answers only);
+* SFT demonstrations (good answers; optionally a share of labeller mistakes);
 * preference pairs (chosen beats rejected under the gold reward);
 * weak-to-strong binary tasks ("is this answer right?");
 * :func:`gold_reward`, which scores any response text for any toy-world prompt.
