@@ -41,7 +41,7 @@ from trl.trainer.utils import get_peft_config
 
 from pipeline.contract import open_stage_run, write_json
 from pipeline.data.preferences import load_preferences
-from pipeline.data.toy_comparisons import policy_comparisons
+from pipeline.data.toy_comparisons import check_policy_comparison_keys, policy_comparisons
 from pipeline.data.toy_world import SKILLS, ToyWorld, check_toy_keys
 from pipeline.errors import DataError, RecipeError, run_cli
 from pipeline.models import load_model, load_tokenizer
@@ -120,10 +120,7 @@ class DPOArguments:
         require_non_negative(self, "toy_pairs", "toy_policy_prompts")
         if self.dataset == "toy" and self.toy_pairs + self.toy_policy_prompts == 0:
             raise ValueError("keys 'toy_pairs' and 'toy_policy_prompts' are both 0: no pairs to train on")
-        if self.toy_policy_samples < 2:
-            raise ValueError(f"key 'toy_policy_samples' must be >= 2 (a pair needs two samples), got {self.toy_policy_samples}")
-        if self.toy_policy_prompts and self.dataset != "toy":
-            raise ValueError("key 'toy_policy_prompts' needs the toy world's gold reward to label samples (dataset: toy)")
+        check_policy_comparison_keys(self.toy_policy_prompts, self.toy_policy_samples, self.dataset)
         require_positive(self, "max_train_pairs", "max_eval_pairs", "max_prompt_length", allow_none=True)
         if not 0.0 < self.eval_fraction < 1.0:
             raise ValueError(f"key 'eval_fraction' must be in (0, 1), got {self.eval_fraction}")

@@ -58,7 +58,7 @@ from trl.trainer.utils import get_peft_config
 from pipeline.contract import open_stage_run, write_json
 from pipeline.data.preferences import HH_ASSISTANT, load_preferences, split_hh_transcript
 from pipeline.data.text import iter_jsonl
-from pipeline.data.toy_comparisons import policy_comparisons
+from pipeline.data.toy_comparisons import check_policy_comparison_keys, policy_comparisons
 from pipeline.data.toy_world import SKILLS, ToyWorld, check_toy_keys, gold_reward
 from pipeline.decoding import DEFAULT_STRATEGIES, generate
 from pipeline.errors import DataError, RecipeError, run_cli
@@ -142,10 +142,7 @@ class RewardArguments:
         require_positive(self, "toy_pairs", "toy_eval_pairs", "best_of_n_max", "sample_max_new_tokens")
         require_positive(self, "max_train_pairs", "max_eval_pairs", allow_none=True)
         require_non_negative(self, "best_of_n_prompts", "toy_policy_prompts", "extra_layers")
-        if self.toy_policy_samples < 2:
-            raise ValueError(f"key 'toy_policy_samples' must be >= 2 (a pair needs two samples), got {self.toy_policy_samples}")
-        if self.toy_policy_prompts and self.dataset != "toy":
-            raise ValueError("key 'toy_policy_prompts' needs the toy world's gold reward to label samples (dataset: toy)")
+        check_policy_comparison_keys(self.toy_policy_prompts, self.toy_policy_samples, self.dataset)
         if self.best_of_n_max & (self.best_of_n_max - 1):
             raise ValueError(f"key 'best_of_n_max' must be a power of 2 (1, 2, 4, ..., 64), got {self.best_of_n_max}")
         if self.best_of_n_strategy not in DEFAULT_STRATEGIES:

@@ -322,6 +322,7 @@ def test_qlora_trains_adapters_on_a_4bit_sft_model_and_saves_a_full_precision_me
         ({"use_peft": True, "sync_ref_model": True}, "sync_ref_model (TR-DPO) needs a separate reference model"),
         ({"reward_model_path": "runs/nowhere/reward"}, "key 'reward_model_path': path runs/nowhere/reward does not exist"),
         ({"toy_pairs": 0}, "keys 'toy_pairs' and 'toy_policy_prompts' are both 0"),
+        ({"toy_policy_prompts": 4, "toy_policy_samples": 1}, "key 'toy_policy_samples' must be >= 2"),
     ],
 )
 def test_bad_recipes_name_key_and_file(tmp_path, sft_dir, overrides, expected):

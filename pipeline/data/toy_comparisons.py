@@ -26,6 +26,14 @@ from pipeline.decoding import generate
 logger = logging.getLogger(__name__)
 
 
+def check_policy_comparison_keys(prompts: int, samples_per_prompt: int, dataset: str) -> None:
+    """The recipe check of the keys toy_policy_prompts / toy_policy_samples, shared by the stages that have them."""
+    if samples_per_prompt < 2:
+        raise ValueError(f"key 'toy_policy_samples' must be >= 2 (a pair needs two samples), got {samples_per_prompt}")
+    if prompts and dataset != "toy":
+        raise ValueError("key 'toy_policy_prompts' needs the toy world's gold reward to label samples (dataset: toy)")
+
+
 def policy_comparisons(
     policy: PreTrainedModel,
     tokenizer,
