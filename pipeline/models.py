@@ -136,8 +136,9 @@ def add_identity_blocks(model: PreTrainedModel, count: int, seed: int = 0) -> No
 
     Why (reward models): the body of a causal LM spends its last layer predicting the next token, and a
     reward read at the last token must also compare the response with the prompt and gather the result
-    there. On the toy world, the SFT model's own likelihood ranks right above wrong answers in every held-out
-    pair while a reward head on its last layer learned it in about 70% of them; two more blocks give the
+    there. On the toy world, the SFT model's own log-likelihood ranks the right answer above the near-miss
+    wrong one in all 201 held-out "right vs wrong" pairs, while a reward head on its last layer learned it in
+    about 70% of them; two more blocks give the
     head room to do that comparison. Each new block is freshly initialised (GPT-2's normal(0, 0.02)) except its two
     output projections, which are zero, so the model computes exactly what it computed before until training
     moves them. `config.n_layer` grows with the blocks, so the result saves and loads as a plain model.

@@ -25,8 +25,8 @@ scoring conventions are documented in pipeline/reward_model.py, which PPO and th
 token instead (recorded in the model's config as `reward_append_eos`, which `score` follows).
 
 Measured on the toy world (recipes/toy/reward.yaml: runs/toy/sft, 2 layers x 128, plus 2 identity blocks):
-held-out accuracy about 0.80. The SFT model's own likelihood ranks the right answer above the wrong one in
-every held-out pair, but the head, reading one hidden state at EOS, learns that comparison slowly, and it
+held-out accuracy 0.82. The SFT model's own log-likelihood ranks the right answer above the near-miss wrong
+one in all 201 held-out "right vs wrong" pairs, but the head, reading one hidden state at EOS, learns that comparison slowly, and it
 weighs brevity above correctness ("right but rambling" beats "wrong but clean" in about half of those pairs).
 Best-of-N peaks at N = 2-4 and falls back to about the SFT model's gold reward by N = 16. metrics.json
 breaks the accuracy down by kind of pair.
