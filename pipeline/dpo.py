@@ -41,8 +41,8 @@ from trl.trainer.utils import get_peft_config
 
 from pipeline.contract import open_stage_run, write_json
 from pipeline.data.preferences import load_preferences
-from pipeline.data.toy_comparisons import check_policy_comparison_keys, policy_comparisons
-from pipeline.data.toy_world import SKILLS, ToyWorld, check_toy_keys
+from pipeline.data.toy_comparisons import check_policy_comparison_keys, own_sample_comparisons
+from pipeline.data.toy_world import ToyWorld, check_toy_keys, toy_skills_field
 from pipeline.errors import DataError, RecipeError, run_cli
 from pipeline.models import load_model, load_tokenizer
 from pipeline.plots import plot_loss_curves  # also selects matplotlib's file-only backend
@@ -92,9 +92,7 @@ class DPOArguments:
     toy_eval_pairs: int = field(default=256, metadata={"help": "toy world: held-out pairs (eval split: unseen additions)"})
     toy_seed: int = field(default=0, metadata={"help": "toy world: generator seed"})
     toy_max_digits: int = field(default=2, metadata={"help": "toy world: digits of the addition operands"})
-    toy_skills: list[str] = field(
-        default_factory=lambda: list(SKILLS), metadata={"help": "toy world: skills to mix (the same in every stage of a chain)"}
-    )
+    toy_skills: list[str] = toy_skills_field()
     toy_policy_prompts: int = field(
         default=0,
         metadata={"help": "toy world: also train on comparisons of the SFT model's own samples for this many train prompts, "
@@ -193,11 +191,8 @@ def add_own_sample_comparisons(
     """`train` plus comparisons of the SFT model's own samples (pipeline.data.toy_comparisons): on-policy pairs,
     so that DPO pushes down the mistakes this model makes rather than only the hand-made ones."""
     sft_model = load_model(dataclasses.replace(model_args, use_peft=False, load_in_4bit=False), tokenizer).to(training_args.device)
-    prompts = ToyWorld.from_recipe(args).prompts(args.toy_policy_prompts, split="train")
     sampling = {"do_sample": True, "temperature": args.eval_temperature, "top_k": 0, "top_p": 1.0}
-    extra, counts = policy_comparisons(
-        sft_model, tokenizer, prompts, args.toy_policy_samples, sampling, args.sample_max_new_tokens, training_args.seed + 1
-    )
+    extra, counts = own_sample_comparisons(sft_model, tokenizer, args, sampling, args.sample_max_new_tokens, training_args.seed + 1)
     del sft_model
     if extra is None:
         if train is None:

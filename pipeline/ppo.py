@@ -42,7 +42,7 @@ from trl import ModelConfig
 from trl.trainer.utils import get_peft_config
 
 from pipeline.contract import open_stage_run, write_json
-from pipeline.data.toy_world import SKILLS, check_toy_keys
+from pipeline.data.toy_world import check_toy_keys, toy_skills_field
 from pipeline.errors import RecipeError, RunInterrupted, UserError, run_cli
 from pipeline.kl import ESTIMATORS, kl_estimates, sequence_kl
 from pipeline.models import check_lora_targets, linear_module_names, load_model, load_tokenizer, parameter_counts
@@ -83,9 +83,7 @@ class PPOArguments:
     toy_prompts: int = field(default=4096, metadata={"help": "toy world: training prompts (train split)"})
     toy_seed: int = field(default=0, metadata={"help": "toy world: generator seed (as in the earlier stages)"})
     toy_max_digits: int = field(default=2, metadata={"help": "toy world: digits of the addition operands"})
-    toy_skills: list[str] = field(
-        default_factory=lambda: list(SKILLS), metadata={"help": "toy world: skills to mix (the same in every stage of a chain)"}
-    )
+    toy_skills: list[str] = toy_skills_field()
     num_eval_prompts: int = field(default=256, metadata={"help": "held-out prompts measured before and after training"})
     eval_batch_size: int = field(default=128, metadata={"help": "prompts per batch when measuring"})
 

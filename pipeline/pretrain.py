@@ -27,7 +27,7 @@ from transformers import default_data_collator
 
 from pipeline.contract import open_stage_run, write_json
 from pipeline.data.text import load_text_dataset
-from pipeline.data.toy_world import SKILLS, ToyWorld, check_toy_keys, gold_reward
+from pipeline.data.toy_world import ToyWorld, check_toy_keys, gold_reward, toy_skills_field
 from pipeline.decoding import DEFAULT_STRATEGIES, sample_table
 from pipeline.errors import DataError, run_cli
 from pipeline.plots import plot_loss_curves
@@ -59,9 +59,7 @@ class PretrainArguments:
     toy_good_fraction: float = field(default=0.6, metadata={"help": "toy world: share of correct, clean answers"})
     toy_max_digits: int = field(default=2, metadata={"help": "toy world: digits of the addition operands"})
     toy_seed: int = field(default=0, metadata={"help": "toy world: generator seed (independent of training seed)"})
-    toy_skills: list[str] = field(
-        default_factory=lambda: list(SKILLS), metadata={"help": "toy world: skills to mix (the same in every stage of a chain)"}
-    )
+    toy_skills: list[str] = toy_skills_field()
 
     tokenizer: Literal["char", "bpe"] = field(default="char", metadata={"help": "tokenizer to train"})
     vocab_size: int = field(default=512, metadata={"help": "vocabulary size for the BPE tokenizer"})

@@ -58,9 +58,9 @@ from trl.trainer.utils import get_peft_config
 from pipeline.contract import open_stage_run, write_json
 from pipeline.data.preferences import HH_ASSISTANT, load_preferences, split_hh_transcript
 from pipeline.data.text import iter_jsonl
-from pipeline.data.toy_comparisons import check_policy_comparison_keys, policy_comparisons
-from pipeline.data.toy_world import SKILLS, ToyWorld, check_toy_keys, gold_reward
-from pipeline.decoding import DEFAULT_STRATEGIES, generate
+from pipeline.data.toy_comparisons import check_policy_comparison_keys, own_sample_comparisons
+from pipeline.data.toy_world import ToyWorld, check_toy_keys, gold_reward, toy_skills_field
+from pipeline.decoding import DEFAULT_STRATEGIES
 from pipeline.errors import DataError, RecipeError, run_cli
 from pipeline.models import add_identity_blocks, check_lora_targets, linear_module_names, load_model, load_tokenizer, parameter_counts
 from pipeline.plots import plot_loss_curves, plt
@@ -118,9 +118,7 @@ class RewardArguments:
     )
     toy_policy_samples: int = field(default=4, metadata={"help": "toy world: samples per prompt for toy_policy_prompts"})
     toy_max_digits: int = field(default=2, metadata={"help": "toy world: digits of the addition operands"})
-    toy_skills: list[str] = field(
-        default_factory=lambda: list(SKILLS), metadata={"help": "toy world: skills to mix (the same in every stage of a chain)"}
-    )
+    toy_skills: list[str] = toy_skills_field()
     extra_layers: int = field(
         default=0,
         metadata={"help": "transformer blocks added on top of the input model's body, starting as the identity "
@@ -253,14 +251,6 @@ def load_policy(model_args: RewardModelArguments, tokenizer, trust_remote_code: 
     """The input model as a causal LM (the SFT policy), for its own samples."""
     return load_model(
         dataclasses.replace(model_args, use_peft=False), tokenizer, head="causal_lm", trust_remote_code=trust_remote_code
-    )
-
-
-def own_sample_comparisons(policy, tokenizer, args: RewardArguments, seed: int) -> tuple[datasets.Dataset | None, dict]:
-    """Comparisons of the input model's own samples on `toy_policy_prompts` train prompts (pipeline.data.toy_comparisons)."""
-    prompts = ToyWorld.from_recipe(args).prompts(args.toy_policy_prompts, split="train")
-    return policy_comparisons(
-        policy, tokenizer, prompts, args.toy_policy_samples, args.best_of_n_strategy, args.sample_max_new_tokens, seed + 1
     )
 
 
@@ -510,7 +500,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     policy, policy_pairs = None, {}
     if args.toy_policy_prompts:  # after the reward head is initialised, so that it does not depend on this
         policy = load_policy(model_args, tokenizer, training_args.trust_remote_code).to(training_args.device)
-        extra, policy_pairs = own_sample_comparisons(policy, tokenizer, args, training_args.seed)
+        extra, policy_pairs = own_sample_comparisons(
+            policy, tokenizer, args, args.best_of_n_strategy, args.sample_max_new_tokens, training_args.seed + 1
+        )
         if extra is not None:
             train_pairs = datasets.concatenate_datasets([train_pairs, extra]).shuffle(seed=training_args.seed)
     train_set, eval_set, truncation = encode_splits(args, train_pairs, eval_pairs, tokenizer, max_length)

@@ -52,7 +52,7 @@ from trl.trainer.utils import get_peft_config
 
 from pipeline.contract import open_stage_run, write_json
 from pipeline.data.sft_formats import SIMPLE_CHAT_TEMPLATE, load_sft_dataset, toy_sft_dataset
-from pipeline.data.toy_world import SKILLS, ToyWorld, check_toy_keys, gold_reward
+from pipeline.data.toy_world import ToyWorld, check_toy_keys, gold_reward, toy_skills_field
 from pipeline.decoding import generate
 from pipeline.errors import DataError, UserError, run_cli
 from pipeline.models import check_lora_targets, linear_module_names, load_model, load_tokenizer
@@ -92,9 +92,7 @@ class SFTArguments:
     toy_eval_examples: int = field(default=256, metadata={"help": "toy world: held-out demonstrations for eval loss"})
     toy_max_digits: int = field(default=2, metadata={"help": "toy world: digits of the addition operands"})
     toy_seed: int = field(default=0, metadata={"help": "toy world: generator seed (as in the pretraining recipe)"})
-    toy_skills: list[str] = field(
-        default_factory=lambda: list(SKILLS), metadata={"help": "toy world: skills to mix (the same in every stage of a chain)"}
-    )
+    toy_skills: list[str] = toy_skills_field()
     toy_demo_error_rate: float = field(
         default=0.0,
         metadata={"help": "toy world: share of training demonstrations that are labeller mistakes (wrong or rambling); eval stays clean"},

@@ -20,7 +20,7 @@ import datasets
 from transformers import PreTrainedModel
 
 from pipeline.data.preferences import clean_pairs
-from pipeline.data.toy_world import gold_reward
+from pipeline.data.toy_world import ToyWorld, gold_reward
 from pipeline.decoding import generate
 
 logger = logging.getLogger(__name__)
@@ -62,3 +62,12 @@ def policy_comparisons(
     pairs, stats = clean_pairs(records, "policy comparisons", "toy-policy")
     logger.info("%d comparisons of the policy's own samples (%d prompts x %d samples)", len(pairs), len(prompts), k)
     return pairs, {**counts, "pairs": len(pairs), "duplicates_removed": stats.duplicates}
+
+
+def own_sample_comparisons(
+    policy: PreTrainedModel, tokenizer, recipe: Any, strategy: str | Mapping[str, Any], max_new_tokens: int, seed: int
+) -> tuple[datasets.Dataset | None, dict[str, int]]:
+    """policy_comparisons on the recipe's `toy_policy_prompts` train prompts of its toy world, with
+    `toy_policy_samples` samples each (`recipe`: a stage's arguments, as ToyWorld.from_recipe takes)."""
+    prompts = ToyWorld.from_recipe(recipe).prompts(recipe.toy_policy_prompts, split="train")
+    return policy_comparisons(policy, tokenizer, prompts, recipe.toy_policy_samples, strategy, max_new_tokens, seed)

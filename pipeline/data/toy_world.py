@@ -79,6 +79,7 @@ __all__ = [
     "WORDS",
     "Task",
     "check_toy_keys",
+    "toy_skills_field",
     "ToyWorld",
     "gold_reward",
     "gold_reward_batch",
@@ -372,6 +373,13 @@ def _ramble(answer_token: str, rng: random.Random, min_clauses: int = 1) -> str:
     for c in clauses[1:]:
         out += rng.choice((". ", ", ")) + c
     return out + "."
+
+
+def toy_skills_field() -> Any:
+    """The `toy_skills` key of a stage's arguments dataclass (all skills by default), declared once."""
+    return field(
+        default_factory=lambda: list(SKILLS), metadata={"help": "toy world: skills to mix (the same in every stage of a chain)"}
+    )
 
 
 def check_toy_keys(max_digits: int, skills: Sequence[str]) -> None:
