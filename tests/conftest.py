@@ -85,6 +85,19 @@ def run_module(module: str, *args: str, cwd: Path | None = None, timeout: int = 
     )
 
 
+def launch_two_processes(*args: str, timeout: int = 600):
+    """`accelerate launch` with two CPU processes (recipes/accelerate/cpu2.yaml) of `args`, e.g. "-m", "pipeline.sft",
+    "--config", FILE, as a user would; returns the CompletedProcess."""
+    import subprocess
+
+    accelerate = Path(sys.executable).with_name("accelerate")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [str(accelerate), "launch", "--config_file", str(REPO / "recipes" / "accelerate" / "cpu2.yaml"), *args],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
+    )
+
+
 def save_tiny_gpt2(
     directory: Path, n_embd: int = 32, n_layer: int = 1, n_positions: int = 128, texts: list[str] | None = None,
     seed: int = 0,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,18 +10,9 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, run_module
+from conftest import launch_two_processes as launch
 
 CPU2 = REPO / "recipes" / "accelerate" / "cpu2.yaml"
-
-
-def launch(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    accelerate = Path(sys.executable).with_name("accelerate")
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run(
-        [str(accelerate), "launch", "--config_file", str(CPU2), *args],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
-    )
-
 
 def train_losses(out: Path) -> list[float]:
     return [entry["loss"] for entry in json.loads((out / "log_history.json").read_text()) if "loss" in entry]

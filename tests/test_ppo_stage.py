@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO, run_module, write_recipe
+from conftest import REPO, launch_two_processes, run_module, write_recipe
 from pipeline.errors import DataError, RecipeError
 
 torch.set_num_threads(1)
@@ -214,11 +214,7 @@ def test_command_line_error_is_one_line_without_traceback(tmp_path, tiny_sft):
 def test_two_processes_share_the_rollouts_and_write_once(tmp_path, tiny_sft):
     """`accelerate launch` with two CPU processes: each samples its share, statistics are global."""
     recipe = ppo_recipe(tmp_path, tiny_sft, max_steps=2, per_device_train_batch_size=16, gradient_accumulation_steps=2, save_steps=1)
-    accelerate = Path(sys.executable).with_name("accelerate")
-    result = subprocess.run(
-        [str(accelerate), "launch", "--config_file", str(REPO / "recipes/accelerate/cpu2.yaml"), "-m", "pipeline.ppo", "--config", str(recipe)],
-        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=600,
-    )
+    result = launch_two_processes("-m", "pipeline.ppo", "--config", str(recipe))
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "ppo" / "metrics.json").read_text())
     assert metrics["episodes"] == 2 * 2 * 16 and metrics["eval_prompts"] == TINY_PPO["num_eval_prompts"]

@@ -14,7 +14,7 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import REPO, run_module, write_recipe
+from conftest import REPO, launch_two_processes, run_module, write_recipe
 from pipeline.contract import read_manifest
 from pipeline.data.sft_formats import SIMPLE_CHAT_TEMPLATE
 from pipeline.data.toy_world import ToyWorld
@@ -134,18 +134,11 @@ def test_lora_output_is_a_plain_causal_lm_plus_the_adapter(lora_run, tiny_base):
 @pytest.mark.slow
 def test_two_processes_train_like_one_with_the_same_global_batch(lora_run, tmp_path, tiny_base):
     """Under `accelerate launch` (2 CPU processes, gloo) the stage trains the same model and writes once."""
-    import os
-    import subprocess
-
     _, one = lora_run
     recipe = write_recipe(tmp_path / "two.yaml", {
         **TINY_SFT, "model_name_or_path": str(tiny_base), "output_dir": str(tmp_path / "two"), "per_device_train_batch_size": 8,
     })
-    accelerate = Path(sys.executable).with_name("accelerate")
-    result = subprocess.run(
-        [str(accelerate), "launch", "--config_file", str(REPO / "recipes/accelerate/cpu2.yaml"), "-m", "pipeline.sft", "--config", str(recipe)],
-        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=600,
-    )
+    result = launch_two_processes("-m", "pipeline.sft", "--config", str(recipe))
     assert result.returncode == 0, result.stderr[-3000:]
     two = json.loads((tmp_path / "two" / "metrics.json").read_text())
     # Same global batches; the losses differ only by how padded batches are split and reduced.
@@ -157,19 +150,12 @@ def test_two_processes_train_like_one_with_the_same_global_batch(lora_run, tmp_p
 @pytest.mark.slow
 def test_qlora_runs_under_two_processes_and_writes_once(tmp_path, tiny_base):
     """QLoRA (4-bit base + adapters) under `accelerate launch` with 2 CPU processes: trains, merges, writes once."""
-    import os
-    import subprocess
-
     pytest.importorskip("bitsandbytes")
     recipe = write_recipe(tmp_path / "qlora2.yaml", {
         **TINY_SFT, "model_name_or_path": str(tiny_base), "output_dir": str(tmp_path / "qlora2"), "per_device_train_batch_size": 8,
         "load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "max_steps": 8, "eval_steps": 8, "save_steps": 8, "num_eval_prompts": 8,
     })
-    accelerate = Path(sys.executable).with_name("accelerate")
-    result = subprocess.run(
-        [str(accelerate), "launch", "--config_file", str(REPO / "recipes/accelerate/cpu2.yaml"), "-m", "pipeline.sft", "--config", str(recipe)],
-        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=600,
-    )
+    result = launch_two_processes("-m", "pipeline.sft", "--config", str(recipe))
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "qlora2" / "metrics.json").read_text())
     assert metrics["mode"] == "qlora" and metrics["steps"] == 8 and metrics["eval_loss"] < metrics["eval_loss_before"]

@@ -124,21 +124,13 @@ def test_the_sweep_runs_every_pair_into_one_table_and_trains_a_shared_weak_model
 
 @pytest.mark.slow
 def test_two_processes_give_the_one_process_results_and_write_once(tmp_path, tiny_models):
-    import os
-    import subprocess
-    import sys
-
-    from conftest import REPO, run_module
+    from conftest import launch_two_processes, run_module
 
     one = tiny_recipe(tmp_path / "one.yaml", tiny_models, tmp_path / "one", seeds=[0], losses=["xent"])
     two = tiny_recipe(tmp_path / "two.yaml", tiny_models, tmp_path / "two", seeds=[0], losses=["xent"],
                       per_device_train_batch_size=8, per_device_eval_batch_size=16)  # same global batch of 16
     assert run_module("pipeline.weak_to_strong", "--config", str(one)).returncode == 0
-    accelerate = Path(sys.executable).with_name("accelerate")
-    result = subprocess.run(
-        [str(accelerate), "launch", "--config_file", str(REPO / "recipes/accelerate/cpu2.yaml"), "-m", "pipeline.weak_to_strong", "--config", str(two)],
-        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=600,
-    )
+    result = launch_two_processes("-m", "pipeline.weak_to_strong", "--config", str(two))
     assert result.returncode == 0, result.stderr[-3000:]
     first, second = (json.loads((tmp_path / name / "metrics.json").read_text())["per_seed"][0] for name in ("one", "two"))
     for key in ("weak_accuracy", "ceiling_accuracy", "weak_label_accuracy"):
