@@ -61,10 +61,9 @@ class Context:
         """(sequence-classification model, tokenizer) of a reward stage output, loaded once."""
         key = output.path.resolve()
         if key not in self._reward_models:
-            from transformers import AutoModelForSequenceClassification, AutoTokenizer
+            from pipeline.reward_model import load_reward_model
 
-            tokenizer = AutoTokenizer.from_pretrained(output.path)
-            model = AutoModelForSequenceClassification.from_pretrained(output.path, use_safetensors=True).eval()
+            model, tokenizer = load_reward_model(output.path)  # with the pooling it was trained with
             self._reward_models[key] = (model, tokenizer)
         return self._reward_models[key]
 

@@ -70,7 +70,9 @@ from pipeline.reward_model import (
     encode_pairs,
     pairwise_calibration,
     pairwise_metrics,
+    POOLINGS,
     score_token_ids,
+    set_pooling,
 )
 from pipeline.training import GracefulInterrupt
 
@@ -124,6 +126,11 @@ class RewardArguments:
         metadata={"help": "transformer blocks added on top of the input model's body, starting as the identity "
                   "(GPT-2-style models, full fine-tuning): room to compare the response with the prompt"},
     )
+    reward_pooling: str = field(
+        default="last",
+        metadata={"help": "'last': the score head reads the last token (EOS), as in TRL; 'sum': it scores every token "
+                  "and the scores are added (a token-level reward model; the prompt's share cancels in comparisons)"},
+    )
     append_eos: bool = field(
         default=True,
         metadata={"help": "end each response with EOS and read the reward there (false: at the last response token)"},
@@ -141,6 +148,8 @@ class RewardArguments:
         require_positive(self, "max_train_pairs", "max_eval_pairs", allow_none=True)
         require_non_negative(self, "best_of_n_prompts", "toy_policy_prompts", "extra_layers")
         check_policy_comparison_keys(self.toy_policy_prompts, self.toy_policy_samples, self.dataset)
+        if self.reward_pooling not in POOLINGS:
+            raise ValueError(f"key 'reward_pooling': unknown pooling '{self.reward_pooling}'; choose from {', '.join(POOLINGS)}")
         if self.best_of_n_max & (self.best_of_n_max - 1):
             raise ValueError(f"key 'best_of_n_max' must be a power of 2 (1, 2, 4, ..., 64), got {self.best_of_n_max}")
         if self.best_of_n_strategy not in DEFAULT_STRATEGIES:
@@ -347,7 +356,7 @@ def resolve_max_length(requested: int | None, model: PreTrainedModel, path: Path
 
 def build_model(
     model_args: RewardModelArguments, tokenizer, trust_remote_code: bool, append_eos: bool = True,
-    extra_layers: int = 0, seed: int = 0,
+    extra_layers: int = 0, seed: int = 0, pooling: str = "last",
 ) -> PreTrainedModel:
     """The causal LM's body (plus `extra_layers` identity blocks) with a freshly initialised 1-output `score` head
     (seeded by the caller)."""
@@ -355,6 +364,7 @@ def build_model(
         model = load_model(model_args, tokenizer, head="sequence_classification", trust_remote_code=trust_remote_code)
     # Saved in config.json, so that pipeline.reward_model.score encodes responses as the model was trained.
     model.config.reward_append_eos = append_eos
+    set_pooling(model, pooling)
     add_identity_blocks(model, extra_layers, seed)
     if model_args.use_peft:
         if model_args.lora_target_modules is None:
@@ -365,10 +375,11 @@ def build_model(
 
 
 def merge_adapter(
-    model_args: RewardModelArguments, tokenizer, adapter_dir: Path, output_dir: Path, trust_remote_code: bool, append_eos: bool
+    model_args: RewardModelArguments, tokenizer, adapter_dir: Path, output_dir: Path, trust_remote_code: bool, append_eos: bool,
+    pooling: str = "last",
 ):
     """Base model + adapter (which carries the trained score head) merged into a plain reward model."""
-    base = build_model(dataclasses.replace(model_args, use_peft=False), tokenizer, trust_remote_code, append_eos)
+    base = build_model(dataclasses.replace(model_args, use_peft=False), tokenizer, trust_remote_code, append_eos, pooling=pooling)
     merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
     merged.save_pretrained(output_dir, safe_serialization=True)
     tokenizer.save_pretrained(output_dir)
@@ -494,7 +505,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     train_pairs, eval_pairs, data_stats = load_pairs(args, training_args.seed)
     tokenizer = load_tokenizer(model_args.model_name_or_path, trust_remote_code=training_args.trust_remote_code)
-    model = build_model(model_args, tokenizer, training_args.trust_remote_code, args.append_eos, args.extra_layers, training_args.seed)
+    model = build_model(model_args, tokenizer, training_args.trust_remote_code, args.append_eos, args.extra_layers, training_args.seed, args.reward_pooling)
     max_length = resolve_max_length(training_args.max_length, model, recipe.path)
     training_args.max_length = max_length
     policy, policy_pairs = None, {}
@@ -541,7 +552,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         tokenizer.save_pretrained(output_dir)
         if args.merge_adapters:
             reward_model = merge_adapter(
-                model_args, tokenizer, adapter_dir, output_dir, training_args.trust_remote_code, args.append_eos
+                model_args, tokenizer, adapter_dir, output_dir, training_args.trust_remote_code, args.append_eos,
+                args.reward_pooling,
             )
             reward_model.to(trainer.args.device)
 
@@ -578,6 +590,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "max_length": max_length,
         "margins": args.margin_column,
         "append_eos": args.append_eos,
+        "reward_pooling": args.reward_pooling,
         "center_rewards_coefficient": training_args.center_rewards_coefficient,
         "train_truncation": truncation["train"],
         "eval_truncation": truncation["eval"],

@@ -15,6 +15,14 @@ The one convention everything here keeps (the reward stage trains with the same 
   model's own setting, so callers never have to know. Such a model cannot tell a finished response
   from a cut one; its use is a small model, for which the EOS position is one layer short of the
   information it needs (see recipes/toy/reward.yaml).
+* Pooling (`reward_pooling`, recorded in the model's config, which `load_reward_model` and the reward
+  stage apply): "last" reads the score head at that last token, as TRL and Transformers do. "sum" applies
+  the head at EVERY real token and adds the results: a token-level reward model. Under causal attention
+  a prompt token never sees the response, so the prompt's share is the same for two responses to one
+  prompt and cancels in every comparison; what differs is decided token by token, where each response
+  token sees the prompt and the response so far, the very view the policy has when it writes that token.
+  On the toy world that is the difference between checking a reversed word letter by letter and having
+  to gather the whole check into the EOS position (held-out accuracy 0.854 -> 0.937, README).
 * Prompt and response are tokenized separately and concatenated (not `tokenize(prompt + response)`),
   so the ids a reward model is trained on are the ids PPO's rollouts are made of: the prompt encoded
   as pipeline.decoding encodes it, then the response tokens.
@@ -34,9 +42,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import types
+
 import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers.modeling_outputs import SequenceClassifierOutputWithPast
 
 from pipeline.errors import UserError
 
@@ -166,8 +177,14 @@ def score_token_ids(
     sequences: Sequence[list[int]],
     batch_size: int = 64,
     padding_side: str = "right",
+    prompt_lengths: Sequence[int] | None = None,
 ) -> list[float]:
-    """The reward of each token sequence (as `encode` makes them), read at its last real token."""
+    """The reward of each token sequence (as `encode` makes them), read at its last real token.
+
+    A token-sum model (pooling "sum") given `prompt_lengths` adds up the response tokens only: the prompt's
+    share is a constant per prompt that no comparison ever constrained, so leaving it out changes no
+    comparison and keeps the scale of the reward that of the responses (what PPO's critic must learn).
+    """
     pad_id = reward_model.config.get_text_config().pad_token_id
     if pad_id is None:
         raise UserError("the reward model has no pad_token_id in its config: it cannot find the last real token.")
@@ -183,6 +200,8 @@ def score_token_ids(
     try:
         for start in range(0, len(sequences), batch_size):
             batch = pad_batch(sequences[start : start + batch_size], pad_id, padding_side, device)
+            if prompt_lengths is not None and pooling_of(reward_model) == "sum":
+                batch["reward_mask"] = (batch["position_ids"] >= torch.tensor(prompt_lengths[start : start + batch_size], device=device)[:, None]).long()
             logits = reward_model(**batch, use_cache=False).logits
             scores.extend(logits[:, 0].float().tolist())
     finally:
@@ -204,13 +223,62 @@ def score(
     responses, default all, unless the model was trained without; too-long prompts lose their left end).
     `max_length` defaults to the model's context length."""
     max_length = max_length or context_length(reward_model)
-    sequences = encode(tokenizer, prompts, responses, finished, max_length, appends_eos(reward_model))
-    return score_token_ids(reward_model, sequences, batch_size, padding_side)
+    append_eos = appends_eos(reward_model)
+    sequences = encode(tokenizer, prompts, responses, finished, max_length, append_eos)
+    finished = [True] * len(responses) if finished is None else list(finished)
+    response_lengths = [len(ids) + (done and append_eos) for ids, done in zip(_ids(tokenizer, responses), finished)]
+    prompt_lengths = [max(0, len(ids) - n) for ids, n in zip(sequences, response_lengths)]
+    return score_token_ids(reward_model, sequences, batch_size, padding_side, prompt_lengths)
 
 
 def appends_eos(reward_model: PreTrainedModel) -> bool:
     """Whether the model was trained on responses ended by EOS (the default; see the module doc)."""
     return bool(getattr(reward_model.config, "reward_append_eos", True))
+
+
+# --- pooling -----------------------------------------------------------------------------------------
+
+POOLINGS = ("last", "sum")
+
+
+def _token_sum_forward(self, input_ids=None, attention_mask=None, position_ids=None, reward_mask=None, **kwargs):
+    """forward of a sequence classifier whose logit is the sum of its score head over the real tokens.
+
+    Written here because Transformers' *ForSequenceClassification only read the last non-pad token.
+    Real tokens are those of `attention_mask` (else the non-pad ones), so padding on either side adds nothing;
+    `reward_mask` narrows the sum further (score_token_ids: to the response tokens).
+    """
+    kwargs.pop("labels", None)
+    kwargs.pop("return_dict", None)
+    kwargs.pop("use_cache", None)
+    hidden = self.base_model(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False, **kwargs
+    )[0]
+    token_scores = self.score(hidden)
+    real = attention_mask if attention_mask is not None else input_ids != self.config.pad_token_id
+    if reward_mask is not None:
+        real = real * reward_mask
+    return SequenceClassifierOutputWithPast(logits=(token_scores * real.unsqueeze(-1).to(token_scores.dtype)).sum(dim=1))
+
+
+def set_pooling(model: PreTrainedModel, pooling: str) -> PreTrainedModel:
+    """Make a sequence classifier read its reward as `pooling` says ("last" or "sum", see the module doc) and
+    record it in its config (`reward_pooling`), so that save_pretrained keeps it and load_reward_model restores it."""
+    if pooling not in POOLINGS:
+        raise UserError(f"unknown reward pooling {pooling!r}; choose from {', '.join(POOLINGS)}")
+    if pooling == "sum":
+        if not hasattr(model, "score") or not hasattr(model, "base_model"):
+            raise UserError(f"reward pooling 'sum' needs a sequence classifier with a `score` head; {type(model).__name__} has none.")
+        model.forward = types.MethodType(_token_sum_forward, model)
+    else:
+        model.__dict__.pop("forward", None)  # back to the class's own last-token forward
+    model.config.reward_pooling = pooling
+    return model
+
+
+def pooling_of(model: PreTrainedModel) -> str:
+    """The pooling a saved reward model was trained with ("last" for models that do not say)."""
+    return getattr(model.config, "reward_pooling", "last")
 
 
 def load_reward_model(path: str | Path, device: str | torch.device | None = None):
@@ -223,6 +291,7 @@ def load_reward_model(path: str | Path, device: str | torch.device | None = None
     model = load_model(ModelConfig(model_name_or_path=str(path), dtype="float32"), tokenizer, head="sequence_classification")
     if model.config.num_labels != 1:
         raise UserError(f"{path} is not a reward model: it has {model.config.num_labels} outputs, not 1.")
+    set_pooling(model, pooling_of(model))
     if device is not None:
         model.to(device)
     return model.eval(), tokenizer

@@ -110,6 +110,42 @@ def test_score_encodes_responses_as_the_model_was_trained(tiny_gpt2):
     assert score(model, tokenizer, prompts, responses) == pytest.approx(score_token_ids(model, without), abs=1e-6)
 
 
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+def test_sum_pooling_adds_the_head_over_every_real_token_and_the_prompt_cancels(tiny_gpt2, tmp_path, padding_side):
+    from pipeline.reward_model import encode, load_reward_model, score, set_pooling
+
+    model, tokenizer = load_tiny_reward_model(tiny_gpt2)
+    set_pooling(model, "sum")
+    prompt = "User: reverse the word: cat\nBot:"
+    responses = [" tac", " tca, i think. or maybe not."]
+    alone = [score(model, tokenizer, [prompt], [r], batch_size=1)[0] for r in responses]
+    assert score(model, tokenizer, [prompt] * 2, responses, batch_size=2, padding_side=padding_side) == pytest.approx(alone, abs=1e-4)
+
+    # By hand: the score head on every token's hidden state, added up.
+    sequences = encode(tokenizer, [prompt] * 2, responses)
+    with torch.no_grad():
+        per_token = [model.score(model.transformer(torch.tensor([ids])).last_hidden_state[0]).squeeze(-1) for ids in sequences]
+    # The prompt's tokens see no response, so their share is the same for both responses, and `score`
+    # leaves it out: the reward is the response tokens' share, EOS included.
+    prompt_length = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    assert torch.allclose(per_token[0][:prompt_length], per_token[1][:prompt_length], atol=1e-5)
+    assert alone == pytest.approx([t[prompt_length:].sum().item() for t in per_token], abs=1e-4)
+    # Training reads whole sequences (TRL's collator); the prompt's share cancels in the comparison.
+    with torch.no_grad():
+        whole = [model(input_ids=torch.tensor([ids])).logits[0, 0].item() for ids in sequences]
+    assert whole == pytest.approx([t.sum().item() for t in per_token], abs=1e-4)
+    assert whole[0] - whole[1] == pytest.approx(alone[0] - alone[1], abs=1e-4)
+
+    # The pooling is saved with the model and restored on loading; the last-token reading is another number.
+    model.save_pretrained(tmp_path / "rm")
+    tokenizer.save_pretrained(tmp_path / "rm")
+    reloaded, _ = load_reward_model(tmp_path / "rm")
+    assert reloaded.config.reward_pooling == "sum"
+    assert score(reloaded, tokenizer, [prompt] * 2, responses) == pytest.approx(alone, abs=1e-4)
+    set_pooling(reloaded, "last")
+    assert abs(score(reloaded, tokenizer, [prompt], responses[:1])[0] - alone[0]) > 1e-3
+
+
 # --- encoding and over-long pairs ------------------------------------------------------------------
 
 
@@ -229,6 +265,7 @@ def test_lora_reward_model_trains_its_head_and_merges(tiny_gpt2, tmp_path):
     recipe = reward_recipe(
         tmp_path, tiny_gpt2, use_peft=True, lora_r=4, lora_alpha=8, max_steps=6, toy_pairs=200, toy_eval_pairs=40,
         margin_column="gold_gap", center_rewards_coefficient=0.01, toy_policy_prompts=6, toy_policy_samples=3,
+        reward_pooling="sum",
     )
     main(["--config", str(recipe)])
     out = tmp_path / "reward"
@@ -247,6 +284,10 @@ def test_lora_reward_model_trains_its_head_and_merges(tiny_gpt2, tmp_path):
     set_seed(3)  # the recipe's seed: the head the stage started from
     initial = build_model(RewardModelArguments(model_name_or_path=str(tiny_gpt2)), load_tokenizer(str(tiny_gpt2)), False)
     assert not torch.allclose(merged["score.weight"], initial.score.weight.detach())
+    # The merged model keeps the token-sum pooling it was trained with.
+    from pipeline.reward_model import load_reward_model
+
+    assert metrics["reward_pooling"] == "sum" and load_reward_model(out)[0].config.reward_pooling == "sum"
 
 
 def test_extra_layers_start_as_the_identity_and_save_as_a_plain_model(tiny_gpt2, tmp_path):
@@ -316,6 +357,7 @@ def test_bad_preference_data_is_one_clear_error(tiny_gpt2, tmp_path, records, me
         ({"load_in_4bit": True, "use_peft": True}, "quantized reward models are not supported"),
         ({"best_of_n_strategy": "nucleus"}, "unknown strategy 'nucleus'"),
         ({"extra_layers": 2, "use_peft": True}, "key 'extra_layers' needs full fine-tuning"),
+        ({"reward_pooling": "mean"}, "key 'reward_pooling': unknown pooling 'mean'; choose from last, sum"),
     ],
 )
 def test_bad_recipe_values_name_the_key(tiny_gpt2, tmp_path, overrides, message):
