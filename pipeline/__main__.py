@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipeline.chain import run_chain
-from pipeline.errors import run_cli
+from pipeline.chain import run_chain, run_stage_process
+from pipeline.errors import UserError, run_cli
 from pipeline.stages import STAGES
 
 
@@ -53,7 +52,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     if not args.no_report and importlib.util.find_spec("eval.report") is not None:
         run_dirs = sorted({str(stage.output_dir.parent) for stage in stages})
-        subprocess.run([sys.executable, "-m", "eval.report", *run_dirs], check=True)
+        status = run_stage_process([sys.executable, "-m", "eval.report", *run_dirs], launcher=None)
+        if status != 0:
+            raise UserError(f"the report (python -m eval.report {' '.join(run_dirs)}) failed with exit status {status}")
     else:
         print("\nOutputs:")
         for stage in stages:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -111,3 +112,25 @@ def test_the_shipped_toy_folder_plans():
     stages = chain.plan(REPO / "recipes" / "toy")
     assert stages[0].stage == "pretrain"
     assert all(stage.action in ("run", "skip", "not-implemented", "blocked") for stage in stages)
+
+
+def test_a_forked_stage_runs_as_main_and_returns_its_exit_status(tmp_path, monkeypatch, capfd):
+    """Stages are forked from the runner (libraries imported once); the child runs the module as `python -m`
+    would, with its arguments, and its exit status is the stage's, as with a fresh interpreter."""
+    (tmp_path / "fake_stage.py").write_text(
+        "import sys\n"
+        "if __name__ == '__main__':\n"
+        "    print('args', sys.argv[1:], flush=True)\n"
+        "    sys.exit(int(sys.argv[2]))\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    command = [sys.executable, "-m", "fake_stage", "--code", "3"]
+    assert chain.can_fork_stages()
+    assert chain.run_stage_process(command, launcher=None) == 3
+    assert "args ['--code', '3']" in capfd.readouterr().out
+    assert chain.run_stage_process([*command[:-1], "0"], launcher=None) == 0
+    # The same through a fresh interpreter (PIPELINE_CHAIN_SUBPROCESS=1, or a launcher).
+    monkeypatch.setenv("PIPELINE_CHAIN_SUBPROCESS", "1")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    assert not chain.can_fork_stages()
+    assert chain.run_stage_process(command, launcher=None) == 3
