@@ -67,17 +67,20 @@ class Context:
             self._reward_models[key] = (model, tokenizer)
         return self._reward_models[key]
 
-    def toy_recipe(self) -> dict[str, Any] | None:
-        """The toy-world settings of the main pretraining run, or None when the runs are not on the toy world."""
-        pretrain = self.runs.main("pretrain")
-        recipe = pretrain.recipe if pretrain else {}
-        if pretrain is not None and recipe.get("dataset", "toy") != "toy":
+    def toy_recipe(self, stage: str = "pretrain") -> dict[str, Any] | None:
+        """The toy-world settings of the main `stage` run (the main pretraining run when there is none), or
+        None when the runs are not on the toy world."""
+        run = self.runs.main(stage) or self.runs.main("pretrain")
+        recipe = run.recipe if run else {}
+        if run is not None and recipe.get("dataset", "toy") != "toy":
             return None
         return recipe
 
-    def toy_prompts(self, n: int) -> list[str] | None:
-        """`n` held-out toy-world prompts (the eval split the stages measure on), or None off the toy world."""
-        recipe = self.toy_recipe()
+    def toy_prompts(self, n: int, stage: str = "pretrain") -> list[str] | None:
+        """`n` held-out toy-world prompts (the eval split the stages measure on) of the world `stage` was
+        trained on (the toy SFT and preference recipes drop addition, pretraining keeps it), or None off the
+        toy world."""
+        recipe = self.toy_recipe(stage)
         if recipe is None:
             return None
         from pipeline.data.toy_world import ToyWorld

@@ -45,7 +45,7 @@ def measure(ctx: Context, sft: StageOutput, policies: list[StageOutput], reward:
     """Each policy against SFT on the same prompts (pipeline.policy_eval.evaluate_policy), plus the RM scores."""
     from pipeline.policy_eval import evaluate_policy
 
-    prompts = ctx.toy_prompts(ctx.options.compare_prompts)
+    prompts = ctx.toy_prompts(ctx.options.compare_prompts, stage="sft")
     sft_model, tokenizer = ctx.model(sft)
     scorer = rm_scorer(ctx, reward) if reward is not None else None
     results = {}
@@ -91,7 +91,7 @@ def build(ctx: Context) -> Section | None:
                      f"measured to {sft.name}, the reference of this comparison.")
     data: dict[str, Any] = {"reference": sft.name, "stage_reported": stage_reported(policies, sft)}
     measured = None
-    if ctx.options.studies and ctx.toy_prompts(1) is not None and sft.has_model() and any(p.has_model() for p in policies):
+    if ctx.options.studies and ctx.toy_prompts(1, stage="sft") is not None and sft.has_model() and any(p.has_model() for p in policies):
         measured = measure(ctx, sft, [p for p in policies if p.has_model()], reward)
         data["measured"] = measured
     points: dict[str, tuple[list[float], list[float]]] = {}

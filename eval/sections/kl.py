@@ -59,7 +59,7 @@ def build(ctx: Context) -> Section | None:
     if tokenizer.get_vocab() != ref_tokenizer.get_vocab():
         return None  # KL needs one vocabulary; nothing to show
     options = ctx.options
-    prompts = ctx.toy_prompts(options.kl_prompts) or [s["prompt"] for s in policy_output.samples[: options.kl_prompts]] or ["\n"]
+    prompts = ctx.toy_prompts(options.kl_prompts, stage="sft") or [s["prompt"] for s in policy_output.samples[: options.kl_prompts]] or ["\n"]
     result = kl_study.run(policy, ref, tokenizer, prompts, samples_per_prompt=options.kl_samples_per_prompt,
                           max_new_tokens=options.kl_max_new_tokens, seed=options.seed)
     result.update(policy=policy_output.name, reference=ref_output.name, prompts=len(prompts),
