@@ -7,7 +7,7 @@ resumed from its last checkpoint by the stage itself. Each stage runs in its own
 through a launcher such as `accelerate launch --config_file recipes/accelerate/cpu2.yaml`; the command
 is built as an argument list and never passes through a shell.
 
-Without a launcher, on systems that can fork, a stage's process is forked from the runner after the
+Without a launcher, on Linux, a stage's process is forked from the runner after the
 runner has imported the libraries every stage needs (torch, transformers, TRL, PEFT: about 7 s per fresh
 interpreter on 2 CPU cores, a minute over the toy chain), and runs the stage module as `python -m` would.
 The runner itself runs no tensor code, so the child starts from a clean state; it is still its own process,
@@ -171,7 +171,8 @@ def _run_module_as_main(module: str, argv: list[str]) -> None:
 
 
 def can_fork_stages() -> bool:
-    return "fork" in multiprocessing.get_all_start_methods() and os.environ.get("PIPELINE_CHAIN_SUBPROCESS") != "1"
+    """Linux only: macOS offers fork, but forking a process that has loaded its system frameworks is unsafe there."""
+    return sys.platform.startswith("linux") and os.environ.get("PIPELINE_CHAIN_SUBPROCESS") != "1"
 
 
 def preload_stage_modules(stages: list[PlannedStage]) -> None:
