@@ -38,11 +38,10 @@ from __future__ import annotations
 
 import logging
 import math
+import types
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-import types
 
 import numpy as np
 import torch
@@ -225,6 +224,8 @@ def score(
     max_length = max_length or context_length(reward_model)
     append_eos = appends_eos(reward_model)
     sequences = encode(tokenizer, prompts, responses, finished, max_length, append_eos)
+    if pooling_of(reward_model) != "sum":  # only a token-sum model leaves the prompt out (score_token_ids)
+        return score_token_ids(reward_model, sequences, batch_size, padding_side)
     finished = [True] * len(responses) if finished is None else list(finished)
     response_lengths = [len(ids) + (done and append_eos) for ids, done in zip(_ids(tokenizer, responses), finished)]
     prompt_lengths = [max(0, len(ids) - n) for ids, n in zip(sequences, response_lengths)]
