@@ -7,8 +7,8 @@ resumed from its last checkpoint by the stage itself. Each stage runs in its own
 through a launcher such as `accelerate launch --config_file recipes/accelerate/cpu2.yaml`; the command
 is built as an argument list and never passes through a shell.
 
-Without a launcher, on Linux, a stage's process is forked from the runner after the
-runner has imported the libraries every stage needs (torch, transformers, TRL, PEFT: about 7 s per fresh
+Without a launcher, on Linux, a stage's process is forked from the runner after the runner has imported
+the modules of the stages to run, and with them torch, transformers, TRL and PEFT (about 7 s per fresh
 interpreter on 2 CPU cores, a minute over the toy chain), and runs the stage module as `python -m` would.
 The runner itself runs no tensor code, so the child starts from a clean state; it is still its own process,
 with its own exit status, and an interrupt waits for it to checkpoint and stop.

@@ -140,7 +140,8 @@ def add_identity_blocks(model: PreTrainedModel, count: int, seed: int = 0) -> No
     wrong one in all 201 held-out "right vs wrong" pairs, while a reward head on its last layer learned it in
     about 70% of them; two more blocks give the head room to do that comparison. Each new block is freshly
     initialised (GPT-2's normal(0, 0.02)) except its two output projections, which are zero, so the model
-    computes exactly what it computed before until training moves them. `config.n_layer` grows with the blocks, so the result saves and loads as a plain model.
+    computes exactly what it computed before until training moves them. `config.n_layer` grows with the
+    blocks, so the result saves and loads as a plain model.
     """
     if count <= 0:
         return
