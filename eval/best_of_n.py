@@ -85,6 +85,38 @@ def best_of_n_table(rewards: np.ndarray, gold: np.ndarray | None) -> list[dict[s
     return rows
 
 
+KL_REGULARISED_BETAS = (0.1, 0.2, 0.5, 1.0, 2.0)
+
+
+def kl_regularised_table(rewards: np.ndarray, gold: np.ndarray | None, betas: Sequence[float] = KL_REGULARISED_BETAS) -> list[dict[str, float]]:
+    """The policy that KL-regularised RL (PPO's objective, E[r] − β·KL) would reach, estimated from the samples.
+
+    Its optimum is π*(y|x) ∝ π(y|x)·exp(r(x, y)/β) (Ziegler et al. 2019; the derivation DPO starts from).
+    On the n samples of a prompt, π* is the softmax of r/β over them (self-normalised importance
+    weights w_i), so E_π*[gold] ≈ Σ w_i·gold_i and KL(π*‖π) ≈ Σ w_i·log(n·w_i) (at most log n: with few
+    samples the small-β rows are Best-of-n, not the true optimum). Written here: no library computes it.
+    "gold_oracle" tilts by the gold reward at the same β: the ceiling for a perfect reward model.
+    """
+    def tilted(select_by: np.ndarray, beta: float) -> tuple[np.ndarray, float]:
+        logits = select_by / beta
+        weights = np.exp(logits - logits.max(axis=1, keepdims=True))
+        weights /= weights.sum(axis=1, keepdims=True)
+        n = select_by.shape[1]
+        kl = float(np.where(weights > 0, weights * np.log(np.maximum(weights * n, 1e-300)), 0.0).sum(axis=1).mean())
+        return weights, kl
+
+    rows = []
+    for beta in betas:
+        weights, kl = tilted(rewards, beta)
+        row: dict[str, float] = {"beta": beta, "kl_nats": round(kl, 4), "reward": round(float((weights * rewards).sum(axis=1).mean()), 4)}
+        if gold is not None:
+            row["gold"] = round(float((weights * gold).sum(axis=1).mean()), 4)
+            oracle, oracle_kl = tilted(gold, beta)
+            row["gold_oracle"], row["gold_oracle_kl_nats"] = round(float((oracle * gold).sum(axis=1).mean()), 4), round(oracle_kl, 4)
+        rows.append(row)
+    return rows
+
+
 def within_prompt_pairs(rewards: np.ndarray, gold: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Every pair (a, b) of DISTINCT responses to one prompt whose gold rewards differ: (r_a − r_b, gold_a > gold_b).
 
@@ -159,6 +191,7 @@ def best_of_n(
         result["policy_mean_gold"] = round(float(gold.mean()), 4)
         result.update(rm_versus_gold(rewards, gold))
     result["table"] = best_of_n_table(rewards, gold)
+    result["kl_regularised"] = kl_regularised_table(rewards, gold)
     result["examples"] = [
         {
             "prompt": prompts[p],
@@ -180,6 +213,19 @@ def format_table(result: dict[str, Any]) -> str:
         cells = [row["n"], f"{row['kl_nats']:.3f}", f"{row['reward']:.3f}"]
         if gold:
             cells += [f"{row['gold']:.3f}", f"{row['gold_oracle']:.3f}"]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def format_kl_regularised(result: dict[str, Any]) -> str:
+    """Markdown table of the KL-regularised optimum π* ∝ π·exp(r/β), one row per β."""
+    gold = "gold" in result["kl_regularised"][0]
+    lines = ["| β | KL (nats) | RM reward | gold reward | gold-tilted: gold, KL |" if gold else "| β | KL (nats) | RM reward |"]
+    lines.append("|---|---|---|---|---|" if gold else "|---|---|---|")
+    for row in result["kl_regularised"]:
+        cells = [row["beta"], f"{row['kl_nats']:.3f}", f"{row['reward']:.3f}"]
+        if gold:
+            cells += [f"{row['gold']:.3f}", f"{row['gold_oracle']:.3f}, {row['gold_oracle_kl_nats']:.3f}"]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines)
 
@@ -280,6 +326,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     write_json(output, result)
     plot_best_of_n(result, output.with_suffix(".png"))
     print(format_table(result))
+    print("\nKL-regularised optimum π* ∝ π·exp(r/β) on the same samples (what PPO at β could reach):")
+    print(format_kl_regularised(result))
     if "policy_mean_gold" in result:
         print(f"policy mean gold {result['policy_mean_gold']}; RM vs gold: Pearson {result['rm_gold_pearson']}, "
               f"Spearman {result['rm_gold_spearman']} (within prompt {result['rm_gold_spearman_within_prompt']})")

@@ -47,7 +47,7 @@ from pipeline.errors import RecipeError, RunInterrupted, UserError, run_cli
 from pipeline.kl import ESTIMATORS, kl_estimates, sequence_kl
 from pipeline.models import check_lora_targets, linear_module_names, load_model, load_tokenizer, parameter_counts
 from pipeline.recipes import parse_recipe, require_non_negative, require_positive, resolved_recipe
-from pipeline.rl.advantages import generalized_advantage_estimation, kl_penalised_rewards, masked_mean, whiten
+from pipeline.rl.advantages import generalized_advantage_estimation, kl_penalised_rewards, leave_one_out_baseline, masked_mean, whiten
 from pipeline.rl.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.rl.evaluation import evaluate_policy
 from pipeline.rl.kl_control import make_kl_controller
@@ -175,6 +175,12 @@ class PPOConfig:
     entropy_coef: float = field(default=0.0, metadata={"help": "weight of an entropy bonus (0: none, as in InstructGPT)"})
     ptx_coef: float = field(default=0.0, metadata={"help": "γ_ptx of PPO-ptx: + γ_ptx · mean log π(x) on ptx_dataset"})
     num_generations: int = field(default=4, metadata={"help": "grpo/rloo: responses per prompt (the group)"})
+    critic_warmup_steps: int = field(
+        default=0, metadata={"help": "ppo: first steps that fit only the critic on the SFT model's rollouts (the policy stays frozen)"}
+    )
+    samples_per_prompt: int = field(
+        default=1, metadata={"help": "ppo: responses per prompt in a rollout batch; > 1 subtracts from each score the mean score of the others (leave-one-out baseline)"}
+    )
 
     logging_steps: int = 1
     save_steps: int = field(default=20, metadata={"help": "checkpoint every this many steps (resume after a kill)"})
@@ -197,6 +203,14 @@ class PPOConfig:
         if self.bf16 and self.fp16:
             raise ValueError("keys 'bf16' and 'fp16' are both true: choose one mixed precision")
         require_positive(self, "value_learning_rate", "target_kl", allow_none=True)
+        require_positive(self, "samples_per_prompt")
+        require_non_negative(self, "critic_warmup_steps")
+        if self.critic_warmup_steps >= self.max_steps:
+            raise ValueError(f"key 'critic_warmup_steps' ({self.critic_warmup_steps}) must be below max_steps ({self.max_steps}): the policy would never train")
+        if self.per_device_train_batch_size % self.samples_per_prompt:
+            raise ValueError(
+                f"key 'per_device_train_batch_size' ({self.per_device_train_batch_size}) must be a multiple of samples_per_prompt ({self.samples_per_prompt})"
+            )
         mini_batch, remainder = divmod(self.per_device_train_batch_size, self.num_mini_batches)
         if remainder or mini_batch < self.gradient_accumulation_steps:
             raise ValueError(
@@ -309,6 +323,8 @@ def ppo_step(
         # Responses must learn to end. N+ details' "EOS trick" replaces such a score by a constant; subtracting a
         # penalty instead keeps the reward's judgement of the text, and makes the penalty a recipe value.
         scores[~rollout.finished] -= config.missing_eos_penalty
+    if config.samples_per_prompt > 1:
+        scores = scores - leave_one_out_baseline(scores, config.samples_per_prompt)
     timings["scoring"] = time.perf_counter() - scoring_started
 
     # Per-token rewards: −β·KL_t with the chosen estimator, and the score at the last real token (Ziegler et al.).
@@ -322,7 +338,8 @@ def ppo_step(
     optimisation_started = time.perf_counter()
     batch = {**select(rollout, slice(None)), "advantages": advantages, "returns": returns}
     generator = torch.Generator().manual_seed(config.seed * 7_919 + step)
-    update_stats = ppo_update(accelerator, model, optimizer, scheduler, batch, config, generator, ptx_batches)
+    train_policy = step > config.critic_warmup_steps
+    update_stats = ppo_update(accelerator, model, optimizer, scheduler, batch, config, generator, ptx_batches, train_policy)
     timings["optimisation"] = time.perf_counter() - optimisation_started
 
     sequence = {name: sequence_kl(value, mask) for name, value in kl.items()}
@@ -443,7 +460,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     interrupt = GracefulInterrupt()
     started = time.perf_counter()
     for step in range(start_step + 1, config.max_steps + 1):
-        prompts = step_prompts(prompt_sets.train, step, config.per_device_train_batch_size, config.seed, accelerator.process_index, accelerator.num_processes)
+        prompts = step_prompts(
+            prompt_sets.train, step, config.per_device_train_batch_size, config.seed,
+            accelerator.process_index, accelerator.num_processes, config.samples_per_prompt,
+        )
         entry = ppo_step(step, accelerator, model, optimizer, scheduler, reference, tokenizer, scorer, gold, kl_control, prompts, config, ptx_batches)
         log_history.append(entry)
         if step % config.logging_steps == 0 or step == config.max_steps:

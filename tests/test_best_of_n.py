@@ -103,3 +103,20 @@ def test_command_line_on_tiny_models(tmp_path):
 
     bad = run_module("eval.best_of_n", "--policy", str(policy), "--reward_model", str(reward_dir), "--n_max", "6")
     assert bad.returncode == 2 and "n_max must be a power of 2" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_kl_regularised_optimum_is_the_softmax_tilt_of_the_samples():
+    from eval.best_of_n import kl_regularised_table
+
+    rewards = np.array([[0.0, 1.0], [2.0, 2.0]])
+    gold = np.array([[0.0, 1.0], [1.0, 0.0]])
+    small, large = kl_regularised_table(rewards, gold, betas=(1e-3, 1e3))
+    # β → 0: the RM's best sample (Best-of-n; a tie keeps both); β → ∞: the policy itself, at KL 0.
+    assert small["reward"] == pytest.approx(1.5) and small["gold"] == pytest.approx(0.75)
+    assert small["kl_nats"] == pytest.approx(np.log(2) / 2, abs=1e-3)
+    assert large["reward"] == pytest.approx(rewards.mean(), abs=1e-3) and large["kl_nats"] == pytest.approx(0.0, abs=1e-5)
+    (one,) = kl_regularised_table(rewards, gold, betas=(1.0,))
+    w = np.exp(1.0) / (1 + np.exp(1.0))  # weight of the better response of prompt 0
+    assert one["gold"] == pytest.approx((w + 0.5) / 2, abs=1e-4)
+    assert one["kl_nats"] == pytest.approx((w * np.log(2 * w) + (1 - w) * np.log(2 * (1 - w))) / 2, abs=1e-4)
+    assert one["gold_oracle"] >= one["gold"]  # tilting by the truth does at least as well on the truth here

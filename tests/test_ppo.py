@@ -224,3 +224,55 @@ def test_rollout_of_a_policy_against_its_own_copy_has_exactly_zero_kl(tiny_polic
         assert torch.allclose(value * rollout.response_mask, torch.zeros_like(value), atol=1e-5), name
     assert (rollout.values == 0).all()  # the zero-initialised value head
     assert len(rollout.texts) == 16 and all(tokenizer.eos_token not in text for text in rollout.texts)
+
+
+# --- several samples per prompt, critic warm-up -------------------------------------------------------
+
+
+def test_leave_one_out_baseline_is_the_mean_of_the_other_responses_to_the_same_prompt():
+    from pipeline.rl.advantages import leave_one_out_baseline
+
+    scores = torch.tensor([1.0, 2.0, 6.0, 0.0, 0.0, 3.0])  # two prompts, three responses each
+    assert torch.allclose(leave_one_out_baseline(scores, 3), torch.tensor([4.0, 3.5, 1.5, 1.5, 1.5, 0.0]))
+    centred = scores - leave_one_out_baseline(scores, 3)
+    assert torch.allclose(centred.view(2, 3).sum(1), torch.zeros(2))  # a group's centred scores sum to 0 (k·mean − k·mean)
+
+
+def test_step_prompts_repeat_each_drawn_prompt_in_a_row_and_split_processes_by_group():
+    from pipeline.rl.prompts import step_prompts
+
+    pool = [f"p{i}" for i in range(50)]
+    assert step_prompts(pool, 3, 8, 0, 0, 1) == step_prompts(pool, 3, 8, 0, 0, 1, samples_per_prompt=1)
+    grouped = step_prompts(pool, 3, 8, 0, 0, 1, samples_per_prompt=4)
+    assert len(grouped) == 8 and grouped[:4] == [grouped[0]] * 4 and grouped[4:] == [grouped[4]] * 4 and grouped[0] != grouped[4]
+    shares = [step_prompts(pool, 3, 8, 0, rank, 2, samples_per_prompt=4) for rank in (0, 1)]
+    assert not set(shares[0]) & set(shares[1])  # the processes sample different prompts
+
+
+def test_critic_warm_up_moves_the_critic_and_leaves_the_policy_and_its_adam_state_alone(tiny_policy):
+    import copy
+    from types import SimpleNamespace
+
+    from accelerate import Accelerator
+
+    from pipeline.rl.update import ppo_update
+
+    model, tokenizer = tiny_policy
+    actor_critic = ActorCritic(copy.deepcopy(model))
+    torch.manual_seed(3)
+    rollout = collect_rollout(actor_critic, Reference(model=model), tokenizer, PROMPTS * 2, 8, 1.0)
+    mask = rollout.response_mask
+    returns = torch.randn(mask.shape) * mask
+    batch = {**{k: v for k, v in vars(rollout).items() if isinstance(v, torch.Tensor)}, "advantages": torch.randn(mask.shape) * mask, "returns": returns}
+    settings = SimpleNamespace(temperature=1.0, ppo_epochs=2, num_mini_batches=2, gradient_accumulation_steps=1, cliprange=0.2,
+                               cliprange_value=10.0, vf_coef=0.1, entropy_coef=0.0, ptx_coef=0.0, max_grad_norm=1.0)
+    optimizer = torch.optim.AdamW(actor_critic.parameters(), lr=1e-2)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    policy_before = copy.deepcopy(actor_critic.policy.state_dict())
+    head_before = actor_critic.value_head.weight.clone()
+    ppo_update(Accelerator(cpu=True), actor_critic, optimizer, scheduler, batch, settings, torch.Generator().manual_seed(0), train_policy=False)
+    assert all(torch.equal(value, policy_before[name]) for name, value in actor_critic.policy.state_dict().items())
+    assert not torch.equal(actor_critic.value_head.weight, head_before)
+    assert all(p not in optimizer.state for p in actor_critic.policy.parameters())  # its Adam moments start at the first real update
+    ppo_update(Accelerator(cpu=True), actor_critic, optimizer, scheduler, batch, settings, torch.Generator().manual_seed(0))
+    assert any(not torch.equal(value, policy_before[name]) for name, value in actor_critic.policy.state_dict().items())

@@ -88,6 +88,13 @@ def test_gold_reward_rises_and_every_output_is_written(gold_run):
     assert history[0]["kl_k1"] == pytest.approx(0.0, abs=1e-5)  # the first rollout comes from the reference itself
 
 
+def test_grouped_samples_and_a_critic_warm_up_keep_the_policy_still_until_it_ends(tmp_path, tiny_sft):
+    out, metrics = run_ppo(ppo_recipe(tmp_path, tiny_sft, max_steps=4, samples_per_prompt=4, critic_warmup_steps=2, save_steps=100))
+    history = json.loads((out / "log_history.json").read_text())
+    assert [entry["kl_k1"] for entry in history[:3]] == pytest.approx([0.0] * 3, abs=1e-5)  # steps 1-2 trained only the critic
+    assert history[-1]["kl_k1"] != pytest.approx(0.0, abs=1e-4) and metrics["kl_to_reference"]["k3"] > 0
+
+
 def test_the_saved_policy_is_a_full_model_that_loads_and_generates(gold_run):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -189,6 +196,8 @@ def test_a_tokenizer_with_pad_equal_to_eos_gets_its_own_pad_and_responses_still_
         ({"max_prompt_length": 5}, DataError, "no prompt fits in 5 tokens"),
         ({"response_length": 200}, RecipeError, "leaves no room for a prompt"),
         ({"ptx_coef": 0.1}, RecipeError, "'ptx_dataset' is not set"),
+        ({"samples_per_prompt": 3}, RecipeError, "must be a multiple of samples_per_prompt (3)"),
+        ({"critic_warmup_steps": 12}, RecipeError, "key 'critic_warmup_steps' (12) must be below max_steps (12)"),
     ],
 )
 def test_bad_input_fails_with_one_clear_message(tmp_path, tiny_sft, changes, error, fragment):

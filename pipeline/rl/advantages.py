@@ -35,6 +35,18 @@ def kl_penalised_rewards(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Ten
     return rewards
 
 
+def leave_one_out_baseline(scores: torch.Tensor, group_size: int) -> torch.Tensor:
+    """For rows in groups of `group_size` consecutive responses to one prompt: the mean score of the others.
+
+    RLOO's baseline (Ahmadian et al. 2024), here taken off the score before the per-token rewards and GAE.
+    It does not depend on the response it is subtracted from, so the policy gradient stays unbiased; it
+    removes the prompt's difficulty from the score, which a young critic cannot predict.
+    """
+    groups = scores.view(-1, group_size)
+    others = (groups.sum(dim=1, keepdim=True) - groups) / (group_size - 1)
+    return others.reshape(scores.shape)
+
+
 def generalized_advantage_estimation(
     rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -92,12 +92,20 @@ def load_prompt_sets(
     return PromptSets(kept_train, kept_eval, too_long)
 
 
-def step_prompts(prompts: list[str], step: int, per_process: int, seed: int, process_index: int, num_processes: int) -> list[str]:
-    """This process's share of step `step`'s prompts: a seeded draw, so a resumed run draws the same ones."""
+def step_prompts(
+    prompts: list[str], step: int, per_process: int, seed: int, process_index: int, num_processes: int, samples_per_prompt: int = 1
+) -> list[str]:
+    """This process's share of step `step`'s rollouts: a seeded draw, so a resumed run draws the same ones.
+
+    With `samples_per_prompt` k > 1, per_process / k prompts are drawn and each appears k times in a row
+    (the groups that a leave-one-out baseline compares).
+    """
     rng = random.Random(f"ppo-prompts:{seed}:{step}")
-    total = per_process * num_processes
+    distinct = per_process // samples_per_prompt
+    total = distinct * num_processes
     drawn = rng.sample(prompts, total) if total <= len(prompts) else [rng.choice(prompts) for _ in range(total)]
-    return drawn[process_index * per_process : (process_index + 1) * per_process]
+    mine = drawn[process_index * distinct : (process_index + 1) * distinct]
+    return [prompt for prompt in mine for _ in range(samples_per_prompt)]
 
 
 def pretraining_batches(

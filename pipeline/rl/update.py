@@ -66,12 +66,17 @@ def ppo_update(
     settings: UpdateSettings,
     generator: torch.Generator,
     ptx_batches: Iterator[tuple[torch.Tensor, torch.Tensor]] | None = None,
+    train_policy: bool = True,
 ) -> dict[str, float]:
     """Run the PPO epochs on `batch` (old log-probs, values, advantages, returns ...); return mean statistics.
 
     `model` is the prepared ActorCritic (DDP-wrapped under several processes). Gradients are only
     synchronised on the last micro-batch of a mini-batch (`accelerator.no_sync` before it).
+    `train_policy=False` fits the critic alone (critic warm-up): the policy's gradients are dropped before
+    the step (a value head's loss reaches the shared trunk too), so the optimizer leaves the policy and its
+    Adam moments untouched.
     """
+    frozen = [] if train_policy else list(accelerator.unwrap_model(model).policy.parameters())
     size = batch["response_ids"].shape[0]
     length = batch["response_ids"].shape[1]
     mini_batch_size = size // settings.num_mini_batches
@@ -88,7 +93,7 @@ def ppo_update(
             micro_batches = list(_micro_batches(mini_batch, settings.gradient_accumulation_steps))
             for index, rows in enumerate(micro_batches):
                 last = index == len(micro_batches) - 1
-                if ptx_batches is not None and settings.ptx_coef > 0:
+                if ptx_batches is not None and settings.ptx_coef > 0 and train_policy:
                     with accelerator.no_sync(model):
                         ptx_loss = pretraining_loss(model, *next(ptx_batches)) / len(micro_batches)
                         accelerator.backward(settings.ptx_coef * ptx_loss)
@@ -108,7 +113,9 @@ def ppo_update(
                         values, batch["values"][rows], batch["returns"][rows], mask, settings.cliprange_value, token_count
                     )
                     mean_entropy = (entropy(logits) * mask).sum() / token_count
-                    loss = policy.loss + settings.vf_coef * value.loss - settings.entropy_coef * mean_entropy
+                    loss = settings.vf_coef * value.loss
+                    if train_policy:
+                        loss = loss + policy.loss - settings.entropy_coef * mean_entropy
                     accelerator.backward(loss)
                 tokens = mask.sum().item()
                 token_total += tokens
@@ -119,6 +126,8 @@ def ppo_update(
                 sums["policy_clip_fraction"] += policy.clip_fraction.item() * tokens
                 sums["value_clip_fraction"] += value.clip_fraction.item() * tokens
                 sums["approx_kl"] += policy.approx_kl.item() * tokens
+            for parameter in frozen:
+                parameter.grad = None
             if settings.max_grad_norm and settings.max_grad_norm > 0:
                 norm = accelerator.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
                 sums["grad_norm"] += float(norm)
