@@ -47,7 +47,7 @@ from pipeline.errors import RecipeError, RunInterrupted, UserError, run_cli
 from pipeline.kl import ESTIMATORS, kl_estimates, sequence_kl
 from pipeline.models import check_lora_targets, linear_module_names, load_model, load_tokenizer, parameter_counts
 from pipeline.recipes import parse_recipe, require_non_negative, require_positive, resolved_recipe
-from pipeline.rl.advantages import generalized_advantage_estimation, kl_penalised_rewards, leave_one_out_baseline, masked_mean, whiten
+from pipeline.rl.advantages import generalized_advantage_estimation, kl_penalised_rewards, leave_one_out_baseline, masked_mean, masked_var, whiten
 from pipeline.rl.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.rl.evaluation import evaluate_policy
 from pipeline.rl.kl_control import make_kl_controller
@@ -161,8 +161,13 @@ class PPOConfig:
         default=1.0, metadata={"help": "subtracted from the score of a response that hit the length limit without EOS (null: none)"}
     )
     kl_coef: float = field(default=0.05, metadata={"help": "β of the per-token penalty −β·KL_t (the initial β when target_kl is set)"})
-    kl_estimator: Literal["k1", "k2", "k3"] = field(
-        default="k1", metadata={"help": "per-token KL in the reward: k1 = log π/π_ref (Ziegler et al.), k2, or k3 (>= 0); all three are logged"}
+    kl_estimator: Literal["k1", "k2", "k3", "exact"] = field(
+        default="k1",
+        metadata={"help": "per-token KL in the reward: k1 = log π/π_ref (Ziegler et al.), k2, k3 (>= 0), or exact (over the vocabulary at each state); all are logged"},
+    )
+    kl_in_loss: bool = field(
+        default=False,
+        metadata={"help": "with kl_estimator: exact, also differentiate each state's exact KL directly (a loss term), not only through the returns"},
     )
     target_kl: float | None = field(default=None, metadata={"help": "adaptive β towards this mean per-sequence KL (null: fixed β)"})
     kl_horizon: int = field(default=10000, metadata={"help": "adaptive β: episodes over which β moves by at most 20%"})
@@ -205,6 +210,8 @@ class PPOConfig:
         require_positive(self, "value_learning_rate", "target_kl", allow_none=True)
         require_positive(self, "samples_per_prompt")
         require_non_negative(self, "critic_warmup_steps")
+        if self.kl_in_loss and self.kl_estimator != "exact":
+            raise ValueError("key 'kl_in_loss' differentiates the exact per-state KL: set kl_estimator: exact")
         if self.critic_warmup_steps >= self.max_steps:
             raise ValueError(f"key 'critic_warmup_steps' ({self.critic_warmup_steps}) must be below max_steps ({self.max_steps}): the policy would never train")
         if self.per_device_train_batch_size % self.samples_per_prompt:
@@ -329,17 +336,24 @@ def ppo_step(
 
     # Per-token rewards: −β·KL_t with the chosen estimator, and the score at the last real token (Ziegler et al.).
     kl = {name: value * mask for name, value in kl_estimates(rollout.logprobs, rollout.ref_logprobs).items()}
+    kl["exact"] = rollout.exact_kl * mask
     beta = kl_control.value
     rewards = kl_penalised_rewards(scores, kl[config.kl_estimator], mask, beta)
     advantages, returns = generalized_advantage_estimation(rewards, rollout.values, mask, config.gamma, config.lam)
+    kl_loss_coef = beta if config.kl_in_loss else 0.0
     if config.whiten_advantages:
+        # Whitening divides the whole reward objective by the advantages' std: the direct KL term must be too.
+        kl_loss_coef /= math.sqrt(masked_var(advantages, mask, across_processes=True).item() + 1e-8)
         advantages = whiten(advantages, mask)
 
     optimisation_started = time.perf_counter()
     batch = {**select(rollout, slice(None)), "advantages": advantages, "returns": returns}
     generator = torch.Generator().manual_seed(config.seed * 7_919 + step)
     train_policy = step > config.critic_warmup_steps
-    update_stats = ppo_update(accelerator, model, optimizer, scheduler, batch, config, generator, ptx_batches, train_policy)
+    update_stats = ppo_update(
+        accelerator, model, optimizer, scheduler, batch, config, generator, ptx_batches, train_policy,
+        reference=reference if kl_loss_coef else None, kl_loss_coef=kl_loss_coef,
+    )
     timings["optimisation"] = time.perf_counter() - optimisation_started
 
     sequence = {name: sequence_kl(value, mask) for name, value in kl.items()}

@@ -222,6 +222,7 @@ def test_rollout_of_a_policy_against_its_own_copy_has_exactly_zero_kl(tiny_polic
     assert not rollout.finished.all() and rollout.finished.any()  # both kinds of rows are exercised
     for name, value in kl_estimates(rollout.logprobs, rollout.ref_logprobs).items():
         assert torch.allclose(value * rollout.response_mask, torch.zeros_like(value), atol=1e-5), name
+    assert torch.allclose(rollout.exact_kl * rollout.response_mask, torch.zeros_like(rollout.exact_kl), atol=1e-5)
     assert (rollout.values == 0).all()  # the zero-initialised value head
     assert len(rollout.texts) == 16 and all(tokenizer.eos_token not in text for text in rollout.texts)
 
@@ -276,3 +277,39 @@ def test_critic_warm_up_moves_the_critic_and_leaves_the_policy_and_its_adam_stat
     assert all(p not in optimizer.state for p in actor_critic.policy.parameters())  # its Adam moments start at the first real update
     ppo_update(Accelerator(cpu=True), actor_critic, optimizer, scheduler, batch, settings, torch.Generator().manual_seed(0))
     assert any(not torch.equal(value, policy_before[name]) for name, value in actor_critic.policy.state_dict().items())
+
+
+def test_the_direct_kl_term_pulls_a_drifted_policy_back_towards_the_reference(tiny_policy):
+    import copy
+    from types import SimpleNamespace
+
+    from accelerate import Accelerator
+
+    from pipeline.kl import exact_kl
+    from pipeline.rl.update import ppo_update
+
+    model, tokenizer = tiny_policy
+    drifted = copy.deepcopy(model)
+    with torch.no_grad():
+        drifted.lm_head.weight.add_(0.3 * torch.randn_like(drifted.lm_head.weight))
+    actor_critic, reference = ActorCritic(drifted), Reference(model=model)
+    torch.manual_seed(4)
+    rollout = collect_rollout(actor_critic, reference, tokenizer, PROMPTS * 4, 8, 1.0)
+    mask = rollout.response_mask
+    assert (rollout.exact_kl * mask).sum() > 0.1  # the drift is visible in the rollout's exact per-state KL
+    batch = {**{k: v for k, v in vars(rollout).items() if isinstance(v, torch.Tensor)},
+             "advantages": torch.zeros(mask.shape), "returns": torch.zeros(mask.shape)}
+    settings = SimpleNamespace(temperature=1.0, ppo_epochs=4, num_mini_batches=1, gradient_accumulation_steps=2, cliprange=0.2,
+                               cliprange_value=0.2, vf_coef=0.0, entropy_coef=0.0, ptx_coef=0.0, max_grad_norm=0.0)
+    optimizer = torch.optim.AdamW(actor_critic.parameters(), lr=3e-3)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+
+    def kl_now() -> float:
+        with torch.no_grad():
+            logits, _ = actor_critic(rollout.input_ids, rollout.attention_mask, mask.shape[1])
+            return float((exact_kl(logits, reference.logits(rollout.input_ids, rollout.attention_mask, mask.shape[1])) * mask).sum())
+
+    before = kl_now()
+    stats = ppo_update(Accelerator(cpu=True), actor_critic, optimizer, scheduler, batch, settings, torch.Generator().manual_seed(0),
+                       reference=reference, kl_loss_coef=1.0)
+    assert kl_now() < 0.8 * before and stats["kl_loss"] > 0  # zero advantages: only the KL term moved the policy

@@ -88,10 +88,13 @@ def test_gold_reward_rises_and_every_output_is_written(gold_run):
     assert history[0]["kl_k1"] == pytest.approx(0.0, abs=1e-5)  # the first rollout comes from the reference itself
 
 
-def test_grouped_samples_and_a_critic_warm_up_keep_the_policy_still_until_it_ends(tmp_path, tiny_sft):
-    out, metrics = run_ppo(ppo_recipe(tmp_path, tiny_sft, max_steps=4, samples_per_prompt=4, critic_warmup_steps=2, save_steps=100))
+def test_grouped_samples_exact_kl_and_a_critic_warm_up_that_keeps_the_policy_still(tmp_path, tiny_sft):
+    recipe = ppo_recipe(tmp_path, tiny_sft, max_steps=4, samples_per_prompt=4, critic_warmup_steps=2, save_steps=100,
+                        kl_estimator="exact", kl_in_loss=True, kl_coef=0.1)
+    out, metrics = run_ppo(recipe)
     history = json.loads((out / "log_history.json").read_text())
-    assert [entry["kl_k1"] for entry in history[:3]] == pytest.approx([0.0] * 3, abs=1e-5)  # steps 1-2 trained only the critic
+    assert [entry["kl_exact"] for entry in history[:3]] == pytest.approx([0.0] * 3, abs=1e-5)  # steps 1-2 trained only the critic
+    assert "kl_loss" not in history[1] and history[3]["kl_loss"] > 0  # the direct KL term once the policy trains
     assert history[-1]["kl_k1"] != pytest.approx(0.0, abs=1e-4) and metrics["kl_to_reference"]["k3"] > 0
 
 
@@ -196,6 +199,7 @@ def test_a_tokenizer_with_pad_equal_to_eos_gets_its_own_pad_and_responses_still_
         ({"max_prompt_length": 5}, DataError, "no prompt fits in 5 tokens"),
         ({"response_length": 200}, RecipeError, "leaves no room for a prompt"),
         ({"ptx_coef": 0.1}, RecipeError, "'ptx_dataset' is not set"),
+        ({"kl_in_loss": True}, RecipeError, "key 'kl_in_loss' differentiates the exact per-state KL: set kl_estimator: exact"),
         ({"samples_per_prompt": 3}, RecipeError, "must be a multiple of samples_per_prompt (3)"),
         ({"critic_warmup_steps": 12}, RecipeError, "key 'critic_warmup_steps' (12) must be below max_steps (12)"),
     ],

@@ -24,6 +24,7 @@ from transformers import PreTrainedModel
 from trl.trainer.utils import selective_log_softmax
 
 from pipeline.decoding import build_generation_config
+from pipeline.kl import exact_kl
 from pipeline.rl.losses import entropy
 from pipeline.rl.value import ActorCritic, position_ids_from
 
@@ -43,6 +44,7 @@ class Rollout:
     ref_logprobs: torch.Tensor  # log π_ref(token) at the same temperature
     values: torch.Tensor  # V_old(state before the token)
     entropy: torch.Tensor  # entropy of π_old's next-token distribution
+    exact_kl: torch.Tensor  # KL(π_old(·|s_t) ‖ π_ref(·|s_t)) over the whole vocabulary, at each state
     scores: torch.Tensor | None = None  # the reward for the whole response, missing-EOS penalty included
 
     @property
@@ -179,7 +181,7 @@ def collect_rollout(
     input_ids = torch.cat([query_ids, response_ids], dim=1)
     attention_mask = torch.cat([query_mask, response_mask], dim=1)
     length = response_ids.shape[1]
-    parts: dict[str, list[torch.Tensor]] = {"logprobs": [], "ref_logprobs": [], "values": [], "entropy": []}
+    parts: dict[str, list[torch.Tensor]] = {"logprobs": [], "ref_logprobs": [], "values": [], "entropy": [], "exact_kl": []}
     for rows in _chunks(len(prompts), forward_batch_size):
         logits, values = actor_critic(input_ids[rows], attention_mask[rows], length)
         logits = logits.float() / temperature
@@ -188,6 +190,7 @@ def collect_rollout(
         parts["values"].append(values)
         ref_logits = reference.logits(input_ids[rows], attention_mask[rows], length)
         parts["ref_logprobs"].append(response_logprobs(ref_logits, response_ids[rows], temperature))
+        parts["exact_kl"].append(exact_kl(logits, ref_logits.float() / temperature))
     if timings is not None:
         timings["generation"] = timings.get("generation", 0.0) + generated - started
         timings["forward"] = timings.get("forward", 0.0) + time.perf_counter() - generated

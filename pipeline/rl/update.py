@@ -22,6 +22,7 @@ from typing import Protocol
 import torch
 from accelerate import Accelerator
 
+from pipeline.kl import exact_kl
 from pipeline.rl.losses import clipped_policy_loss, clipped_value_loss, entropy
 from pipeline.rl.rollout import response_logprobs
 
@@ -67,6 +68,8 @@ def ppo_update(
     generator: torch.Generator,
     ptx_batches: Iterator[tuple[torch.Tensor, torch.Tensor]] | None = None,
     train_policy: bool = True,
+    reference=None,
+    kl_loss_coef: float = 0.0,
 ) -> dict[str, float]:
     """Run the PPO epochs on `batch` (old log-probs, values, advantages, returns ...); return mean statistics.
 
@@ -116,6 +119,11 @@ def ppo_update(
                     loss = settings.vf_coef * value.loss
                     if train_policy:
                         loss = loss + policy.loss - settings.entropy_coef * mean_entropy
+                    if kl_loss_coef and train_policy:
+                        ref_logits = reference.logits(input_ids, attention_mask, length).float() / settings.temperature
+                        kl_loss = (exact_kl(logits, ref_logits) * mask).sum() / token_count
+                        loss = loss + kl_loss_coef * kl_loss
+                        sums["kl_loss"] += kl_loss.item() * float(token_count)
                     accelerator.backward(loss)
                 tokens = mask.sum().item()
                 token_total += tokens
