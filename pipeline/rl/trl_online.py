@@ -113,8 +113,13 @@ def trl_config(config):
 
 def train_with_trl(args, model_args, config, tokenizer, prompt_sets, checkpoint: str | None, recipe) -> dict[str, Any] | None:
     """Train with GRPO or RLOO; save the policy as a full model; measure before/after like PPO. Returns metrics."""
-    if config.target_kl is not None or config.ptx_coef > 0:
-        logger.warning("%s: target_kl and ptx_coef are options of the project's PPO; TRL's trainer has no such term", config.algorithm)
+    ppo_only = {
+        "target_kl": config.target_kl is not None, "ptx_coef": config.ptx_coef > 0, "samples_per_prompt": config.samples_per_prompt != 1,
+        "critic_warmup_steps": config.critic_warmup_steps > 0, "kl_in_loss": config.kl_in_loss, "kl_estimator": config.kl_estimator != "k1",
+    }
+    if any(ppo_only.values()):
+        keys = ", ".join(key for key, is_set in ppo_only.items() if is_set)
+        logger.warning("%s: %s are options of the project's PPO; TRL's trainer ignores them (num_generations sets its groups)", config.algorithm, keys)
     output_dir = Path(config.output_dir)
     trl_args = trl_config(config)
     policy = load_model(model_args, tokenizer, trust_remote_code=False)
