@@ -204,30 +204,32 @@ def best_of_n(
     return result
 
 
+def _markdown(headers: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    return "\n".join(lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows])
+
+
 def format_table(result: dict[str, Any]) -> str:
     """Markdown table of the Best-of-N curve."""
     gold = "gold" in result["table"][0]
-    lines = ["| N | KL bound (nats) | RM reward | gold reward | gold oracle |" if gold else "| N | KL bound (nats) | RM reward |"]
-    lines.append("|---|---|---|---|---|" if gold else "|---|---|---|")
-    for row in result["table"]:
-        cells = [row["n"], f"{row['kl_nats']:.3f}", f"{row['reward']:.3f}"]
-        if gold:
-            cells += [f"{row['gold']:.3f}", f"{row['gold_oracle']:.3f}"]
-        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-    return "\n".join(lines)
+    headers = ["N", "KL bound (nats)", "RM reward"] + (["gold reward", "gold oracle"] if gold else [])
+    rows = [
+        [row["n"], f"{row['kl_nats']:.3f}", f"{row['reward']:.3f}"] + ([f"{row['gold']:.3f}", f"{row['gold_oracle']:.3f}"] if gold else [])
+        for row in result["table"]
+    ]
+    return _markdown(headers, rows)
 
 
 def format_kl_regularised(result: dict[str, Any]) -> str:
     """Markdown table of the KL-regularised optimum π* ∝ π·exp(r/β), one row per β."""
     gold = "gold" in result["kl_regularised"][0]
-    lines = ["| β | KL (nats) | RM reward | gold reward | gold-tilted: gold, KL |" if gold else "| β | KL (nats) | RM reward |"]
-    lines.append("|---|---|---|---|---|" if gold else "|---|---|---|")
-    for row in result["kl_regularised"]:
-        cells = [row["beta"], f"{row['kl_nats']:.3f}", f"{row['reward']:.3f}"]
-        if gold:
-            cells += [f"{row['gold']:.3f}", f"{row['gold_oracle']:.3f}, {row['gold_oracle_kl_nats']:.3f}"]
-        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-    return "\n".join(lines)
+    headers = ["β", "KL (nats)", "RM reward"] + (["gold reward", "gold-tilted: gold, KL"] if gold else [])
+    rows = [
+        [row["beta"], f"{row['kl_nats']:.3f}", f"{row['reward']:.3f}"]
+        + ([f"{row['gold']:.3f}", f"{row['gold_oracle']:.3f}, {row['gold_oracle_kl_nats']:.3f}"] if gold else [])
+        for row in result["kl_regularised"]
+    ]
+    return _markdown(headers, rows)
 
 
 def plot_best_of_n(result: dict[str, Any], path: str | Path) -> Path:

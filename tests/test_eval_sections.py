@@ -64,7 +64,7 @@ def test_weak_to_strong_pgr_table_and_bars(tmp_path):
 
 
 def test_reward_best_of_n_dpo_and_ppo_numbers_are_the_stages(tmp_path):
-    from eval.best_of_n import best_of_n_table
+    from eval.best_of_n import best_of_n_table, kl_regularised_table
     from pipeline.reward_model import pairwise_calibration
 
     rng = np.random.default_rng(0)
@@ -72,7 +72,7 @@ def test_reward_best_of_n_dpo_and_ppo_numbers_are_the_stages(tmp_path):
     write_output(runs / "sft", "sft", {"gold_reward_sampled": 0.55, "gold_reward_greedy": 0.7}, inputs={"model_name_or_path": "x"})
     rewards, gold = rng.normal(size=(8, 16)), rng.uniform(size=(8, 16))
     bon = {"prompts": 8, "samples_per_prompt": 16, "policy": str(runs / "sft"), "policy_mean_gold": float(gold.mean()),
-           "table": best_of_n_table(rewards, gold)}
+           "table": best_of_n_table(rewards, gold), "kl_regularised": kl_regularised_table(rewards, gold)}
     calibration = pairwise_calibration(rng.normal(1.0, 1.0, size=200), [True] * 200)
     write_output(runs / "reward", "reward", {"heldout_accuracy": 0.91, "heldout_accuracy_before": 0.5, "heldout_mean_margin": 1.2,
                                             "heldout_calibration": calibration, "rm_gold_pearson": 0.6}, best_of_n=bon)
@@ -91,6 +91,7 @@ def test_reward_best_of_n_dpo_and_ppo_numbers_are_the_stages(tmp_path):
     assert sections["reward"]["reward"]["heldout_accuracy"] == 0.91
     assert sections["reward"]["reward"]["ece"] == calibration["ece"]
     assert sections["reward"]["reward"]["best_of_n"]["table"] == bon["table"]
+    assert sections["reward"]["reward"]["best_of_n"]["kl_regularised"] == bon["kl_regularised"]
     assert sections["dpo"]["dpo"]["curves"]["rewards/margins"] == {"step": [1, 2, 3, 4, 5], "value": [0.1 * s for s in range(1, 6)]}
     assert sections["dpo"]["dpo"]["kl_to_sft"]["exact"] == 1.05
     assert sections["ppo"]["ppo"]["curves"]["gold_reward"]["value"] == [e["gold_reward"] for e in ppo_history]

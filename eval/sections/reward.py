@@ -69,7 +69,14 @@ def build(ctx: Context) -> Section | None:
                                                      "gold picks (oracle)": (ns, [r["gold_oracle"] for r in table])}
             section.figure(figures.panels(panels, ctx.figure_path(f"best_of_n_{output.name}"), "Best-of-N", "N", columns=2, logx=True),
                            "Best-of-N: what the reward model sees (left) and what is true (right) as N grows.")
-            entry["best_of_n"] = {"table": table, "policy_mean_gold": bon.get("policy_mean_gold"), "policy": bon.get("policy"),
+            optimum = bon.get("kl_regularised")
+            if optimum:
+                section.text("**The KL-regularised optimum** π* ∝ π·exp(r/β) on the same samples: what PPO's objective "
+                             "E[r] − β·KL allows at each β with this reward model (gold-tilted: with the gold reward as r).")
+                section.table(["β", "KL (nats)", "RM reward", "gold", "gold-tilted: gold", "gold-tilted: KL"],
+                              [[r["beta"], r.get("kl_nats"), r.get("reward"), r.get("gold"), r.get("gold_oracle"), r.get("gold_oracle_kl_nats")]
+                               for r in optimum])
+            entry["best_of_n"] = {"table": table, "kl_regularised": optimum, "policy_mean_gold": bon.get("policy_mean_gold"), "policy": bon.get("policy"),
                                   "prompts": bon.get("prompts"), "samples_per_prompt": bon.get("samples_per_prompt")}
         data[output.name] = entry
     section.data = data
