@@ -317,7 +317,8 @@ def ppo_step(
     actor_critic = accelerator.unwrap_model(model)
     with accelerator.autocast():  # the precision the update's forward passes use, so that π/π_old starts at 1
         rollout = collect_rollout(
-            actor_critic, reference, tokenizer, prompts, config.response_length, config.temperature, config.forward_batch_size, timings
+            actor_critic, reference, tokenizer, prompts, config.response_length, config.temperature, config.forward_batch_size, timings,
+            with_exact_kl=config.kl_estimator == "exact",
         )
     device, mask = rollout.response_mask.device, rollout.response_mask
 
@@ -336,7 +337,8 @@ def ppo_step(
 
     # Per-token rewards: −β·KL_t with the chosen estimator, and the score at the last real token (Ziegler et al.).
     kl = {name: value * mask for name, value in kl_estimates(rollout.logprobs, rollout.ref_logprobs).items()}
-    kl["exact"] = rollout.exact_kl * mask
+    if rollout.exact_kl is not None:
+        kl["exact"] = rollout.exact_kl * mask
     beta = kl_control.value
     rewards = kl_penalised_rewards(scores, kl[config.kl_estimator], mask, beta)
     advantages, returns = generalized_advantage_estimation(rewards, rollout.values, mask, config.gamma, config.lam)

@@ -44,8 +44,8 @@ class Rollout:
     ref_logprobs: torch.Tensor  # log π_ref(token) at the same temperature
     values: torch.Tensor  # V_old(state before the token)
     entropy: torch.Tensor  # entropy of π_old's next-token distribution
-    exact_kl: torch.Tensor  # KL(π_old(·|s_t) ‖ π_ref(·|s_t)) over the whole vocabulary, at each state
     scores: torch.Tensor | None = None  # the reward for the whole response, missing-EOS penalty included
+    exact_kl: torch.Tensor | None = None  # KL(π_old(·|s_t) ‖ π_ref(·|s_t)) over the vocabulary at each state, on request
 
     @property
     def input_ids(self) -> torch.Tensor:
@@ -164,11 +164,13 @@ def collect_rollout(
     temperature: float,
     forward_batch_size: int | None = None,
     timings: dict[str, float] | None = None,
+    with_exact_kl: bool = False,
 ) -> Rollout:
     """Sample responses to `prompts`, then the log-probs of policy and reference and the values.
 
     `actor_critic` is the unwrapped module (no gradients are needed here). `timings`, when given,
-    receives the seconds spent generating and in the forward passes.
+    receives the seconds spent generating and in the forward passes. `with_exact_kl` also keeps the exact
+    per-state KL (two more vocabulary-sized tensors per chunk while it is computed).
     """
     device = next(actor_critic.parameters()).device
     started = time.perf_counter()
@@ -181,7 +183,9 @@ def collect_rollout(
     input_ids = torch.cat([query_ids, response_ids], dim=1)
     attention_mask = torch.cat([query_mask, response_mask], dim=1)
     length = response_ids.shape[1]
-    parts: dict[str, list[torch.Tensor]] = {"logprobs": [], "ref_logprobs": [], "values": [], "entropy": [], "exact_kl": []}
+    parts: dict[str, list[torch.Tensor]] = {"logprobs": [], "ref_logprobs": [], "values": [], "entropy": []}
+    if with_exact_kl:
+        parts["exact_kl"] = []
     for rows in _chunks(len(prompts), forward_batch_size):
         logits, values = actor_critic(input_ids[rows], attention_mask[rows], length)
         logits = logits.float() / temperature
@@ -190,7 +194,8 @@ def collect_rollout(
         parts["values"].append(values)
         ref_logits = reference.logits(input_ids[rows], attention_mask[rows], length)
         parts["ref_logprobs"].append(response_logprobs(ref_logits, response_ids[rows], temperature))
-        parts["exact_kl"].append(exact_kl(logits, ref_logits.float() / temperature))
+        if with_exact_kl:
+            parts["exact_kl"].append(exact_kl(logits, ref_logits.float() / temperature))
     if timings is not None:
         timings["generation"] = timings.get("generation", 0.0) + generated - started
         timings["forward"] = timings.get("forward", 0.0) + time.perf_counter() - generated
