@@ -14,6 +14,7 @@ string, so numeric strings are accepted for floats), values out of range, and mi
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
 import enum
@@ -353,6 +354,10 @@ def _print_help(dataclass_types: Sequence[type], stage: str, description: str) -
     )
     parser.add_argument("--config", required=True, help="recipe YAML file, e.g. recipes/toy/%s.yaml" % stage)
     parser.add_argument("--force", action="store_true", help="re-run even if the output is finished, replacing it")
+    for action in parser._actions:
+        # argparse %-formats every help string (for its own "%(default)s"): a "20%" in a field's help would crash --help.
+        if action.help and action.help is not argparse.SUPPRESS and "%(" not in action.help:
+            action.help = action.help.replace("%", "%%")
     parser.print_help()
 
 

@@ -109,6 +109,22 @@ def test_help_lists_recipe_keys():
         assert key in result.stdout
 
 
+@pytest.mark.parametrize("stage", ["pretrain", "sft", "reward", "ppo", "dpo", "weak_to_strong"])
+def test_every_stage_help_lists_every_recipe_key(stage, capsys):
+    import dataclasses
+    import importlib
+
+    from pipeline.recipes import _print_help
+
+    module = importlib.import_module(f"pipeline.{stage}")
+    _print_help(module.RECIPE_TYPES, stage, module.__doc__)  # a "%" in any help text used to crash argparse here
+    shown = capsys.readouterr().out
+    for dataclass_type in module.RECIPE_TYPES:
+        for field in dataclasses.fields(dataclass_type):
+            if field.init and not field.name.startswith("_"):
+                assert f"--{field.name}" in shown, (stage, field.name)
+
+
 def shipped_recipes():
     for path in sorted((REPO / "recipes").rglob("*.yaml")):
         if path.parent.name != "accelerate" and path.name != "chain.yaml":
