@@ -64,7 +64,8 @@ def main() -> None:
     from trl import ModelConfig
 
     from eval.best_of_n import kl_regularised_table
-    from pipeline.data.toy_world import ToyWorld, gold_reward
+    from eval.document import markdown_table
+    from pipeline.data.toy_world import ToyWorld, gold_reward_batch
     from pipeline.decoding import generate
     from pipeline.models import load_model, load_tokenizer
     from pipeline.policy_eval import sequence_kls
@@ -81,7 +82,7 @@ def main() -> None:
         return generate(model, tokenizer, [p for p in prompts for _ in range(repeats)], strategy, max_new_tokens=length, seed=1, batch_size=256)
 
     def gold_of(generations) -> np.ndarray:
-        return np.array([gold_reward(g.prompt, g.text, g.finished) for g in generations])
+        return np.array(gold_reward_batch([g.prompt for g in generations], [g.text for g in generations], [g.finished for g in generations]))
 
     rows = []
     base = sample(sft, 1.0, args.samples)
@@ -105,9 +106,8 @@ def main() -> None:
         rows.append((f"PPO ({args.ppo}): after", metrics["gold_reward_after"], metrics["kl_to_reference"]["k1"], "KL: k1"))
 
     print(f"{len(prompts)} held-out prompts; {args.samples} SFT samples per prompt for π*; responses of at most {length} tokens\n")
-    print("| policy | gold reward | KL to SFT (nats) | note |\n|---|---|---|---|")
-    for name, value, kl, note in rows:
-        print(f"| {name} | {value:.3f} | {kl:.3f} | {note} |")
+    table = [[name, f"{value:.3f}", f"{kl:.3f}", note] for name, value, kl, note in rows]
+    print("\n".join(markdown_table(["policy", "gold reward", "KL to SFT (nats)", "note"], table)))
 
 
 if __name__ == "__main__":

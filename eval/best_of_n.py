@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from eval.document import markdown_table
 from pipeline.decoding import DEFAULT_STRATEGIES, generate
 from pipeline.errors import UserError, run_cli
 from pipeline.reward_model import pairwise_calibration, pearson, score, spearman
@@ -204,11 +205,6 @@ def best_of_n(
     return result
 
 
-def _markdown(headers: list[str], rows: list[list[Any]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    return "\n".join(lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows])
-
-
 def format_table(result: dict[str, Any]) -> str:
     """Markdown table of the Best-of-N curve."""
     gold = "gold" in result["table"][0]
@@ -217,7 +213,7 @@ def format_table(result: dict[str, Any]) -> str:
         [row["n"], f"{row['kl_nats']:.3f}", f"{row['reward']:.3f}"] + ([f"{row['gold']:.3f}", f"{row['gold_oracle']:.3f}"] if gold else [])
         for row in result["table"]
     ]
-    return _markdown(headers, rows)
+    return "\n".join(markdown_table(headers, rows))
 
 
 def format_kl_regularised(result: dict[str, Any]) -> str:
@@ -229,7 +225,7 @@ def format_kl_regularised(result: dict[str, Any]) -> str:
         + ([f"{row['gold']:.3f}", f"{row['gold_oracle']:.3f}, {row['gold_oracle_kl_nats']:.3f}"] if gold else [])
         for row in result["kl_regularised"]
     ]
-    return _markdown(headers, rows)
+    return "\n".join(markdown_table(headers, rows))
 
 
 def plot_best_of_n(result: dict[str, Any], path: str | Path) -> Path:

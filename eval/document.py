@@ -80,6 +80,12 @@ def _md_cell(value: Any) -> str:
     return cell(value).replace("|", "\\|").replace("\n", "⏎")
 
 
+def markdown_table(header: list[Any], rows: list[list[Any]]) -> list[str]:
+    """The lines of a Markdown table (cells as `cell` writes them, pipes and newlines escaped)."""
+    lines = ["| " + " | ".join(_md_cell(h) for h in header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(_md_cell(v) for v in row) + " |" for row in rows]
+
+
 def render_markdown(title: str, sections: list[Section], base: Path) -> str:
     """The report as Markdown; figure paths relative to `base` (the folder report.md is written to)."""
     lines = [f"# {title}", ""]
@@ -92,10 +98,7 @@ def render_markdown(title: str, sections: list[Section], base: Path) -> str:
             elif isinstance(block, Table):
                 if block.caption:
                     lines += [f"*{block.caption}*", ""]
-                lines.append("| " + " | ".join(_md_cell(h) for h in block.header) + " |")
-                lines.append("|" + "---|" * len(block.header))
-                lines += ["| " + " | ".join(_md_cell(v) for v in row) + " |" for row in block.rows]
-                lines.append("")
+                lines += [*markdown_table(block.header, block.rows), ""]
             elif isinstance(block, Figure):
                 relative = block.path.relative_to(base) if block.path.is_relative_to(base) else block.path
                 lines += [f"![{block.caption}]({relative.as_posix()})", "", f"*{block.caption}*", ""]

@@ -344,8 +344,8 @@ def ppo_step(
     advantages, returns = generalized_advantage_estimation(rewards, rollout.values, mask, config.gamma, config.lam)
     kl_loss_coef = beta if config.kl_in_loss else 0.0
     if config.whiten_advantages:
-        # Whitening divides the whole reward objective by the advantages' std: the direct KL term must be too.
-        kl_loss_coef /= math.sqrt(masked_var(advantages, mask, across_processes=True).item() + 1e-8)
+        if kl_loss_coef:  # whitening divides the whole reward objective by the advantages' std: the direct KL term must be too
+            kl_loss_coef /= math.sqrt(masked_var(advantages, mask, across_processes=True).item() + 1e-8)
         advantages = whiten(advantages, mask)
 
     optimisation_started = time.perf_counter()

@@ -119,11 +119,11 @@ def ppo_update(
                     loss = settings.vf_coef * value.loss
                     if train_policy:
                         loss = loss + policy.loss - settings.entropy_coef * mean_entropy
-                    if kl_loss_coef and train_policy:
-                        ref_logits = reference.logits(input_ids, attention_mask, length).float() / settings.temperature
-                        kl_loss = (exact_kl(logits, ref_logits) * mask).sum() / token_count
-                        loss = loss + kl_loss_coef * kl_loss
-                        sums["kl_loss"] += kl_loss.item() * float(token_count)
+                        if kl_loss_coef:  # the reference's full distributions are recomputed here, not stored
+                            ref_logits = reference.logits(input_ids, attention_mask, length).float() / settings.temperature
+                            kl_loss = (exact_kl(logits, ref_logits) * mask).sum() / token_count
+                            loss = loss + kl_loss_coef * kl_loss
+                            sums["kl_loss"] += kl_loss.item() * float(token_count)
                     accelerator.backward(loss)
                 tokens = mask.sum().item()
                 token_total += tokens
