@@ -227,6 +227,22 @@ def check_lora_targets(model: torch.nn.Module, target_modules: list[str] | str |
         )
 
 
+def final_norm(model: torch.nn.Module) -> tuple[str, torch.nn.Module]:
+    """The normalisation layer just before the LM head (GPT-2's `ln_f`, Llama's `model.norm`) and its name.
+
+    It is the last norm module in registration order: transformers registers the final norm after the
+    blocks and before the head. Every logit is a linear function of its output, so scaling its gain and
+    bias by 1/T is sampling at temperature T.
+    """
+    norms = [
+        (name, module) for name, module in model.named_modules()
+        if isinstance(module, torch.nn.LayerNorm) or type(module).__name__.endswith("Norm")
+    ]
+    if not norms:
+        raise UserError(f"{type(model).__name__} has no normalisation layer (LayerNorm or *Norm module) to find a final norm in.")
+    return norms[-1]
+
+
 def parameter_counts(model: torch.nn.Module) -> dict[str, float]:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

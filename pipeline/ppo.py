@@ -45,7 +45,7 @@ from pipeline.contract import open_stage_run, write_json
 from pipeline.data.toy_world import check_toy_keys, toy_skills_field
 from pipeline.errors import RecipeError, RunInterrupted, UserError, run_cli
 from pipeline.kl import ESTIMATORS, kl_estimates, sequence_kl
-from pipeline.models import check_lora_targets, linear_module_names, load_model, load_tokenizer, parameter_counts
+from pipeline.models import check_lora_targets, final_norm, linear_module_names, load_model, load_tokenizer, parameter_counts
 from pipeline.recipes import parse_recipe, require_non_negative, require_positive, resolved_recipe
 from pipeline.rl.advantages import generalized_advantage_estimation, kl_penalised_rewards, leave_one_out_baseline, masked_mean, masked_var, whiten
 from pipeline.rl.checkpoint import load_checkpoint, save_checkpoint
@@ -146,6 +146,10 @@ class PPOConfig:
 
     learning_rate: float = 1e-5
     value_learning_rate: float | None = field(default=None, metadata={"help": "learning rate of the critic (default: learning_rate)"})
+    final_norm_learning_rate: float | None = field(
+        default=None,
+        metadata={"help": "learning rate of the policy's last norm layer (GPT-2's ln_f), whose gain sets the temperature of every logit (default: learning_rate; full fine-tuning only)"},
+    )
     lr_scheduler_type: str = field(default="linear", metadata={"help": "transformers scheduler name (linear decays to 0, as lm-human-preferences does)"})
     warmup_steps: float = field(default=0.0, metadata={"help": "optimizer steps of warm-up (< 1: a share of them)"})
     weight_decay: float = 0.0
@@ -207,7 +211,7 @@ class PPOConfig:
         require_non_negative(self, "vf_coef", "entropy_coef", "ptx_coef")
         if self.bf16 and self.fp16:
             raise ValueError("keys 'bf16' and 'fp16' are both true: choose one mixed precision")
-        require_positive(self, "value_learning_rate", "target_kl", allow_none=True)
+        require_positive(self, "value_learning_rate", "final_norm_learning_rate", "target_kl", allow_none=True)
         require_positive(self, "samples_per_prompt")
         require_non_negative(self, "critic_warmup_steps")
         if self.kl_in_loss and self.kl_estimator != "exact":
@@ -279,20 +283,35 @@ def build_models(args: PPOArguments, model_args: PPOModelArguments, config: PPOC
 
 
 def build_optimizer(actor_critic: ActorCritic, config: PPOConfig):
-    """AdamW with two parameter groups: the policy at `learning_rate`, the critic at `value_learning_rate`.
+    """AdamW with parameter groups: the policy at `learning_rate`, the critic at `value_learning_rate`, and
+    optionally the policy's final norm at `final_norm_learning_rate`.
 
-    A freshly initialised value head must travel from 0 to the scale of the rewards; with Adam every step
-    moves a weight by about the learning rate, so at a policy-sized rate the critic would explain nothing
-    for the whole run and every advantage would be the raw (whitened) reward.
+    Adam moves every weight by about the learning rate per step, whatever its size. So a freshly initialised
+    value head would take the whole run to travel from 0 to the scale of the rewards at a policy-sized rate,
+    and every advantage would be the raw (whitened) reward. The final norm's gain has the same problem the
+    other way round: it sits near 1 while the other weights are ~0.03, so at 3e-5 it moves by 0.1% in a
+    run, yet scaling it is how the policy becomes sharper on every prompt at once (gain / T samples at
+    temperature T), the cheapest way to trade KL for reward when the SFT model is too random.
     """
     critic = actor_critic.value_head if actor_critic.value_head is not None else actor_critic.critic
     critic_ids = {id(p) for p in critic.parameters()}
-    policy_params = [p for p in actor_critic.parameters() if p.requires_grad and id(p) not in critic_ids]
+    final_norm_ids: set[int] = set()
+    if config.final_norm_learning_rate is not None:
+        name, norm = final_norm(actor_critic.policy)
+        final_norm_ids = {id(p) for p in norm.parameters() if p.requires_grad}
+        if not final_norm_ids:
+            # With LoRA the reference is the same base weights with adapters off: training the norm would move it too.
+            raise UserError(f"key 'final_norm_learning_rate': the policy's final norm ({name}) is frozen (LoRA?); it needs full fine-tuning.")
+        logger.info("final norm %s at learning rate %g", name, config.final_norm_learning_rate)
+    policy_params = [p for p in actor_critic.parameters() if p.requires_grad and id(p) not in critic_ids | final_norm_ids]
     critic_params = [p for p in critic.parameters() if p.requires_grad]
     groups = [
         {"params": policy_params, "lr": config.learning_rate},
         {"params": critic_params, "lr": config.value_learning_rate or config.learning_rate},
     ]
+    if final_norm_ids:
+        norm_params = [p for p in actor_critic.policy.parameters() if id(p) in final_norm_ids]
+        groups.append({"params": norm_params, "lr": config.final_norm_learning_rate, "weight_decay": 0.0})
     optimizer = torch.optim.AdamW(groups, betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_epsilon, weight_decay=config.weight_decay)
     total = config.max_steps * config.ppo_epochs * config.num_mini_batches
     warmup = int(config.warmup_steps * total) if 0 < config.warmup_steps < 1 else int(config.warmup_steps)
@@ -416,6 +435,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     prompt_limit = min(config.max_prompt_length, context - config.response_length) if context else config.max_prompt_length
     if config.ptx_coef > 0 and not args.ptx_dataset:
         raise RecipeError(f"{recipe.path}: key 'ptx_coef' is {config.ptx_coef} but 'ptx_dataset' is not set (toy, or a text file).")
+    if config.final_norm_learning_rate is not None and model_args.use_peft:
+        raise RecipeError(
+            f"{recipe.path}: key 'final_norm_learning_rate' needs full fine-tuning: with use_peft the reference is the "
+            "policy's own base weights with the adapters off, so training its final norm would move the reference too."
+        )
     if prompt_limit <= 0:
         raise RecipeError(f"{recipe.path}: key 'response_length' ({config.response_length}) leaves no room for a prompt in the model's context of {context} tokens.")
     prompt_sets = load_prompt_sets(

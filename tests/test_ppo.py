@@ -313,3 +313,46 @@ def test_the_direct_kl_term_pulls_a_drifted_policy_back_towards_the_reference(ti
     stats = ppo_update(Accelerator(cpu=True), actor_critic, optimizer, scheduler, batch, settings, torch.Generator().manual_seed(0),
                        reference=reference, kl_loss_coef=1.0)
     assert kl_now() < 0.8 * before and stats["kl_loss"] > 0  # zero advantages: only the KL term moved the policy
+
+
+# --- the final norm's own learning rate ---------------------------------------------------------------
+
+
+def test_scaling_the_final_norm_by_one_over_t_is_sampling_at_temperature_t(tiny_policy):
+    import copy
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from pipeline.models import final_norm
+
+    model, tokenizer = tiny_policy
+    name, norm = final_norm(model)
+    assert name == "transformer.ln_f"
+    sharper = copy.deepcopy(model)
+    with torch.no_grad():
+        for parameter in final_norm(sharper)[1].parameters():
+            parameter /= 0.7
+    ids = torch.tensor([tokenizer("User: reverse the word: fox\nBot:")["input_ids"]])
+    with torch.no_grad():
+        assert torch.allclose(sharper(ids).logits, model(ids).logits / 0.7, atol=1e-5)
+    llama = LlamaForCausalLM(LlamaConfig(vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2))
+    assert final_norm(llama)[0] == "model.norm"
+
+
+def test_the_final_norm_gets_its_own_learning_rate_and_no_parameter_is_left_out(tiny_policy):
+    import copy
+
+    from pipeline.ppo import PPOConfig, build_optimizer
+
+    model, _ = tiny_policy
+    actor_critic = ActorCritic(copy.deepcopy(model).requires_grad_(True))
+    config = PPOConfig(learning_rate=1e-5, value_learning_rate=1e-3, final_norm_learning_rate=3e-2, max_steps=2, lr_scheduler_type="constant")
+    optimizer, _ = build_optimizer(actor_critic, config)
+    groups = {group["lr"]: {id(p) for p in group["params"]} for group in optimizer.param_groups}
+    ln_f = actor_critic.policy.transformer.ln_f
+    assert groups[3e-2] == {id(ln_f.weight), id(ln_f.bias)}
+    assert groups[1e-3] == {id(p) for p in actor_critic.value_head.parameters()}
+    assert set().union(*groups.values()) == {id(p) for p in actor_critic.parameters()}
+    assert sum(len(ids) for ids in groups.values()) == len(list(actor_critic.parameters()))  # each parameter once
+    default = build_optimizer(actor_critic, PPOConfig(learning_rate=1e-5, value_learning_rate=1e-3, max_steps=2))[0]
+    assert len(default.param_groups) == 2  # without the key the norm trains with the rest of the policy

@@ -202,6 +202,8 @@ def test_a_tokenizer_with_pad_equal_to_eos_gets_its_own_pad_and_responses_still_
         ({"kl_in_loss": True}, RecipeError, "key 'kl_in_loss' differentiates the exact per-state KL: set kl_estimator: exact"),
         ({"samples_per_prompt": 3}, RecipeError, "must be a multiple of samples_per_prompt (3)"),
         ({"critic_warmup_steps": 12}, RecipeError, "key 'critic_warmup_steps' (12) must be below max_steps (12)"),
+        ({"final_norm_learning_rate": 0.0}, RecipeError, "final_norm_learning_rate"),
+        ({"final_norm_learning_rate": 1e-2, "use_peft": True}, RecipeError, "key 'final_norm_learning_rate' needs full fine-tuning"),
     ],
 )
 def test_bad_input_fails_with_one_clear_message(tmp_path, tiny_sft, changes, error, fragment):

@@ -116,6 +116,7 @@ def train_with_trl(args, model_args, config, tokenizer, prompt_sets, checkpoint:
     ppo_only = {
         "target_kl": config.target_kl is not None, "ptx_coef": config.ptx_coef > 0, "samples_per_prompt": config.samples_per_prompt != 1,
         "critic_warmup_steps": config.critic_warmup_steps > 0, "kl_in_loss": config.kl_in_loss, "kl_estimator": config.kl_estimator != "k1",
+        "final_norm_learning_rate": config.final_norm_learning_rate is not None,
     }
     if any(ppo_only.values()):
         keys = ", ".join(key for key, is_set in ppo_only.items() if is_set)
