@@ -243,6 +243,23 @@ def final_norm(model: torch.nn.Module) -> tuple[str, torch.nn.Module]:
     return norms[-1]
 
 
+def policy_parameter_groups(policy: torch.nn.Module, learning_rate: float, final_norm_learning_rate: float | None = None) -> list[dict]:
+    """Optimizer groups of a policy's trainable weights: all at `learning_rate`, or the final norm apart at
+    `final_norm_learning_rate` (without weight decay, as transformers' Trainer spares norms)."""
+    trainable = [p for p in policy.parameters() if p.requires_grad]
+    if final_norm_learning_rate is None:
+        return [{"params": trainable, "lr": learning_rate}]
+    name, norm = final_norm(policy)
+    norm_ids = {id(p) for p in norm.parameters() if p.requires_grad}
+    if not norm_ids:
+        raise UserError(f"key 'final_norm_learning_rate': the policy's final norm ({name}) is frozen (LoRA?); it needs full fine-tuning.")
+    logger.info("final norm %s at learning rate %g, the rest of the policy at %g", name, final_norm_learning_rate, learning_rate)
+    return [
+        {"params": [p for p in trainable if id(p) not in norm_ids], "lr": learning_rate},
+        {"params": [p for p in trainable if id(p) in norm_ids], "lr": final_norm_learning_rate, "weight_decay": 0.0},
+    ]
+
+
 def parameter_counts(model: torch.nn.Module) -> dict[str, float]:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

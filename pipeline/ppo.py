@@ -45,7 +45,7 @@ from pipeline.contract import open_stage_run, write_json
 from pipeline.data.toy_world import check_toy_keys, toy_skills_field
 from pipeline.errors import RecipeError, RunInterrupted, UserError, run_cli
 from pipeline.kl import ESTIMATORS, kl_estimates, sequence_kl
-from pipeline.models import check_lora_targets, final_norm, linear_module_names, load_model, load_tokenizer, parameter_counts
+from pipeline.models import check_lora_targets, linear_module_names, load_model, load_tokenizer, parameter_counts, policy_parameter_groups
 from pipeline.recipes import parse_recipe, require_non_negative, require_positive, resolved_recipe
 from pipeline.rl.advantages import generalized_advantage_estimation, kl_penalised_rewards, leave_one_out_baseline, masked_mean, masked_var, whiten
 from pipeline.rl.checkpoint import load_checkpoint, save_checkpoint
@@ -294,24 +294,8 @@ def build_optimizer(actor_critic: ActorCritic, config: PPOConfig):
     temperature T), the cheapest way to trade KL for reward when the SFT model is too random.
     """
     critic = actor_critic.value_head if actor_critic.value_head is not None else actor_critic.critic
-    critic_ids = {id(p) for p in critic.parameters()}
-    final_norm_ids: set[int] = set()
-    if config.final_norm_learning_rate is not None:
-        name, norm = final_norm(actor_critic.policy)
-        final_norm_ids = {id(p) for p in norm.parameters() if p.requires_grad}
-        if not final_norm_ids:
-            # With LoRA the reference is the same base weights with adapters off: training the norm would move it too.
-            raise UserError(f"key 'final_norm_learning_rate': the policy's final norm ({name}) is frozen (LoRA?); it needs full fine-tuning.")
-        logger.info("final norm %s at learning rate %g", name, config.final_norm_learning_rate)
-    policy_params = [p for p in actor_critic.parameters() if p.requires_grad and id(p) not in critic_ids | final_norm_ids]
-    critic_params = [p for p in critic.parameters() if p.requires_grad]
-    groups = [
-        {"params": policy_params, "lr": config.learning_rate},
-        {"params": critic_params, "lr": config.value_learning_rate or config.learning_rate},
-    ]
-    if final_norm_ids:
-        norm_params = [p for p in actor_critic.policy.parameters() if id(p) in final_norm_ids]
-        groups.append({"params": norm_params, "lr": config.final_norm_learning_rate, "weight_decay": 0.0})
+    groups = policy_parameter_groups(actor_critic.policy, config.learning_rate, config.final_norm_learning_rate)
+    groups.append({"params": [p for p in critic.parameters() if p.requires_grad], "lr": config.value_learning_rate or config.learning_rate})
     optimizer = torch.optim.AdamW(groups, betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_epsilon, weight_decay=config.weight_decay)
     total = config.max_steps * config.ppo_epochs * config.num_mini_batches
     warmup = int(config.warmup_steps * total) if 0 < config.warmup_steps < 1 else int(config.warmup_steps)

@@ -237,17 +237,27 @@ def test_two_processes_share_the_rollouts_and_write_once(tmp_path, tiny_sft):
     assert (tmp_path / "ppo" / "checkpoint-2" / "trainer_state.json").is_file()
 
 
-@pytest.mark.parametrize("algorithm", ["grpo", "rloo"])
-def test_trl_grpo_and_rloo_run_through_the_same_stage_with_the_same_reward(tmp_path, tiny_sft, algorithm):
+@pytest.mark.parametrize("algorithm, final_norm_learning_rate", [("grpo", 1e-2), ("rloo", None)])
+def test_trl_grpo_and_rloo_run_through_the_same_stage_with_the_same_reward(tmp_path, tiny_sft, algorithm, final_norm_learning_rate):
+    from safetensors.torch import load_file
+
     out, metrics = run_ppo(ppo_recipe(
         tmp_path, tiny_sft, algorithm=algorithm, num_generations=4, per_device_train_batch_size=16, max_steps=2, ppo_epochs=1,
-        num_eval_prompts=16,
+        num_eval_prompts=16, learning_rate=1e-5, final_norm_learning_rate=final_norm_learning_rate or ...,
     ))
     assert metrics["algorithm"] == algorithm and metrics["steps"] == 2 and metrics["episodes"] == 32
     assert {"gold_reward_before", "gold_reward_after", "kl_to_reference"} <= set(metrics)
     history = json.loads((out / "log_history.json").read_text())
     assert any("gold_reward" in entry and "rewards/gold/mean" in entry for entry in history)  # our reward function, logged by TRL
     assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
+    before, after = load_file(tiny_sft / "model.safetensors"), load_file(out / "model.safetensors")
+    moved = {name: (after[name] - before[name]).abs().max().item() for name in after if name in before}
+    final_norm = max(moved["transformer.ln_f.weight"], moved["transformer.ln_f.bias"])
+    rest = max(value for name, value in moved.items() if not name.startswith("transformer.ln_f"))
+    if final_norm_learning_rate:  # the final norm trained at its own, 1000 x larger rate
+        assert final_norm > 10 * rest > 0, (final_norm, rest)
+    else:
+        assert final_norm < 10 * rest, (final_norm, rest)
 
 
 def test_grpo_needs_whole_groups(tmp_path, tiny_sft):

@@ -29,7 +29,7 @@ from trl.trainer.utils import get_peft_config
 
 from pipeline.contract import write_json
 from pipeline.errors import RecipeError, UserError
-from pipeline.models import load_model
+from pipeline.models import load_model, policy_parameter_groups
 from pipeline.rl.evaluation import evaluate_policy
 from pipeline.rl.rollout import Reference
 from pipeline.rl.scoring import GoldScorer, make_scorer
@@ -111,12 +111,23 @@ def trl_config(config):
     )
 
 
+def final_norm_optimizer(policy, config) -> torch.optim.Optimizer | None:
+    """With `final_norm_learning_rate`, AdamW with the policy's final norm in a group of its own (as PPO's
+    build_optimizer); the Trainer still builds the learning-rate schedule over both groups. None otherwise.
+
+    Unlike the Trainer's own AdamW this one decays every other weight alike (the toy recipes use no decay).
+    """
+    if config.final_norm_learning_rate is None:
+        return None
+    groups = policy_parameter_groups(policy, config.learning_rate, config.final_norm_learning_rate)
+    return torch.optim.AdamW(groups, betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_epsilon, weight_decay=config.weight_decay)
+
+
 def train_with_trl(args, model_args, config, tokenizer, prompt_sets, checkpoint: str | None, recipe) -> dict[str, Any] | None:
     """Train with GRPO or RLOO; save the policy as a full model; measure before/after like PPO. Returns metrics."""
     ppo_only = {
         "target_kl": config.target_kl is not None, "ptx_coef": config.ptx_coef > 0, "samples_per_prompt": config.samples_per_prompt != 1,
         "critic_warmup_steps": config.critic_warmup_steps > 0, "kl_in_loss": config.kl_in_loss, "kl_estimator": config.kl_estimator != "k1",
-        "final_norm_learning_rate": config.final_norm_learning_rate is not None,
     }
     if any(ppo_only.values()):
         keys = ", ".join(key for key, is_set in ppo_only.items() if is_set)
@@ -142,6 +153,7 @@ def train_with_trl(args, model_args, config, tokenizer, prompt_sets, checkpoint:
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
         callbacks=[interrupt],
+        optimizers=(final_norm_optimizer(policy, config), None),  # None, None: the Trainer builds both
     )
     accelerator = trainer.accelerator
     sft.to(accelerator.device)
