@@ -77,6 +77,7 @@ def recipe(args, model: str, output_dir: Path, lora: bool) -> dict:
     if lora:
         values.update(use_peft=True, lora_r=args.lora_r, lora_alpha=2 * args.lora_r, lora_target_modules=["c_attn", "c_proj", "c_fc"])
         values["learning_rate"] = args.lora_learning_rate
+        values.pop("final_norm_learning_rate", None)  # the norm is frozen under LoRA (its base weights are the reference)
     return values
 
 
