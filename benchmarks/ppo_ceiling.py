@@ -65,7 +65,7 @@ def main() -> None:
 
     from eval.best_of_n import kl_regularised_table
     from eval.document import markdown_table
-    from pipeline.data.toy_world import ToyWorld, gold_reward_batch
+    from pipeline.data.toy_world import ToyWorld, eval_split, gold_reward_batch
     from pipeline.decoding import generate
     from pipeline.models import load_model, load_tokenizer
     from pipeline.policy_eval import sequence_kls
@@ -73,7 +73,7 @@ def main() -> None:
 
     recipe = yaml.safe_load(Path(args.recipe).read_text())
     beta, length, penalty = recipe["kl_coef"], recipe["response_length"], recipe.get("missing_eos_penalty") or 0.0
-    prompts = ToyWorld.from_recipe(recipe).prompts(recipe.get("num_eval_prompts", 256), split="eval")
+    prompts = ToyWorld.from_recipe(recipe).prompts(recipe.get("num_eval_prompts", 256), split=eval_split(recipe))
     tokenizer = load_tokenizer(args.sft)
     sft = load_model(ModelConfig(model_name_or_path=args.sft, dtype="float32"), tokenizer).eval()
 

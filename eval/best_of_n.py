@@ -269,7 +269,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--policy", required=True, help="causal LM to sample from (e.g. runs/toy/sft)")
     parser.add_argument("--reward_model", required=True, help="reward stage output (e.g. runs/toy/reward)")
     parser.add_argument("--dataset", default="toy", help="'toy' (prompts of the toy world, gold reward) or a preference file whose prompts are used")
-    parser.add_argument("--split", default="eval", help="toy world split of the prompts")
+    parser.add_argument("--split", default="test", choices=["validation", "test"], help="toy world split of the prompts")
     parser.add_argument("--num_prompts", type=int, default=32)
     parser.add_argument("--n_max", type=int, default=64, help="samples per prompt; N runs over 1, 2, 4, ..., n_max")
     parser.add_argument("--strategy", default="temperature_1.0", choices=sorted(DEFAULT_STRATEGIES))

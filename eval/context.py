@@ -77,12 +77,12 @@ class Context:
         return recipe
 
     def toy_prompts(self, n: int, stage: str = "pretrain") -> list[str] | None:
-        """`n` held-out toy-world prompts (the eval split the stages measure on) of the world `stage` was
+        """`n` held-out toy-world prompts (the split the stages report: their toy_eval_split) of the world `stage` was
         trained on (the toy SFT and preference recipes drop addition, pretraining keeps it), or None off the
         toy world."""
         recipe = self.toy_recipe(stage)
         if recipe is None:
             return None
-        from pipeline.data.toy_world import ToyWorld
+        from pipeline.data.toy_world import ToyWorld, eval_split
 
-        return ToyWorld.from_recipe(recipe).prompts(n, split="eval")
+        return ToyWorld.from_recipe(recipe).prompts(n, split=eval_split(recipe))

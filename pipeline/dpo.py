@@ -42,7 +42,7 @@ from trl.trainer.utils import get_peft_config
 from pipeline.contract import open_stage_run, write_json
 from pipeline.data.preferences import load_preferences
 from pipeline.data.toy_comparisons import check_policy_comparison_keys, own_sample_comparisons
-from pipeline.data.toy_world import ToyWorld, check_toy_keys, toy_skills_field
+from pipeline.data.toy_world import ToyWorld, ToyWorldKeys
 from pipeline.errors import DataError, RecipeError, run_cli
 from pipeline.models import load_model, load_tokenizer
 from pipeline.plots import plot_loss_curves  # also selects matplotlib's file-only backend
@@ -71,7 +71,7 @@ LOSS_TYPES = (
 
 
 @dataclass
-class DPOArguments:
+class DPOArguments(ToyWorldKeys):
     """What to train on and how to evaluate (optimisation and the loss: DPOTrainingConfig; model: ModelConfig)."""
 
     path_fields: ClassVar[dict[str, str]] = {"dataset": "dataset", "eval_dataset": "dataset", "reward_model_path": "model"}
@@ -90,9 +90,6 @@ class DPOArguments:
     max_eval_pairs: int | None = field(default=512, metadata={"help": "evaluate on at most this many held-out pairs"})
     toy_pairs: int = field(default=2000, metadata={"help": "toy world: training pairs to generate (before deduplication)"})
     toy_eval_pairs: int = field(default=256, metadata={"help": "toy world: held-out pairs (eval split: unseen additions)"})
-    toy_seed: int = field(default=0, metadata={"help": "toy world: generator seed"})
-    toy_max_digits: int = field(default=2, metadata={"help": "toy world: digits of the addition operands"})
-    toy_skills: list[str] = toy_skills_field()
     toy_policy_prompts: int = field(
         default=0,
         metadata={"help": "toy world: also train on comparisons of the SFT model's own samples for this many train prompts, "
@@ -124,7 +121,7 @@ class DPOArguments:
             raise ValueError(f"key 'eval_fraction' must be in (0, 1), got {self.eval_fraction}")
         if self.eval_temperature <= 0:
             raise ValueError(f"key 'eval_temperature' must be > 0, got {self.eval_temperature}")
-        check_toy_keys(self.toy_max_digits, self.toy_skills)
+        super().__post_init__()
 
 
 @dataclass
@@ -205,9 +202,8 @@ def add_own_sample_comparisons(
 def load_pairs(args: DPOArguments, seed: int) -> tuple[datasets.Dataset, datasets.Dataset, dict[str, Any]]:
     """(train, held-out, what loading did). The toy world has its own eval split (unseen additions)."""
     if args.dataset == "toy":
-        toy = {"toy_seed": args.toy_seed, "toy_max_digits": args.toy_max_digits, "toy_skills": args.toy_skills}
-        train, stats = load_preferences("toy", "train", toy_pairs=args.toy_pairs, **toy) if args.toy_pairs else (None, None)
-        held_out, held_out_stats = load_preferences("toy", "eval", toy_pairs=args.toy_eval_pairs, **toy)
+        train, stats = load_preferences("toy", "train", toy_pairs=args.toy_pairs, toy=args) if args.toy_pairs else (None, None)
+        held_out, held_out_stats = load_preferences("toy", args.toy_eval_split, toy_pairs=args.toy_eval_pairs, toy=args)
     elif args.eval_dataset:
         train, stats = load_preferences(args.dataset, args.dataset_split, max_pairs=args.max_train_pairs)
         held_out, held_out_stats = load_preferences(args.eval_dataset, args.eval_split, max_pairs=args.max_eval_pairs)
@@ -346,7 +342,7 @@ def evaluation_prompts(args: DPOArguments, held_out: datasets.Dataset) -> list[s
     """Held-out toy prompts (gold reward), else the distinct prompts of the held-out pairs."""
     if args.dataset == "toy":
 
-        return ToyWorld.from_recipe(args).prompts(args.num_eval_prompts, split="eval")
+        return ToyWorld.from_recipe(args).prompts(args.num_eval_prompts, split=args.toy_eval_split)
     return list(dict.fromkeys(held_out["prompt"]))[: args.num_eval_prompts]
 
 

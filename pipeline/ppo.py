@@ -42,7 +42,7 @@ from trl import ModelConfig
 from trl.trainer.utils import get_peft_config
 
 from pipeline.contract import open_stage_run, write_json
-from pipeline.data.toy_world import check_toy_keys, toy_skills_field
+from pipeline.data.toy_world import ToyWorldKeys
 from pipeline.errors import RecipeError, RunInterrupted, UserError, run_cli
 from pipeline.kl import ESTIMATORS, kl_estimates, sequence_kl
 from pipeline.models import check_lora_targets, linear_module_names, load_model, load_tokenizer, parameter_counts, policy_parameter_groups
@@ -67,7 +67,7 @@ logger = logging.getLogger("pipeline.ppo")
 
 
 @dataclass
-class PPOArguments:
+class PPOArguments(ToyWorldKeys):
     """Where prompts, rewards and the critic come from, and what is measured."""
 
     path_fields: ClassVar[dict[str, str]] = {
@@ -81,9 +81,6 @@ class PPOArguments:
     dataset_split: str = field(default="train", metadata={"help": "split of a hub data set"})
     max_prompts: int | None = field(default=None, metadata={"help": "use at most this many training prompts"})
     toy_prompts: int = field(default=4096, metadata={"help": "toy world: training prompts (train split)"})
-    toy_seed: int = field(default=0, metadata={"help": "toy world: generator seed (as in the earlier stages)"})
-    toy_max_digits: int = field(default=2, metadata={"help": "toy world: digits of the addition operands"})
-    toy_skills: list[str] = toy_skills_field()
     num_eval_prompts: int = field(default=256, metadata={"help": "held-out prompts measured before and after training"})
     eval_batch_size: int = field(default=128, metadata={"help": "prompts per batch when measuring"})
 
@@ -104,7 +101,7 @@ class PPOArguments:
     def __post_init__(self) -> None:
         require_positive(self, "toy_prompts", "num_eval_prompts", "eval_batch_size", "ptx_batch_size", "ptx_max_length")
         require_positive(self, "max_prompts", allow_none=True)
-        check_toy_keys(self.toy_max_digits, self.toy_skills)
+        super().__post_init__()
         if self.reward == "model" and not self.reward_model_path:
             raise ValueError("key 'reward_model_path' is missing: reward: model needs the reward stage's output_dir (or set reward: gold)")
         if self.reward == "gold" and self.dataset != "toy":
@@ -428,7 +425,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise RecipeError(f"{recipe.path}: key 'response_length' ({config.response_length}) leaves no room for a prompt in the model's context of {context} tokens.")
     prompt_sets = load_prompt_sets(
         args.dataset, tokenizer, prompt_limit, args.num_eval_prompts, config.seed, args.dataset_split, args.max_prompts,
-        args.toy_prompts, args.toy_seed, args.toy_max_digits, args.toy_skills,
+        args.toy_prompts, toy=args,
     )
     logger.info("prompts: %d for training, %d held out for measuring", len(prompt_sets.train), len(prompt_sets.eval))
 
@@ -479,7 +476,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ptx_batches = None
     if config.ptx_coef > 0:
         ptx_length = min(args.ptx_max_length, context or args.ptx_max_length)  # documents are cut to the context
-        ptx_batches = pretraining_batches(args.ptx_dataset, tokenizer, args.ptx_batch_size, ptx_length, config.seed, accelerator.device, args.toy_seed)
+        ptx_batches = pretraining_batches(args.ptx_dataset, tokenizer, args.ptx_batch_size, ptx_length, config.seed, accelerator.device, toy=args)
 
     interrupt = GracefulInterrupt()
     started = time.perf_counter()

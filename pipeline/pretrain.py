@@ -27,7 +27,7 @@ from transformers import default_data_collator
 
 from pipeline.contract import open_stage_run, write_json
 from pipeline.data.text import load_text_dataset
-from pipeline.data.toy_world import ToyWorld, check_toy_keys, gold_reward, toy_skills_field
+from pipeline.data.toy_world import ToyWorld, ToyWorldKeys, gold_reward
 from pipeline.decoding import DEFAULT_STRATEGIES, sample_table
 from pipeline.errors import DataError, run_cli
 from pipeline.plots import plot_loss_curves
@@ -39,7 +39,7 @@ logger = logging.getLogger("pipeline.pretrain")
 
 
 @dataclass
-class PretrainArguments:
+class PretrainArguments(ToyWorldKeys):
     """What to train on and what to build (the optimisation settings are TrainingArguments)."""
 
     path_fields: ClassVar[dict[str, str]] = {"dataset": "dataset", "tokenizer_name_or_path": "model"}
@@ -57,9 +57,6 @@ class PretrainArguments:
     max_documents: int | None = field(default=None, metadata={"help": "use at most this many documents (quick runs)"})
     toy_documents: int = field(default=20000, metadata={"help": "toy world: number of dialogues to generate"})
     toy_good_fraction: float = field(default=0.6, metadata={"help": "toy world: share of correct, clean answers"})
-    toy_max_digits: int = field(default=2, metadata={"help": "toy world: digits of the addition operands"})
-    toy_seed: int = field(default=0, metadata={"help": "toy world: generator seed (independent of training seed)"})
-    toy_skills: list[str] = toy_skills_field()
 
     tokenizer: Literal["char", "bpe"] = field(default="char", metadata={"help": "tokenizer to train"})
     vocab_size: int = field(default=512, metadata={"help": "vocabulary size for the BPE tokenizer"})
@@ -91,7 +88,7 @@ class PretrainArguments:
             raise ValueError(f"key 'eval_fraction' must be in (0, 1), got {self.eval_fraction}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"key 'dropout' must be in [0, 1), got {self.dropout}")
-        check_toy_keys(self.toy_max_digits, self.toy_skills)
+        super().__post_init__()
         if not 0.0 <= self.toy_good_fraction <= 1.0:
             raise ValueError(f"key 'toy_good_fraction' must be in [0, 1], got {self.toy_good_fraction}")
         unknown = [name for name in self.decoding_strategies if name not in DEFAULT_STRATEGIES]
@@ -125,14 +122,20 @@ RECIPE_TYPES = (PretrainArguments, PretrainConfig)
 
 
 def load_documents(args: PretrainArguments, seed: int) -> tuple[datasets.Dataset, datasets.Dataset]:
-    """Train and eval documents (column `text`); eval is a held-out share of documents, never of blocks."""
+    """Train and eval documents (column `text`); eval is a held-out share of documents, never of blocks.
+
+    On the toy world the eval documents are the validation split's (questions no training document asks), as
+    many as eval_fraction of toy_documents; the test split stays untouched for the later stages' reports.
+    """
     if args.dataset == "toy":
         world = ToyWorld.from_recipe(args)
-        documents = datasets.Dataset.from_dict(
-            {"text": world.pretraining_corpus(args.toy_documents, good_fraction=args.toy_good_fraction)}
+        n_train = min(args.toy_documents, args.max_documents or args.toy_documents)
+        n_eval = max(1, round(args.eval_fraction * n_train))
+        corpus = lambda n, split: datasets.Dataset.from_dict(  # noqa: E731
+            {"text": world.pretraining_corpus(n, good_fraction=args.toy_good_fraction, split=split)}
         )
-    else:
-        documents = load_text_dataset(args.dataset, args.text_column, config_name=args.dataset_config_name, sample_by=args.text_sample_by)
+        return corpus(n_train, "train"), corpus(n_eval, "validation")
+    documents = load_text_dataset(args.dataset, args.text_column, config_name=args.dataset_config_name, sample_by=args.text_sample_by)
     if args.max_documents:
         documents = documents.select(range(min(args.max_documents, len(documents))))
     if len(documents) < 2:
@@ -204,7 +207,7 @@ def sample_prompts(args: PretrainArguments, eval_documents: datasets.Dataset) ->
     if args.sample_prompts:
         return args.sample_prompts
     if args.dataset == "toy":
-        return ToyWorld.from_recipe(args).prompts(args.num_sample_prompts, split="eval")
+        return ToyWorld.from_recipe(args).prompts(args.num_sample_prompts, split=args.toy_eval_split)
     return [text[:16] for text in eval_documents["text"][:4]]
 
 

@@ -59,7 +59,7 @@ from pipeline.contract import open_stage_run, write_json
 from pipeline.data.preferences import HH_ASSISTANT, load_preferences, split_hh_transcript
 from pipeline.data.text import iter_jsonl
 from pipeline.data.toy_comparisons import check_policy_comparison_keys, own_sample_comparisons
-from pipeline.data.toy_world import ToyWorld, check_toy_keys, gold_reward, toy_skills_field
+from pipeline.data.toy_world import ToyWorld, ToyWorldKeys, gold_reward
 from pipeline.decoding import DEFAULT_STRATEGIES
 from pipeline.errors import DataError, RecipeError, run_cli
 from pipeline.models import add_identity_blocks, check_lora_targets, linear_module_names, load_model, load_tokenizer, parameter_counts
@@ -85,7 +85,7 @@ TARGET_BEST_OF = 16
 
 
 @dataclass
-class RewardArguments:
+class RewardArguments(ToyWorldKeys):
     """What to train on and what to report (optimisation: RewardConfig; model and LoRA: ModelConfig)."""
 
     path_fields: ClassVar[dict[str, str]] = {"dataset": "dataset", "eval_dataset": "dataset"}
@@ -112,15 +112,12 @@ class RewardArguments:
     margin_scale: float = field(default=1.0, metadata={"help": "margins are multiplied by this"})
     toy_pairs: int = field(default=2000, metadata={"help": "toy world: training pairs to generate (before dedup)"})
     toy_eval_pairs: int = field(default=500, metadata={"help": "toy world: held-out pairs (eval split)"})
-    toy_seed: int = field(default=0, metadata={"help": "toy world: generator seed"})
     toy_policy_prompts: int = field(
         default=0,
         metadata={"help": "toy world: also train on comparisons of the input model's own samples for this many train "
                   "prompts, labelled by the gold reward (0: off)"},
     )
     toy_policy_samples: int = field(default=4, metadata={"help": "toy world: samples per prompt for toy_policy_prompts"})
-    toy_max_digits: int = field(default=2, metadata={"help": "toy world: digits of the addition operands"})
-    toy_skills: list[str] = toy_skills_field()
     extra_layers: int = field(
         default=0,
         metadata={"help": "transformer blocks added on top of the input model's body, starting as the identity "
@@ -156,7 +153,7 @@ class RewardArguments:
             raise ValueError(f"key 'best_of_n_strategy': unknown strategy '{self.best_of_n_strategy}'; choose from {', '.join(DEFAULT_STRATEGIES)}")
         if not 0.0 < self.eval_fraction < 1.0:
             raise ValueError(f"key 'eval_fraction' must be in (0, 1), got {self.eval_fraction}")
-        check_toy_keys(self.toy_max_digits, self.toy_skills)
+        super().__post_init__()
         if self.margin_column == TOY_MARGIN and self.dataset != "toy":
             raise ValueError(f"key 'margin_column': '{TOY_MARGIN}' needs the toy world's gold reward (dataset: toy)")
         if self.eval_dataset and self.dataset == "toy":
@@ -219,9 +216,8 @@ RECIPE_TYPES = (RewardArguments, RewardModelArguments, RewardTrainingConfig)
 def load_pairs(args: RewardArguments, seed: int) -> tuple[datasets.Dataset, datasets.Dataset, dict[str, Any]]:
     """(train pairs, held-out pairs, what loading did). Held-out pairs never share a prompt with training."""
     if args.dataset == "toy":
-        common = {"toy_seed": args.toy_seed, "toy_max_digits": args.toy_max_digits, "toy_skills": args.toy_skills}
-        train, train_stats = load_preferences("toy", "train", toy_pairs=args.toy_pairs, **common)
-        held_out, eval_stats = load_preferences("toy", "eval", toy_pairs=args.toy_eval_pairs, **common)
+        train, train_stats = load_preferences("toy", "train", toy_pairs=args.toy_pairs, toy=args)
+        held_out, eval_stats = load_preferences("toy", args.toy_eval_split, toy_pairs=args.toy_eval_pairs, toy=args)
     else:
         train, train_stats = load_preferences(args.dataset, args.dataset_split)
         if len(train) < 2:
@@ -455,7 +451,7 @@ def plot_calibration(curves: dict[str, dict], path: Path) -> None:
 def best_of_n_prompts(args: RewardArguments, eval_pairs: datasets.Dataset) -> list[str]:
     if args.dataset == "toy":
 
-        return ToyWorld.from_recipe(args).prompts(args.best_of_n_prompts, split="eval")
+        return ToyWorld.from_recipe(args).prompts(args.best_of_n_prompts, split=args.toy_eval_split)
     return list(dict.fromkeys(eval_pairs["prompt"]))[: args.best_of_n_prompts]
 
 

@@ -52,7 +52,7 @@ from trl.trainer.utils import get_peft_config
 
 from pipeline.contract import open_stage_run, write_json
 from pipeline.data.sft_formats import SIMPLE_CHAT_TEMPLATE, load_sft_dataset, toy_sft_dataset
-from pipeline.data.toy_world import ToyWorld, check_toy_keys, gold_reward, toy_skills_field
+from pipeline.data.toy_world import ToyWorld, ToyWorldKeys, gold_reward
 from pipeline.decoding import generate
 from pipeline.errors import DataError, UserError, run_cli
 from pipeline.models import check_lora_targets, linear_module_names, load_model, load_tokenizer
@@ -71,7 +71,7 @@ GOLD_STRATEGIES = ("greedy", "temperature_1.0")
 
 
 @dataclass
-class SFTArguments:
+class SFTArguments(ToyWorldKeys):
     """What to fine-tune on and what to report (optimisation: SFTConfig; model, LoRA, 4-bit: ModelConfig)."""
 
     path_fields: ClassVar[dict[str, str]] = {"dataset": "dataset"}
@@ -90,9 +90,6 @@ class SFTArguments:
     max_eval_examples: int | None = field(default=512, metadata={"help": "evaluate on at most this many examples"})
     toy_examples: int = field(default=4000, metadata={"help": "toy world: demonstrations to train on"})
     toy_eval_examples: int = field(default=256, metadata={"help": "toy world: held-out demonstrations for eval loss"})
-    toy_max_digits: int = field(default=2, metadata={"help": "toy world: digits of the addition operands"})
-    toy_seed: int = field(default=0, metadata={"help": "toy world: generator seed (as in the pretraining recipe)"})
-    toy_skills: list[str] = toy_skills_field()
     toy_demo_error_rate: float = field(
         default=0.0,
         metadata={"help": "toy world: share of training demonstrations that are labeller mistakes (wrong or rambling); eval stays clean"},
@@ -114,7 +111,7 @@ class SFTArguments:
         require_positive(self, "max_train_examples", "max_eval_examples", allow_none=True)
         if not 0.0 < self.eval_fraction < 1.0:
             raise ValueError(f"key 'eval_fraction' must be in (0, 1), got {self.eval_fraction}")
-        check_toy_keys(self.toy_max_digits, self.toy_skills)
+        super().__post_init__()
         if not 0.0 <= self.toy_demo_error_rate <= 1.0:
             raise ValueError(f"key 'toy_demo_error_rate' must be in [0, 1], got {self.toy_demo_error_rate}")
 
@@ -174,11 +171,11 @@ RECIPE_TYPES = (SFTArguments, SFTModelArguments, SFTTrainingConfig)
 
 
 def load_data(args: SFTArguments, seed: int) -> tuple[datasets.Dataset, datasets.Dataset, str]:
-    """(train, eval, format). The toy world has its own eval split (held-out additions)."""
+    """(train, eval, format). The toy world has its own validation split (questions no training example asks)."""
     if args.dataset == "toy":
         world = ToyWorld.from_recipe(args)
         train = toy_sft_dataset(world, args.toy_examples, "train", args.toy_demo_error_rate)
-        evaluation = toy_sft_dataset(world, args.toy_eval_examples, "eval")
+        evaluation = toy_sft_dataset(world, args.toy_eval_examples, "validation")  # eval loss while training
         return train, evaluation, "prompt_completion"
     dataset, dataset_format = load_sft_dataset(args.dataset, args.dataset_format, args.dataset_split, args.dataset_config_name)
     if len(dataset) < 2:
@@ -376,7 +373,7 @@ def generation_prompts(args: SFTArguments, eval_set: datasets.Dataset, tokenizer
     if args.sample_prompts:
         return list(args.sample_prompts)
     if args.dataset == "toy":
-        return ToyWorld.from_recipe(args).prompts(args.num_eval_prompts, split="eval")
+        return ToyWorld.from_recipe(args).prompts(args.num_eval_prompts, split=args.toy_eval_split)
     head = eval_set.select(range(min(args.num_samples, len(eval_set))))
     if "messages" in head.column_names:
         # The conversation up to its last assistant turn, rendered as the model will see it.

@@ -51,7 +51,7 @@ from transformers import AutoConfig, TrainingArguments, set_seed
 from trl import ModelConfig
 
 from pipeline.contract import open_stage_run, write_atomic, write_json
-from pipeline.data.toy_world import SKILLS, check_toy_keys
+from pipeline.data.toy_world import ToyWorld, ToyWorldKeys
 from pipeline.distributed import wait_for_everyone
 from pipeline.errors import DataError, RecipeError, RunInterrupted, run_cli
 from pipeline.models import load_tokenizer, parameter_counts
@@ -59,7 +59,7 @@ from pipeline.recipes import parse_recipe, resolved_recipe
 from pipeline.training import GracefulInterrupt
 from pipeline.w2s.cache import ResultCache, config_key, model_fingerprint
 from pipeline.w2s.datasets import (
-    Example, TaskData, ToyOptions, examples_fingerprint, halves, load_task, one_hot, save_soft_labels,
+    Example, TaskData, examples_fingerprint, halves, load_task, one_hot, save_soft_labels,
 )
 from pipeline.w2s.losses import LOSSES
 from pipeline.w2s.metrics import accuracy, agreement, performance_gap_recovered, spread
@@ -72,7 +72,7 @@ STAGE = "weak_to_strong"
 
 
 @dataclass
-class W2SArguments:
+class W2SArguments(ToyWorldKeys):
     """The models, the task and the weak-to-strong protocol (optimisation settings are TrainingArguments)."""
 
     path_fields: ClassVar[dict[str, str]] = {
@@ -90,11 +90,6 @@ class W2SArguments:
     train_size: int | None = field(default=2000, metadata={"help": "examples in the training pool (split into halves A and B)"})
     test_size: int | None = field(default=1000, metadata={"help": "test examples"})
     max_length: int = field(default=1024, metadata={"help": "drop examples longer than this many tokens (as the reference)"})
-    toy_seed: int = field(default=0, metadata={"help": "toy world: generator seed"})
-    toy_max_digits: int = field(default=2, metadata={"help": "toy world: digits of the addition operands (difficulty)"})
-    toy_max_word_len: int = field(default=7, metadata={"help": "toy world: longest word (above 7 adds compounds)"})
-    toy_skills: list[str] = field(default_factory=lambda: list(SKILLS), metadata={"help": "toy world: skills to mix"})
-    toy_holdout_share: float = field(default=0.3, metadata={"help": "toy world: share of questions asked only in the test set"})
 
     pgr_min_gap: float = field(default=0.0, metadata={"help": "PGR is n/a where ceiling - weak accuracy is below this (0: only where <= 0)"})
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "one full weak/ceiling/students run per seed"})
@@ -135,8 +130,6 @@ class W2SArguments:
             raise ValueError(f"key 'aux_warmup_fraction' must be in [0, 1], got {self.aux_warmup_fraction}")
         if not 0.0 <= self.pgr_min_gap < 1.0:
             raise ValueError(f"key 'pgr_min_gap' must be in [0, 1), got {self.pgr_min_gap}")
-        if not 0.0 < self.toy_holdout_share < 1.0:
-            raise ValueError(f"key 'toy_holdout_share' must be in (0, 1), got {self.toy_holdout_share}")
         if not 0.0 < self.early_stopping_fraction < 0.5:
             raise ValueError(f"key 'early_stopping_fraction' must be in (0, 0.5), got {self.early_stopping_fraction}")
         sizes = ("train_size", "test_size", "max_length", "early_stopping_patience")
@@ -145,7 +138,7 @@ class W2SArguments:
             value = getattr(self, key)
             if value is not None and value <= 0:
                 raise ValueError(f"key '{key}' must be > 0, got {value}")
-        check_toy_keys(self.toy_max_digits, self.toy_skills)
+        super().__post_init__()
 
 
 @dataclass
@@ -203,8 +196,8 @@ def keep_fitting(examples: list[Example], tokenizers: dict[str, Any], limits: di
 
 
 def load_data(args: W2SArguments, models: dict[str, str]) -> tuple[TaskData, dict[str, Any]]:
-    toy = ToyOptions(args.toy_seed, args.toy_max_digits, args.toy_max_word_len, tuple(args.toy_skills), args.toy_holdout_share)
-    task = load_task(args.dataset, args.train_size, args.test_size, args.data_dir, args.task_seed, args.test_dataset, toy)
+    toy = ToyWorld.from_recipe(args) if args.dataset == "toy" else None
+    task = load_task(args.dataset, args.train_size, args.test_size, args.data_dir, args.task_seed, args.test_dataset, toy, args.toy_eval_split)
     tokenizers = {role: load_tokenizer(path, trust_remote_code=args.trust_remote_code) for role, path in models.items()}
     limits = {}
     for role, path in models.items():

@@ -248,7 +248,7 @@ def test_tiny_reward_model_learns_and_scores_as_it_was_evaluated(tiny_pretrained
 
     # The saved model, scoring text with the shared helper, reproduces the stage's held-out accuracy.
     model, tokenizer = load_reward_model(out)
-    pairs, _ = load_preferences("toy", "eval", toy_pairs=150)
+    pairs, _ = load_preferences("toy", "validation", toy_pairs=150)
     chosen = score(model, tokenizer, pairs["prompt"], pairs["chosen"])
     rejected = score(model, tokenizer, pairs["prompt"], pairs["rejected"])
     assert pairwise_metrics(chosen, rejected)["accuracy"] == pytest.approx(metrics["heldout_accuracy"], abs=1e-4)

@@ -8,17 +8,21 @@ import re
 import pytest
 
 from pipeline.data.toy_world import (
+    ADJECTIVES,
     CHARSET,
     COLOURS,
     SKILLS,
-    WORDS,
+    SPLITS,
     Task,
     ToyWorld,
-    check_toy_keys,
+    ToyWorldKeys,
     gold_reward,
     gold_reward_batch,
     parse_prompt,
+    pseudo_word,
+    question_key,
     split_document,
+    split_of,
 )
 
 EPS = 1e-9
@@ -55,9 +59,9 @@ def test_global_random_state_untouched_and_prefix_stable() -> None:
 
 def test_splits_use_different_streams() -> None:
     w = ToyWorld()
-    assert w.prompts(100, "train") != w.prompts(100, "eval") != w.prompts(100, "test")
+    assert w.prompts(100, "train") != w.prompts(100, "validation") != w.prompts(100, "test")
     with pytest.raises(ValueError, match="split"):
-        w.tasks(3, "validation")
+        w.tasks(3, "eval")
 
 
 # -- gold reward --------------------------------------------------------------
@@ -84,11 +88,13 @@ def test_unfinished_generation_loses_the_ending_part() -> None:
 
 
 def test_gold_reward_for_every_skill() -> None:
-    assert gold_reward("User: repeat the word: apple\nBot:", " apple") == pytest.approx(1.0)
-    assert gold_reward("User: reverse the word: apple\nBot:", " elppa") == pytest.approx(1.0)
-    assert gold_reward("User: reverse the word: apple\nBot:", " apple") == pytest.approx(0.3)
+    assert gold_reward("User: repeat the word: mofira\nBot:", " mofira") == pytest.approx(1.0)
+    assert gold_reward("User: reverse the word: mofira\nBot:", " arifom") == pytest.approx(1.0)
+    assert gold_reward("User: reverse the word: mofira\nBot:", " mofira") == pytest.approx(0.3)
     assert gold_reward("User: what colour is a banana?\nBot:", " yellow") == pytest.approx(1.0)
+    assert gold_reward("User: what colour is a wet banana?\nBot:", " yellow") == pytest.approx(1.0)
     assert gold_reward("User: what colour is an elephant?\nBot:", " pink") == pytest.approx(0.3)
+    assert gold_reward("User: what colour is an old elephant?\nBot:", " grey") == pytest.approx(1.0)
 
 
 def test_gold_reward_bounded_on_random_strings() -> None:
@@ -117,7 +123,7 @@ def test_gold_reward_batch_matches_single_calls() -> None:
 
 
 def test_parse_prompt_round_trips_generated_tasks() -> None:
-    for split in ("train", "eval", "test"):
+    for split in SPLITS:
         for task in ToyWorld(max_digits=3, max_word_len=10).tasks(300, split):
             assert parse_prompt(task.prompt) == task
     assert parse_prompt(ADD) == Task("add", "what is 17 + 5?", "22")
@@ -131,6 +137,7 @@ def test_parse_prompt_round_trips_generated_tasks() -> None:
         ("User: what is the capital of france?\nBot:", "unrecognised toy-world question"),
         ("User: what is 01 + 2?\nBot:", "unrecognised toy-world question"),
         ("User: what colour is a unicorn?\nBot:", "unknown object 'unicorn'"),
+        ("User: what colour is a purple banana?\nBot:", "unknown adjective 'purple'"),
     ],
 )
 def test_parse_prompt_rejects_foreign_prompts_clearly(prompt: str, message: str) -> None:
@@ -152,14 +159,14 @@ def _add_pairs(prompts: list[str]) -> set[frozenset[int]]:
     return pairs
 
 
-def test_eval_and_test_additions_are_held_out_from_train() -> None:
+def test_validation_and_test_additions_are_held_out_from_train() -> None:
     w = ToyWorld()
     train = _add_pairs(w.prompts(8000, "train"))
     train |= _add_pairs([d for d in w.pretraining_corpus(8000)])
     train |= _add_pairs([p["prompt"] for p in w.sft_pairs(4000)])
-    # Another seed's train split must not leak eval additions either.
+    # Another seed's train split must not leak validation additions either.
     train |= _add_pairs(ToyWorld(seed=9).prompts(4000, "train"))
-    evals = _add_pairs(w.prompts(2000, "eval")) | _add_pairs(ToyWorld(seed=5).prompts(2000, "eval"))
+    evals = _add_pairs(w.prompts(2000, "validation")) | _add_pairs(ToyWorld(seed=5).prompts(2000, "validation"))
     tests = _add_pairs(w.prompts(2000, "test"))
     assert len(train) > 1000 and len(evals) > 100 and len(tests) > 100
     assert not train & evals  # unordered pairs, so "5 + 17" is held out with "17 + 5"
@@ -208,12 +215,17 @@ def test_a_recipe_describes_its_world_and_bad_knobs_name_the_key() -> None:
     assert world == ToyWorld(seed=3, max_digits=1, skills=("copy", "colour"))
     assert {parse_prompt(p).skill for p in world.prompts(200)} == {"copy", "colour"}
     assert ToyWorld.from_recipe({}) == ToyWorld()  # missing keys: the defaults, all skills
+    assert ToyWorld.from_recipe(ToyWorldKeys(toy_seed=3, toy_max_word_len=5)) == ToyWorld(seed=3, max_word_len=5)
     with pytest.raises(ValueError, match="key 'toy_skills'.*'spell'"):
-        check_toy_keys(2, ["copy", "spell"])
+        ToyWorldKeys(toy_skills=["copy", "spell"])
     with pytest.raises(ValueError, match="key 'toy_skills'"):
-        check_toy_keys(2, [])
+        ToyWorldKeys(toy_skills=[])
     with pytest.raises(ValueError, match="key 'toy_max_digits' must be in 1..9"):
-        check_toy_keys(0, SKILLS)
+        ToyWorldKeys(toy_max_digits=0)
+    with pytest.raises(ValueError, match="key 'toy_eval_split' must be 'validation' or 'test'"):
+        ToyWorldKeys(toy_eval_split="eval")
+    with pytest.raises(ValueError, match="key 'toy_max_word_len'"):
+        ToyWorldKeys(toy_max_word_len=2)
 
 
 def test_demonstrator_mistakes_change_answers_not_prompts() -> None:
@@ -251,6 +263,10 @@ def test_w2s_balanced_and_label_means_answer_is_right() -> None:
     w = ToyWorld()
     examples = w.w2s_examples(1000)
     assert sum(int(x["label"]) for x in examples) == 500
+    questions = [split_document(str(x["text"]))[0] for x in examples]
+    # Each question twice in a row (its right and its wrong answer), and never again.
+    assert questions[0::2] == questions[1::2]
+    assert len(set(questions)) == 500
     for x in examples:
         text = str(x["text"])
         prompt, candidate = split_document(text)
@@ -271,7 +287,7 @@ def test_w2s_negatives_are_near_misses() -> None:
         if task.skill == "add":
             close += abs(int(cand) - int(task.answer)) <= 10 or sorted(cand) == sorted(task.answer) or len(cand) == len(task.answer)
         elif task.skill in ("copy", "reverse"):
-            close += abs(len(cand) - len(task.answer)) <= 1 or cand in WORDS
+            close += abs(len(cand) - len(task.answer)) <= 1
         else:
             close += cand in COLOURS.values()
     assert close / len(negatives) > 0.95
@@ -286,6 +302,52 @@ def test_knobs_control_difficulty_and_are_validated() -> None:
     assert max(len(t.answer) for t in hard if t.skill in ("copy", "reverse")) > 7
     only_add = ToyWorld(skills=("add",)).tasks(50)
     assert {t.skill for t in only_add} == {"add"}
-    for bad in (dict(max_digits=0), dict(max_word_len=2), dict(skills=("poetry",))):
+    for bad in (dict(max_digits=0), dict(max_word_len=2), dict(max_word_len=17), dict(skills=("poetry",))):
         with pytest.raises(ValueError):
             ToyWorld(**bad)  # type: ignore[arg-type]
+
+
+# -- held-out questions of every skill -----------------------------------------
+
+
+def test_pseudo_words_are_many_pronounceable_and_never_palindromes() -> None:
+    rng = random.Random(0)
+    words = [pseudo_word(rng, 7) for _ in range(5000)]
+    assert all(3 <= len(w) <= 7 and w != w[::-1] and w.isalpha() and w.islower() for w in words)
+    assert len(set(words)) > 4500  # millions of 5..7-letter words (3-letter ones repeat: about 1,800 of them)
+
+
+def test_every_question_key_belongs_to_one_split_for_every_skill_and_seed() -> None:
+    keys: dict[str, set[str]] = {split: set() for split in SPLITS}
+    for seed in (0, 1, 2):
+        for split in SPLITS:
+            for task in ToyWorld(seed=seed).tasks(3000, split):
+                assert split_of(task) == split
+                keys[split].add(question_key(task))
+    assert not keys["train"] & keys["test"] and not keys["train"] & keys["validation"] and not keys["validation"] & keys["test"]
+    # Copy and reverse share a key: a test word is asked neither to copy nor to reverse in training.
+    assert question_key(Task("copy", "repeat the word: mofira", "mofira")) == question_key(Task("reverse", "reverse the word: mofira", "arifom"))
+
+
+def test_test_prompts_of_every_skill_appear_in_no_training_text() -> None:
+    world = ToyWorld()
+    test_prompts = set(world.prompts(2000, "test")) | set(world.prompts(2000, "validation"))
+    assert {parse_prompt(p).skill for p in test_prompts} == set(SKILLS)
+    training_prompts = set(world.prompts(8000, "train"))
+    training_prompts |= {split_document(d)[0] for d in world.pretraining_corpus(8000)}
+    training_prompts |= {p["prompt"] for p in world.sft_pairs(4000, error_rate=0.3)}
+    training_prompts |= {p["prompt"] for p in world.preference_pairs(4000)}
+    training_prompts |= {split_document(str(x["text"]))[0] for x in world.w2s_examples(4000)}
+    assert not test_prompts & training_prompts
+    # The words of the test questions are new words, and colour test prompts are new phrasings of known facts.
+    words = lambda prompts: {parse_prompt(p).question.rsplit(": ", 1)[1] for p in prompts if parse_prompt(p).skill in ("copy", "reverse")}  # noqa: E731
+    assert not words(test_prompts) & words(training_prompts)
+    colour_objects = lambda prompts: {parse_prompt(p).question.rstrip("?").rsplit(" ", 1)[1] for p in prompts if parse_prompt(p).skill == "colour"}  # noqa: E731
+    assert colour_objects(test_prompts) <= colour_objects(training_prompts)
+
+
+def test_colour_questions_come_in_many_phrasings() -> None:
+    tasks = [t for t in ToyWorld(skills=("colour",)).tasks(3000, "train")]
+    assert len({t.question for t in tasks}) > 200
+    assert all(parse_prompt(t.prompt) == t for t in tasks)
+    assert {t.question.split()[-2] for t in tasks} >= set(ADJECTIVES) - {"is"}

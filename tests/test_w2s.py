@@ -125,15 +125,26 @@ def test_halves_are_disjoint_cover_everything_and_depend_on_the_seed():
     assert halves(task.train, seed=0)[0] == index_a  # deterministic
 
 
-def test_toy_test_questions_are_never_asked_in_training():
-    from pipeline.w2s.datasets import ToyOptions, toy_question
+def test_toy_test_questions_are_never_asked_in_training_and_halves_share_no_question():
+    from pipeline.data.toy_world import ToyWorld
+    from pipeline.w2s.datasets import split_halves, toy_question
 
-    task = load_task("toy", train_size=600, test_size=200, toy=ToyOptions(skills=("reverse", "colour"), holdout_share=0.3))
+    world = ToyWorld(skills=("reverse", "colour"))
+    task = load_task("toy", train_size=600, test_size=200, toy=world)
     train_questions = {toy_question(e["text"]) for e in task.train}
     test_questions = {toy_question(e["text"]) for e in task.test}
     assert len(task.train) == 600 and len(task.test) == 200
+    assert len({e["text"] for e in task.train}) == 600  # no example twice
+    assert len(train_questions) == 300  # each question once, with its right and its wrong answer
     assert test_questions and train_questions.isdisjoint(test_questions)
-    assert load_task("toy", train_size=600, test_size=200, toy=ToyOptions(skills=("reverse", "colour"))).test == task.test
+    assert load_task("toy", train_size=600, test_size=200, toy=world).test == task.test
+    for seed in (0, 1, 2):
+        half_a, half_b = split_halves(task.train, seed)
+        questions_a, questions_b = {toy_question(e["text"]) for e in half_a}, {toy_question(e["text"]) for e in half_b}
+        assert questions_a.isdisjoint(questions_b) and len(half_a) == len(half_b) == 300
+        assert sum(e["label"] for e in half_a) == 150  # both answers of a question stay together: balanced halves
+    validation = load_task("toy", train_size=600, test_size=200, toy=world, toy_test_split="validation")
+    assert validation.train == task.train and {toy_question(e["text"]) for e in validation.test}.isdisjoint(test_questions | train_questions)
 
 
 def test_soft_labels_are_saved_and_reloaded(tmp_path):

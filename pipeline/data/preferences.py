@@ -129,19 +129,18 @@ def load_preferences(
     source: str,
     split: str = "train",
     max_pairs: int | None = None,
-    toy_seed: int = 0,
-    toy_max_digits: int = 2,
     toy_pairs: int = 2000,
-    toy_skills: Sequence[str] | None = None,
+    toy: Any = None,
 ) -> tuple[datasets.Dataset, PreferenceStats]:
     """Preference pairs as a Dataset with columns prompt, chosen, rejected (plain strings), plus stats.
 
-    `split` selects the toy world's split ("train", "eval", "test") or a hub data set's split.
+    `split` selects the toy world's split ("train", "validation", "test") or a hub data set's split; `toy` is
+    what describes the toy world (a stage's arguments or a dict of toy_* keys; None: the default world).
     """
     if source == "toy":
         from pipeline.data.toy_world import ToyWorld
 
-        world = ToyWorld.from_recipe({"toy_seed": toy_seed, "toy_max_digits": toy_max_digits, "toy_skills": toy_skills})
+        world = ToyWorld.from_recipe(toy or {})
         pairs = world.preference_pairs(max_pairs or toy_pairs, split=split)
         records = ((f"toy:{index}", (p["prompt"], p["chosen"], p["rejected"])) for index, p in enumerate(pairs))
         return clean_pairs(records, "toy world", "toy")

@@ -67,7 +67,10 @@ def policy_comparisons(
 def own_sample_comparisons(
     policy: PreTrainedModel, tokenizer, recipe: Any, strategy: str | Mapping[str, Any], max_new_tokens: int, seed: int
 ) -> tuple[datasets.Dataset | None, dict[str, int]]:
-    """policy_comparisons on the recipe's `toy_policy_prompts` train prompts of its toy world, with
-    `toy_policy_samples` samples each (`recipe`: a stage's arguments, as ToyWorld.from_recipe takes)."""
-    prompts = ToyWorld.from_recipe(recipe).prompts(recipe.toy_policy_prompts, split="train")
-    return policy_comparisons(policy, tokenizer, prompts, recipe.toy_policy_samples, strategy, max_new_tokens, seed)
+    """policy_comparisons on the recipe's comparison_prompts, with `toy_policy_samples` samples each."""
+    return policy_comparisons(policy, tokenizer, comparison_prompts(recipe), recipe.toy_policy_samples, strategy, max_new_tokens, seed)
+
+
+def comparison_prompts(recipe: Any) -> list[str]:
+    """The recipe's `toy_policy_prompts` train-split prompts of its toy world (`recipe`: a stage's arguments)."""
+    return ToyWorld.from_recipe(recipe).prompts(recipe.toy_policy_prompts, split="train")

@@ -26,13 +26,14 @@ which is why questions are written in lowercase.
 Skills (:data:`SKILLS`)
 -----------------------
 * ``add``      ``"what is 17 + 5?"``          -> ``"22"`` (operands have 1..max_digits digits)
-* ``copy``     ``"repeat the word: apple"``    -> ``"apple"``
-* ``reverse``  ``"reverse the word: apple"``   -> ``"elppa"``
-* ``colour``   ``"what colour is a banana?"``  -> ``"yellow"`` (fixed table, :data:`COLOURS`)
+* ``copy``     ``"repeat the word: mofira"``   -> ``"mofira"``
+* ``reverse``  ``"reverse the word: mofira"``  -> ``"arifom"``
+* ``colour``   ``"what colour is a wet banana?"``  -> ``"yellow"`` (fixed table, :data:`COLOURS`;
+  an optional adjective from :data:`ADJECTIVES` that never changes the colour)
 
-Words come from the embedded list :data:`WORDS` (60 words of 3..7 letters);
-``max_word_len`` caps their length, and values above 7 also allow two-word
-compounds (``"catrabbit"``) so the word skills can be made harder.
+Words are pseudo-words (:func:`pseudo_word`: consonants and vowels in turn, 3..``max_word_len``
+letters, never a palindrome, so copy != reverse), drawn from a space of millions, so that a test word
+is a new word: copying and reversing must be learnt as procedures, not memorised string by string.
 
 Gold reward
 -----------
@@ -52,13 +53,14 @@ length limit (``finished=False``) keeps only the correctness part.
 
 Splits
 ------
-``train``/``eval``/``test`` draw from different derived random streams.
-Guarantee: **addition problems are disjoint across splits** -- every unordered
-operand pair ``{a, b}`` belongs to exactly one split (a fixed hash of the pair,
-independent of seed and knobs; about 80/10/10), so no eval/test addition (in
-either operand order) ever appears in any train split. The word and colour
-skills have small finite domains and are *not* held out: their eval/test
-prompts overlap train prompts (they measure skill, not novelty).
+``train``/``validation``/``test`` draw from different derived random streams, and every question
+belongs to exactly one split by a fixed hash of its *key* (:func:`question_key`; independent of seed and
+knobs; about 80/10/10): the unordered operand pair of an addition (``5 + 17`` goes with ``17 + 5``), the
+word of a copy or reverse question (a test word is asked neither to copy nor to reverse in training), and
+the adjective and object of a colour question. So no validation or test prompt, of any skill, appears in
+any training set of any stage, for any seed. Colours are knowledge: the object's colour is taught by
+other phrasings of the same object in train; only the test *prompts* are new. Choose recipes on
+``validation``; report ``test``.
 """
 
 from __future__ import annotations
@@ -74,16 +76,19 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 __all__ = [
     "CHARSET",
     "COLOURS",
+    "ADJECTIVES",
     "SKILLS",
     "SPLITS",
-    "WORDS",
     "Task",
-    "check_toy_keys",
-    "toy_skills_field",
     "ToyWorld",
+    "ToyWorldKeys",
     "gold_reward",
     "gold_reward_batch",
     "parse_prompt",
+    "pseudo_word",
+    "eval_split",
+    "question_key",
+    "split_of",
     "split_document",
 ]
 
@@ -92,22 +97,16 @@ __all__ = [
 # --------------------------------------------------------------------------
 
 SKILLS: tuple[str, ...] = ("add", "copy", "reverse", "colour")
-SPLITS: tuple[str, ...] = ("train", "eval", "test")
+SPLITS: tuple[str, ...] = ("train", "validation", "test")
 
 #: Every character any toy-world text (prompt, good or bad response) may contain.
 CHARSET: str = "".join(sorted(set(string.ascii_lowercase + string.digits + " \n?:+.,UB")))
 
-#: 60 short common words, 12 of each length 3..7 (no palindromes, so copy != reverse).
-WORDS: tuple[str, ...] = (
-    "cat", "dog", "sun", "hat", "cup", "box", "pen", "map", "bus", "egg", "fox", "owl",
-    "book", "fish", "moon", "tree", "bird", "cake", "door", "milk", "rain", "ship", "star", "wolf",
-    "apple", "house", "river", "stone", "cloud", "bread", "chair", "table", "water", "music",
-    "tiger", "horse",
-    "garden", "window", "pencil", "rocket", "planet", "forest", "castle", "bridge", "candle",
-    "basket", "button", "rabbit",
-    "kitchen", "blanket", "picture", "monster", "teacher", "chicken", "morning", "rainbow",
-    "dolphin", "penguin", "balloon", "giraffe",
-)
+#: Letters of pseudo-words: consonants and vowels alternate, so words are pronounceable and varied.
+_CONSONANTS = "bcdfghjklmnprstvz"
+_VOWELS = "aeiou"
+_MIN_WORD_LEN = 3
+_MAX_WORD_LEN = 16
 
 #: Object -> colour. Several colours have two objects so the table is not a bijection.
 COLOURS: dict[str, str] = {
@@ -131,6 +130,13 @@ COLOURS: dict[str, str] = {
 _PALETTE: tuple[str, ...] = tuple(sorted(set(COLOURS.values())))
 _OBJECTS: tuple[str, ...] = tuple(COLOURS)
 
+#: Adjectives that never change an object's colour: "what colour is a wet banana?" -> "yellow". They make
+#: many phrasings of each colour fact, so that the test split holds colour prompts no stage trained on.
+ADJECTIVES: tuple[str, ...] = (
+    "big", "small", "old", "new", "wet", "dry", "clean", "dirty", "tiny", "huge",
+    "round", "soft", "cold", "warm", "heavy", "shiny", "happy", "sleepy", "fresh", "real",
+)
+
 #: Clauses used to make rambling endings: " 22, i think. or maybe not, who knows really."
 _FILLERS: tuple[str, ...] = (
     "i think",
@@ -150,8 +156,8 @@ _W_CORRECT = 0.7
 _W_CLEAN = 0.3
 _EXTRA_CHARS_TO_ZERO = 30.0
 
-# Share of unordered addition operand pairs held out for eval and test (each).
-_HELD_OUT_BUCKETS = 10  # pair hash % 10: 0 -> eval, 1 -> test, 2..9 -> train
+# Question-key hash % 10: 0 -> validation, 1 -> test, 2..9 -> train.
+_SPLIT_BUCKETS = 10
 
 
 # --------------------------------------------------------------------------
@@ -193,10 +199,13 @@ def _reverse_task(word: str) -> Task:
     return Task("reverse", f"reverse the word: {word}", word[::-1])
 
 
-def _colour_task(obj: str) -> Task:
+def _colour_task(obj: str, adjective: str | None = None) -> Task:
     if obj not in COLOURS:
         raise ValueError(f"unknown object {obj!r} in colour question; known: {', '.join(COLOURS)}")
-    return Task("colour", f"what colour is {_article(obj)} {obj}?", COLOURS[obj])
+    if adjective is not None and adjective not in ADJECTIVES:
+        raise ValueError(f"unknown adjective {adjective!r} in colour question; known: {', '.join(ADJECTIVES)}")
+    noun = f"{adjective} {obj}" if adjective else obj
+    return Task("colour", f"what colour is {_article(noun)} {noun}?", COLOURS[obj])
 
 
 _PROMPT_RE = re.compile(r"User: (?P<q>[^\n]*)\nBot:")
@@ -205,10 +214,10 @@ _QUESTION_PARSERS: tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], Task]]
     (re.compile(rf"what is {_NUM} \+ {_NUM}\?"), lambda m: _add_task(int(m[1]), int(m[2]))),
     (re.compile(r"repeat the word: ([a-z]+)"), lambda m: _copy_task(m[1])),
     (re.compile(r"reverse the word: ([a-z]+)"), lambda m: _reverse_task(m[1])),
-    (re.compile(r"what colour is an? ([a-z]+)\?"), lambda m: _colour_task(m[1])),
+    (re.compile(r"what colour is an? (?:([a-z]+) )?([a-z]+)\?"), lambda m: _colour_task(m[2], m[1])),
 )
 _QUESTION_FORMS = (
-    "'what is A + B?', 'repeat the word: W', 'reverse the word: W', 'what colour is a X?'"
+    "'what is A + B?', 'repeat the word: W', 'reverse the word: W', 'what colour is a [ADJECTIVE] X?'"
 )
 
 
@@ -298,11 +307,38 @@ def gold_reward_batch(
 # --------------------------------------------------------------------------
 
 
-def _add_split(a: int, b: int) -> str:
-    """Which split owns the unordered operand pair {a, b} (fixed, seed-independent)."""
-    lo, hi = min(a, b), max(a, b)
-    bucket = zlib.crc32(f"{lo}+{hi}".encode()) % _HELD_OUT_BUCKETS
-    return "eval" if bucket == 0 else "test" if bucket == 1 else "train"
+def question_key(task: Task) -> str:
+    """What decides a question's split: the same key never lies in two splits.
+
+    add: the unordered operand pair ("5+17"); copy and reverse: the word ("word:mofira", shared by both
+    skills); colour: the adjective and the object ("colour:wet banana").
+    """
+    if task.skill == "add":
+        a, b = (int(x) for x in re.findall(r"\d+", task.question))
+        return f"{min(a, b)}+{max(a, b)}"
+    if task.skill in ("copy", "reverse"):
+        return "word:" + task.question.rsplit(": ", 1)[1]
+    if task.skill == "colour":
+        noun = re.fullmatch(r"what colour is an? (.+)\?", task.question)[1]
+        return f"colour:{noun}"
+    raise ValueError(f"unknown skill {task.skill!r}")  # pragma: no cover - Task is only built by this module
+
+
+def split_of(task: Task) -> str:
+    """The one split that owns this question (a fixed hash of :func:`question_key`, seed-independent)."""
+    bucket = zlib.crc32(question_key(task).encode()) % _SPLIT_BUCKETS
+    return "validation" if bucket == 0 else "test" if bucket == 1 else "train"
+
+
+def pseudo_word(rng: random.Random, max_len: int = 7, min_len: int = _MIN_WORD_LEN) -> str:
+    """A pronounceable non-word of min_len..max_len letters (consonants and vowels in turn), never a palindrome."""
+    while True:
+        length = rng.randint(min_len, max_len)
+        start = rng.random() < 0.75  # most words start with a consonant
+        letters = [rng.choice(_CONSONANTS if (i % 2 == 0) == start else _VOWELS) for i in range(length)]
+        word = "".join(letters)
+        if word != word[::-1]:
+            return word
 
 
 def _dedupe_wrong(cands: list[str], answer: str) -> list[str]:
@@ -334,7 +370,7 @@ def _wrong_answer(task: Task, rng: random.Random) -> str:
     """A plausible mistake: close to the answer, never equal to it.
 
     add: off by one or ten, digits swapped, carry forgotten;
-    copy: reversed, a letter dropped/doubled/swapped, another word;
+    copy: reversed, a letter dropped/doubled/swapped, another word of the same length;
     reverse: copied instead, a letter dropped/swapped, only partly reversed;
     colour: another colour.
     """
@@ -353,7 +389,7 @@ def _wrong_answer(task: Task, rng: random.Random) -> str:
     elif task.skill == "copy":
         w = ans
         cands = [w[::-1], _drop_letter(w, rng), _double_letter(w, rng), _swap_adjacent(w, rng)]
-        wrong = _dedupe_wrong(cands, ans) + [rng.choice([x for x in WORDS if x != w])]
+        wrong = _dedupe_wrong(cands + [pseudo_word(rng, max(len(w), _MIN_WORD_LEN), len(w))], ans)
     elif task.skill == "reverse":
         w = ans[::-1]  # the word in the question
         cands = [w, _drop_letter(ans, rng), _swap_adjacent(ans, rng), w[0] + w[1:][::-1]]
@@ -375,21 +411,43 @@ def _ramble(answer_token: str, rng: random.Random, min_clauses: int = 1) -> str:
     return out + "."
 
 
-def toy_skills_field() -> Any:
-    """The `toy_skills` key of a stage's arguments dataclass (all skills by default), declared once."""
-    return field(
-        default_factory=lambda: list(SKILLS), metadata={"help": "toy world: skills to mix (the same in every stage of a chain)"}
+@dataclass
+class ToyWorldKeys:
+    """The toy world's recipe keys, declared once: every stage's arguments inherit them, so that each stage of a
+    chain rebuilds the same world from its own recipe (`ToyWorld.from_recipe(args)`), and a seed run can change
+    the world's seed in every stage alike. Checked before any data or model is loaded."""
+
+    toy_seed: int = field(default=0, metadata={"help": "toy world: generator seed (the same in every stage of a chain)"})
+    toy_max_digits: int = field(default=2, metadata={"help": "toy world: digits of the addition operands (1..9)"})
+    toy_max_word_len: int = field(default=7, metadata={"help": f"toy world: longest pseudo-word of copy/reverse ({_MIN_WORD_LEN}..{_MAX_WORD_LEN})"})
+    toy_skills: list[str] = field(
+        default_factory=lambda: list(SKILLS), metadata={"help": f"toy world: skills to mix, from {', '.join(SKILLS)} (the same in every stage of a chain)"}
+    )
+    toy_eval_split: str = field(
+        default="test",
+        metadata={"help": "toy world: the held-out split measured and reported: 'validation' to choose a recipe's settings, 'test' to report"},
     )
 
+    def __post_init__(self) -> None:
+        if not 1 <= self.toy_max_digits <= 9:
+            raise ValueError(f"key 'toy_max_digits' must be in 1..9, got {self.toy_max_digits}")
+        if not _MIN_WORD_LEN <= self.toy_max_word_len <= _MAX_WORD_LEN:
+            raise ValueError(f"key 'toy_max_word_len' must be in {_MIN_WORD_LEN}..{_MAX_WORD_LEN}, got {self.toy_max_word_len}")
+        unknown = [skill for skill in self.toy_skills if skill not in SKILLS]
+        if unknown or not self.toy_skills:
+            raise ValueError(f"key 'toy_skills': choose one or more of {', '.join(SKILLS)}, got {list(self.toy_skills)}")
+        if self.toy_eval_split not in ("validation", "test"):
+            raise ValueError(f"key 'toy_eval_split' must be 'validation' or 'test', got {self.toy_eval_split!r}")
 
-def check_toy_keys(max_digits: int, skills: Sequence[str]) -> None:
-    """The recipe-level check of the toy world's knobs (keys toy_max_digits, toy_skills), run by each
-    stage's arguments before any data or model is loaded, so that the message names the recipe key."""
-    if not 1 <= max_digits <= 9:
-        raise ValueError(f"key 'toy_max_digits' must be in 1..9, got {max_digits}")
-    unknown = [skill for skill in skills if skill not in SKILLS]
-    if unknown or not skills:
-        raise ValueError(f"key 'toy_skills': choose one or more of {', '.join(SKILLS)}, got {list(skills)}")
+
+def _getter(recipe: Any) -> Callable[[str, Any], Any]:
+    """`get(key, default)` on a recipe dict or a stage's arguments dataclass."""
+    return recipe.get if isinstance(recipe, Mapping) else (lambda key, default: getattr(recipe, key, default))
+
+
+def eval_split(recipe: Any) -> str:
+    """The held-out split a stage's recipe measures and reports (key toy_eval_split; test by default)."""
+    return _getter(recipe)("toy_eval_split", "test")
 
 
 # --------------------------------------------------------------------------
@@ -407,8 +465,8 @@ class ToyWorld:
     ``tasks(10)[:5] == tasks(5)``.
 
     Knobs: ``max_digits`` (addition operand digits, difficulty of ``add``),
-    ``max_word_len`` (3..7 picks from :data:`WORDS`; above 7 adds two-word
-    compounds), ``skills`` (which skills to mix, uniformly).
+    ``max_word_len`` (longest pseudo-word, difficulty of ``copy`` and ``reverse``),
+    ``skills`` (which skills to mix, uniformly).
     """
 
     seed: int = 0
@@ -419,24 +477,25 @@ class ToyWorld:
     def __post_init__(self) -> None:
         if not 1 <= self.max_digits <= 9:
             raise ValueError(f"max_digits must be in 1..9, got {self.max_digits}")
-        if self.max_word_len < 3:
-            raise ValueError(f"max_word_len must be >= 3, got {self.max_word_len}")
+        if not _MIN_WORD_LEN <= self.max_word_len <= _MAX_WORD_LEN:
+            raise ValueError(f"max_word_len must be in {_MIN_WORD_LEN}..{_MAX_WORD_LEN}, got {self.max_word_len}")
         self.skills = tuple(self.skills)
         unknown = [s for s in self.skills if s not in SKILLS]
         if not self.skills or unknown:
             raise ValueError(f"skills must be a non-empty subset of {SKILLS}, got {self.skills}")
-        self._words = tuple(w for w in WORDS if len(w) <= self.max_word_len)
 
     @classmethod
     def from_recipe(cls, recipe: Any) -> "ToyWorld":
-        """The world a stage recipe describes by its keys toy_seed, toy_max_digits and toy_skills.
+        """The world a stage recipe describes by its keys (:class:`ToyWorldKeys`).
 
         ``recipe`` is a stage's arguments dataclass or a plain recipe dict; missing keys take the
         defaults, so that every stage of a chain rebuilds the same world from its own recipe.
         """
-        get = recipe.get if isinstance(recipe, Mapping) else (lambda key, default: getattr(recipe, key, default))
+        get = _getter(recipe)
         skills = get("toy_skills", None) or SKILLS
-        return cls(seed=get("toy_seed", 0), max_digits=get("toy_max_digits", 2), skills=tuple(skills))
+        return cls(
+            seed=get("toy_seed", 0), max_digits=get("toy_max_digits", 2), max_word_len=get("toy_max_word_len", 7), skills=tuple(skills)
+        )
 
     # -- random streams and sampling ---------------------------------------
 
@@ -449,42 +508,36 @@ class ToyWorld:
         d = rng.randint(1, self.max_digits)
         return rng.randrange(0 if d == 1 else 10 ** (d - 1), 10**d)
 
-    def _word(self, rng: random.Random) -> str:
-        if self.max_word_len > 7 and rng.random() < 0.5:
-            first = rng.choice(self._words)
-            rest = [w for w in self._words if len(first) + len(w) <= self.max_word_len]
-            if rest:
-                return first + rng.choice(rest)
-            return first
-        return rng.choice(self._words)
-
     def _task(self, rng: random.Random, split: str) -> Task:
+        """A question of a uniformly drawn skill whose key belongs to `split` (drawn again until it does)."""
         skill = rng.choice(self.skills)
-        if skill == "add":
-            for _ in range(10_000):
-                a, b = self._number(rng), self._number(rng)
-                if _add_split(a, b) == split:
-                    return _add_task(a, b)
-            raise RuntimeError(f"no addition pair for split {split!r}")  # pragma: no cover
-        if skill == "copy":
-            return _copy_task(self._word(rng))
-        if skill == "reverse":
-            return _reverse_task(self._word(rng))
-        return _colour_task(rng.choice(_OBJECTS))
+        for _ in range(10_000):
+            if skill == "add":
+                task = _add_task(self._number(rng), self._number(rng))
+            elif skill == "copy":
+                task = _copy_task(pseudo_word(rng, self.max_word_len))
+            elif skill == "reverse":
+                task = _reverse_task(pseudo_word(rng, self.max_word_len))
+            else:
+                adjective = rng.choice(ADJECTIVES) if rng.random() < 0.9 else None
+                task = _colour_task(rng.choice(_OBJECTS), adjective)
+            if split_of(task) == split:
+                return task
+        raise RuntimeError(f"no {skill} question for split {split!r}")  # pragma: no cover
 
     # -- public datasets -----------------------------------------------------
 
     def tasks(self, n: int, split: str = "train") -> list[Task]:
-        """``n`` tasks of ``split``, skills mixed uniformly (additions held out per split)."""
+        """``n`` tasks of ``split``, skills mixed uniformly (every question owned by one split)."""
         rng = self._rng("tasks", split)
         return [self._task(rng, split) for _ in range(n)]
 
-    def prompts(self, n: int, split: str = "eval") -> list[str]:
+    def prompts(self, n: int, split: str = "validation") -> list[str]:
         """The prompts of ``tasks(n, split)`` -- what PPO and evaluation generate from."""
         return [t.prompt for t in self.tasks(n, split)]
 
-    def pretraining_corpus(self, n: int, good_fraction: float = 0.6) -> list[str]:
-        """``n`` train-split documents (no EOS), a fraction ``good_fraction`` of them good.
+    def pretraining_corpus(self, n: int, good_fraction: float = 0.6, split: str = "train") -> list[str]:
+        """``n`` documents (no EOS) of ``split``, a fraction ``good_fraction`` of them good.
 
         The rest are bad the way web text is bad: 35% a plausible wrong answer,
         55% wrong *and* rambling, 10% right but rambling (rambles here have 2-3
@@ -494,10 +547,10 @@ class ToyWorld:
         """
         if not 0.0 <= good_fraction <= 1.0:
             raise ValueError(f"good_fraction must be in [0, 1], got {good_fraction}")
-        rng = self._rng("corpus", "train")
+        rng = self._rng("corpus", split)
         docs = []
         for _ in range(n):
-            task = self._task(rng, "train")
+            task = self._task(rng, split)
             if rng.random() < good_fraction:
                 response = task.answer
             else:
@@ -573,25 +626,30 @@ class ToyWorld:
         return out
 
     def w2s_examples(self, n: int, split: str = "train") -> list[dict[str, object]]:
-        """``{"text": prompt + " " + candidate, "label": 1 if candidate is right else 0}``.
+        """``{"text": prompt + " " + candidate, "label": 1 if candidate is right else 0}``, two per question.
 
-        Exactly balanced (labels come in shuffled 1/0 pairs, so any even-length
-        prefix is 50/50). Negatives are hard: the same near-miss mistakes as
-        :func:`_wrong_answer` (off-by-one sums, one letter swapped ...), so
-        judging them requires doing the task; ``max_digits``/``max_word_len``
-        set how hard that is, which makes a small model weak and a larger one
-        strong.
+        Each question appears once, with its right answer and with one wrong answer next to each other (so
+        the examples are exactly balanced, and whole questions can be kept on one side of any split);
+        questions that repeat within the stream are skipped. Negatives are hard: the near-miss mistakes of
+        :func:`_wrong_answer` (off-by-one sums, one letter swapped ...), so judging them requires doing the
+        task; ``max_digits``/``max_word_len`` set how hard that is, which makes a small model weak and a
+        larger one strong. ``n`` is rounded up to an even number.
         """
         rng = self._rng("w2s", split)
         out: list[dict[str, object]] = []
-        first_label = 1
-        for i in range(n):
+        seen: set[str] = set()
+        attempts = 0
+        while len(out) < n:
+            attempts += 1
+            if attempts > 100 * n + 1000:
+                raise ValueError(f"the toy world's {split} split has fewer than {(n + 1) // 2} distinct questions for skills {self.skills}")
             t = self._task(rng, split)
-            if i % 2 == 0:
-                first_label = int(rng.random() < 0.5)
-                label = first_label
-            else:
-                label = 1 - first_label
-            candidate = t.answer if label else _wrong_answer(t, rng)
-            out.append({"text": f"{t.prompt} {candidate}", "label": label})
+            if t.question in seen:
+                continue
+            seen.add(t.question)
+            wrong = _wrong_answer(t, rng)
+            pair = [{"text": f"{t.prompt} {t.answer}", "label": 1}, {"text": f"{t.prompt} {wrong}", "label": 0}]
+            if rng.random() < 0.5:
+                pair.reverse()
+            out.extend(pair)
         return out

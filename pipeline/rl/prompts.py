@@ -1,6 +1,6 @@
 """The prompts that online RL samples from, and the pretraining text of PPO-ptx.
 
-Prompts come from the toy world (train split for training, the held-out eval split for measuring), a
+Prompts come from the toy world (train split for training, the recipe's toy_eval_split for measuring), a
 JSON Lines file with a `prompt` field, or preference data (a file or a hub data set, HH transcripts
 included) through pipeline.data.preferences, whose prompts are used without their responses.
 Prompts longer than the limit are left out and counted (cutting a prompt changes its question).
@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
+from typing import Any
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from pipeline.data.text import JSON_SUFFIXES, iter_jsonl, load_text_dataset
-from pipeline.data.toy_world import ToyWorld
+from pipeline.data.toy_world import ToyWorld, eval_split
 from pipeline.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -63,14 +64,12 @@ def load_prompt_sets(
     split: str = "train",
     max_prompts: int | None = None,
     toy_prompts: int = 4096,
-    toy_seed: int = 0,
-    toy_max_digits: int = 2,
-    toy_skills: Sequence[str] | None = None,
+    toy: Any = None,
 ) -> PromptSets:
-    """Train and held-out eval prompts that fit in `max_prompt_tokens` tokens."""
+    """Train and held-out eval prompts that fit in `max_prompt_tokens` tokens (`toy`: the recipe's toy world keys)."""
     if dataset == "toy":
-        world = ToyWorld.from_recipe({"toy_seed": toy_seed, "toy_max_digits": toy_max_digits, "toy_skills": toy_skills})
-        train, evaluation = world.prompts(max_prompts or toy_prompts, split="train"), world.prompts(num_eval, split="eval")
+        world = ToyWorld.from_recipe(toy or {})
+        train, evaluation = world.prompts(max_prompts or toy_prompts, split="train"), world.prompts(num_eval, split=eval_split(toy or {}))
     else:
         prompts = read_prompts(dataset, split)
         random.Random(seed).shuffle(prompts)
@@ -109,11 +108,11 @@ def step_prompts(
 
 
 def pretraining_batches(
-    source: str, tokenizer, batch_size: int, max_length: int, seed: int, device: torch.device, toy_seed: int = 0
+    source: str, tokenizer, batch_size: int, max_length: int, seed: int, device: torch.device, toy: Any = None
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Endless right-padded batches of pretraining documents (each ended by EOS) for the PPO-ptx term."""
     if source == "toy":
-        documents = ToyWorld(seed=toy_seed).pretraining_corpus(4000)
+        documents = ToyWorld.from_recipe(toy or {}).pretraining_corpus(4000)
     else:
         documents = list(load_text_dataset(source)["text"])
     rows = [ids[: max_length - 1] + [tokenizer.eos_token_id] for ids in tokenizer(documents, add_special_tokens=False)["input_ids"]]

@@ -6,13 +6,10 @@ on the same side and never put one question's right answer in half A and its wro
 
 Tasks (`dataset:` in a recipe):
 
-* `toy`: the toy world's "is this answer right?" task (`ToyWorld.w2s_examples`), generated offline.
-  Train and test draw from different streams, and a fixed share (`holdout_share`, by a hash of the
-  question) of the *questions* is asked only in the test set. The toy world itself holds out only
-  additions; its colour and word questions come from small finite domains, so without this the test
-  strings would be the training strings and a student could score by memorising its supervisor's labels
-  string by string. With it, the test asks about objects and words that no classifier was trained on and
-  that only pretraining can have taught (the pretraining corpus covers all of them).
+* `toy`: the toy world's "is this answer right?" task (`ToyWorld.w2s_examples`), generated offline: each
+  question once, with its right answer and a near-miss wrong one (one group). The pool comes from the
+  world's train split and the test set from its test (or validation) split, whose questions no stage
+  trains on (new words, new sums): a student cannot score by memorising its supervisor's labels.
 * `sciq`: each question -> "Q: {question} A: {answer}" once with the correct answer (label 1) and once
   with one of its three distractors drawn at random (label 0). (The reference code draws *one* example
   per question, correct with probability 0.5; pairs keep the task exactly balanced.)
@@ -35,14 +32,13 @@ import json
 import logging
 import os
 import random
-import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pipeline.data.text import read_jsonl
-from pipeline.data.toy_world import SKILLS, ToyWorld
+from pipeline.data.toy_world import ToyWorld
 from pipeline.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -138,15 +134,6 @@ TASKS = ("toy", *REGISTRY)
 
 
 @dataclass
-class ToyOptions:
-    seed: int = 0
-    max_digits: int = 2
-    max_word_len: int = 7
-    skills: tuple[str, ...] = SKILLS
-    holdout_share: float = 0.3  # share of questions that only the test set asks
-
-
-@dataclass
 class TaskData:
     name: str
     train: list[Example]  # the pool that each seed splits into halves A (weak) and B (strong)
@@ -161,15 +148,16 @@ def load_task(
     data_dir: str | Path | None = None,
     data_seed: int = 0,
     test_dataset: str | None = None,
-    toy: ToyOptions | None = None,
+    toy: ToyWorld | None = None,
+    toy_test_split: str = "test",
 ) -> TaskData:
     """The task's train pool and test set as binary examples (sizes count examples, whole groups kept)."""
     if dataset == "toy":
-        toy = toy or ToyOptions()
-        world = ToyWorld(seed=toy.seed, max_digits=toy.max_digits, max_word_len=toy.max_word_len, skills=toy.skills)
-        train = _toy_examples(world, train_size or 2000, "train", lambda q: not _held_out_question(q, toy.holdout_share))
-        test = _toy_examples(world, test_size or 1000, "test", lambda q: _held_out_question(q, toy.holdout_share))
-        source = f"toy world (seed {toy.seed}, skills {','.join(toy.skills)}, max_digits {toy.max_digits}, max_word_len {toy.max_word_len})"
+        world = toy or ToyWorld()
+        train = _toy_examples(world, train_size or 2000, "train")
+        test = _toy_examples(world, test_size or 1000, toy_test_split)
+        source = (f"toy world (seed {world.seed}, skills {','.join(world.skills)}, max_digits {world.max_digits}, "
+                  f"max_word_len {world.max_word_len}; test: its {toy_test_split} split)")
         return TaskData("toy", train, test, source)
     if dataset in REGISTRY:
         spec = REGISTRY[dataset]
@@ -208,22 +196,13 @@ def toy_question(text: str) -> str:
     return text.split("\nBot:", 1)[0]
 
 
-def _held_out_question(question: str, share: float) -> bool:
-    """A fixed share of the toy world's questions is test-only, by a hash independent of seeds and knobs."""
-    return zlib.crc32(question.encode()) % 1000 < share * 1000
-
-
-def _toy_examples(world: ToyWorld, size: int, split: str, keep: Callable[[str], bool]) -> list[Example]:
-    """`size` examples of the toy world's `split` stream whose question passes `keep` (its lists are prefix-stable)."""
-    drawn = 2 * size
-    while True:
-        examples = [e for e in world.w2s_examples(drawn, split=split) if keep(toy_question(e["text"]))]
-        if len(examples) >= size or drawn > 200 * size:
-            break
-        drawn *= 2
-    if not examples:
-        raise DataError(f"toy world: no {split} examples left after holding out questions; change toy_holdout_share.")
-    return _grouped(examples[:size], f"toy-{split}")
+def _toy_examples(world: ToyWorld, size: int, split: str) -> list[Example]:
+    """`size` examples of the toy world's `split`, grouped by question (its right and its wrong answer)."""
+    try:
+        examples = world.w2s_examples(size, split=split)
+    except ValueError as error:
+        raise DataError(f"toy world: {error}; lower train_size/test_size or add skills.") from None
+    return [{"text": e["text"], "label": int(e["label"]), "group": f"toy-{split}:{toy_question(e['text'])}"} for e in examples[:size]]
 
 
 def _find_split(folder: Path, split: str) -> Path:
@@ -258,10 +237,6 @@ def _format_records(formatter: Formatter, records: Iterable[tuple[str, dict]], s
     if not examples:
         raise DataError(f"{source}: no examples.")
     return examples
-
-
-def _grouped(examples: list[dict[str, Any]], prefix: str) -> list[Example]:
-    return [{"text": e["text"], "label": int(e["label"]), "group": f"{prefix}-{i}"} for i, e in enumerate(examples)]
 
 
 def _take(examples: list[Example], size: int | None, data_seed: int) -> list[Example]:
