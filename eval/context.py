@@ -21,8 +21,6 @@ class Options:
     skip: tuple[str, ...] = ()  # sections left out by name (eval/sections/<name>.py)
     decoding_prompts: int = 16  # prompts per strategy where a stage's samples cannot be reused
     decoding_max_new_tokens: int = 32
-    compare_prompts: int = 64  # held-out prompts for PPO/DPO/SFT against each other
-    compare_max_new_tokens: int = 32
     kl_prompts: int = 32
     kl_samples_per_prompt: int = 8
     kl_max_new_tokens: int = 24

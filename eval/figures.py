@@ -10,6 +10,7 @@ import io
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -146,33 +147,6 @@ def histograms(groups: Mapping[str, Sequence[float]], path: Path, title: str, xl
     return save(figure, path)
 
 
-def scatter(
-    points: Mapping[str, Series],
-    path: Path,
-    title: str,
-    xlabel: str,
-    ylabel: str,
-    connect: Sequence[str] = (),
-    annotations: Mapping[str, Sequence[str]] | None = None,
-) -> Path | None:
-    """Named groups of (x, y) points; the groups in `connect` are drawn as lines through their points."""
-    points = {name: xy for name, xy in points.items() if len(xy[0])}
-    if not points:
-        return None
-    figure, axis = plt.subplots(figsize=(6.4, 4.4))
-    for name, (xs, ys) in points.items():
-        if name in connect:
-            axis.plot(xs, ys, marker="o", markersize=4, label=name)
-        else:
-            axis.scatter(xs, ys, s=60, label=name, zorder=3)
-        for x, y, note in zip(xs, ys, (annotations or {}).get(name, [])):
-            axis.annotate(note, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
-    axis.set(title=title, xlabel=xlabel, ylabel=ylabel)
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=8)
-    return save(figure, path)
-
-
 def grouped_bars(
     panels_values: Mapping[str, Mapping[str, Mapping[str, float | None]]], path: Path, title: str, columns: int = 2
 ) -> Path | None:
@@ -200,3 +174,37 @@ def grouped_bars(
     height = 3.2 * rows  # margins in inches: the suptitle above, the rotated category names below
     figure.subplots_adjust(left=0.07, right=0.98, bottom=0.95 / height, top=1 - 0.7 / height, hspace=0.8, wspace=0.2)
     return save(figure, path, tight=False)
+
+
+def gold_against_kl(
+    curves: Mapping[str, Mapping[str, Any]], dots: Mapping[str, tuple[float | None, float | None]], path: Path, title: str
+) -> Path | None:
+    """The alignment picture: curves of free baselines and training paths (each {"kl", "gold", "labels", "style"};
+    style frontier | line | dashed | path) and one dot per trained policy, gold reward against KL to the SFT model."""
+    styles = {
+        "frontier": {"color": "black", "linewidth": 2.2, "marker": "s", "markersize": 4},
+        "line": {"marker": "o", "markersize": 4},
+        "dashed": {"linestyle": "--", "color": "grey", "linewidth": 1},
+        "path": {"linewidth": 1, "alpha": 0.6},
+    }
+    drawn = False
+    figure, axis = plt.subplots(figsize=(7.6, 5.0))
+    for name, curve in curves.items():
+        pairs = [(x, y) for x, y in zip(curve["kl"], curve["gold"]) if x is not None and y is not None]
+        if not pairs:
+            continue
+        drawn = True
+        axis.plot(*zip(*pairs), label=name, **styles.get(curve.get("style", "line"), {}))
+        for (x, y), note in zip(pairs, curve.get("labels") or []):
+            axis.annotate(note, (x, y), textcoords="offset points", xytext=(3, 4), fontsize=6)
+    for name, (x, y) in dots.items():
+        if x is not None and y is not None:
+            drawn = True
+            axis.scatter([x], [y], s=80, label=name, zorder=4, edgecolors="black")
+    if not drawn:
+        plt.close(figure)
+        return None
+    axis.set(title=title, xlabel="KL(policy ‖ SFT), nats per response", ylabel="gold reward (sampled responses)")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7, loc="best")
+    return save(figure, path)

@@ -48,7 +48,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--output", type=Path, default=None, help="where to write the report (default: the first RUN_DIR, or its parent if it is a stage output)")
     parser.add_argument("--no-studies", action="store_true", help="load no model: only what the stages measured")
     defaults = Options()
-    for name in ("decoding_prompts", "decoding_max_new_tokens", "compare_prompts", "compare_max_new_tokens", "kl_prompts",
+    for name in ("decoding_prompts", "decoding_max_new_tokens", "kl_prompts",
                  "kl_samples_per_prompt", "kl_max_new_tokens", "tokenizer_documents", "tokenizer_train_steps", "seed"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name), metavar="N",
                             help=f"(default {getattr(defaults, name)})")
@@ -58,7 +58,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--kl-pair", nargs=2, metavar=("POLICY", "REFERENCE"), default=None,
                         help="stage output names for the KL study (default: PPO/DPO vs SFT, else SFT vs pretrain)")
     args = parser.parse_args(argv)
-    for name in ("decoding_prompts", "compare_prompts", "kl_prompts", "kl_samples_per_prompt", "tokenizer_documents"):
+    for name in ("decoding_prompts", "kl_prompts", "kl_samples_per_prompt", "tokenizer_documents"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     return args

@@ -46,7 +46,14 @@ from pipeline.data.toy_world import ToyWorld, ToyWorldKeys
 from pipeline.errors import DataError, RecipeError, run_cli
 from pipeline.models import load_model, load_tokenizer
 from pipeline.plots import plot_loss_curves  # also selects matplotlib's file-only backend
-from pipeline.policy_eval import evaluate_policy, reward_model_scorer, toy_gold_scorer, toy_skill
+from pipeline.policy_eval import (
+    check_sharpening_temperatures,
+    evaluate_policy,
+    reward_model_scorer,
+    sharpening_temperatures_field,
+    toy_gold_scorer,
+    toy_skill,
+)
 from pipeline.recipes import parse_recipe, require_non_negative, require_positive, resolved_recipe
 from pipeline.sft import (  # the model is built, merged and counted as in SFT
     SFTModelArguments,
@@ -109,6 +116,7 @@ class DPOArguments(ToyWorldKeys):
     eval_temperature: float = field(default=1.0, metadata={"help": "sampling temperature of the comparison (and of its KL)"})
     sample_max_new_tokens: int = field(default=48, metadata={"help": "length limit of generated responses"})
     generation_batch_size: int = field(default=64, metadata={"help": "prompts per generate call in the comparison"})
+    sharpening_temperatures: list[float] = sharpening_temperatures_field()
 
     def __post_init__(self) -> None:
         require_positive(self, "toy_eval_pairs", "num_eval_prompts", "sample_max_new_tokens", "generation_batch_size")
@@ -116,6 +124,7 @@ class DPOArguments(ToyWorldKeys):
         if self.dataset == "toy" and self.toy_pairs + self.toy_policy_prompts == 0:
             raise ValueError("keys 'toy_pairs' and 'toy_policy_prompts' are both 0: no pairs to train on")
         check_policy_comparison_keys(self.toy_policy_prompts, self.toy_policy_samples, self.dataset)
+        check_sharpening_temperatures(self.sharpening_temperatures)
         require_positive(self, "max_train_pairs", "max_eval_pairs", "max_prompt_length", allow_none=True)
         if not 0.0 < self.eval_fraction < 1.0:
             raise ValueError(f"key 'eval_fraction' must be in (0, 1), got {self.eval_fraction}")
@@ -451,6 +460,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         gold=toy_gold_scorer if args.dataset == "toy" else None, scorer=scorer,
         temperature=args.eval_temperature, max_new_tokens=args.sample_max_new_tokens,
         seed=training_args.seed, batch_size=args.generation_batch_size, group_of=toy_skill if args.dataset == "toy" else None,
+        sharpening_temperatures=args.sharpening_temperatures,
     )
     write_json(output_dir / "samples.json", comparison.samples)
     write_json(output_dir / "log_history.json", trainer.state.log_history)
@@ -503,6 +513,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             when: {s: summary[model][s]["gold_reward_by_group"] for s in ("greedy", "sampled")}
             for when, model in (("before", "reference"), ("after", "policy"))
         }
+        metrics["eval_split"] = args.toy_eval_split
+    if "judgement" in summary:
+        metrics["beats_sharpening"] = summary["judgement"]["beats_sharpening"]
+        metrics["judgement"] = summary["judgement"]
+        metrics["sharpening"] = summary["sharpening"]
     run.finish(resolved_recipe("dpo", args, model_args, training_args), metrics)
     logger.info(
         "held-out implicit reward accuracy %s, margin %s; chosen log-prob %s -> %s; KL to SFT (k3) %s nats; win rates %s; "
@@ -511,8 +526,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         after.get("logp_chosen"), metrics["kl_to_sft"]["k3"], metrics["win_rate_vs_sft"], output_dir,
     )
     if args.dataset == "toy":
-        logger.info("gold reward sampled %s -> %s, greedy %s -> %s", metrics["gold_reward_before"]["sampled"],
-                    metrics["gold_reward_after"]["sampled"], metrics["gold_reward_before"]["greedy"], metrics["gold_reward_after"]["greedy"])
+        logger.info("gold reward sampled %s -> %s, greedy %s -> %s; %s", metrics["gold_reward_before"]["sampled"],
+                    metrics["gold_reward_after"]["sampled"], metrics["gold_reward_before"]["greedy"], metrics["gold_reward_after"]["greedy"],
+                    (metrics.get("judgement") or {}).get("reason", "no sharpening frontier measured"))
 
 if __name__ == "__main__":
     run_cli(main)

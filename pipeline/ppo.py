@@ -44,12 +44,13 @@ from trl.trainer.utils import get_peft_config
 from pipeline.contract import open_stage_run, write_json
 from pipeline.data.toy_world import ToyWorldKeys
 from pipeline.errors import RecipeError, RunInterrupted, UserError, run_cli
-from pipeline.kl import ESTIMATORS, kl_estimates, sequence_kl
+from pipeline.kl import kl_estimates, sequence_kl
 from pipeline.models import check_lora_targets, linear_module_names, load_model, load_tokenizer, parameter_counts, policy_parameter_groups
 from pipeline.recipes import parse_recipe, require_non_negative, require_positive, resolved_recipe
 from pipeline.rl.advantages import generalized_advantage_estimation, kl_penalised_rewards, leave_one_out_baseline, masked_mean, masked_var, whiten
 from pipeline.rl.checkpoint import load_checkpoint, save_checkpoint
-from pipeline.rl.evaluation import evaluate_policy
+from pipeline.policy_eval import check_sharpening_temperatures, sharpening_temperatures_field
+from pipeline.rl.evaluation import measure_policy, policy_metrics
 from pipeline.rl.kl_control import make_kl_controller
 from pipeline.rl.losses import explained_variance
 from pipeline.rl.plots import plot_reward_and_kl
@@ -81,8 +82,9 @@ class PPOArguments(ToyWorldKeys):
     dataset_split: str = field(default="train", metadata={"help": "split of a hub data set"})
     max_prompts: int | None = field(default=None, metadata={"help": "use at most this many training prompts"})
     toy_prompts: int = field(default=4096, metadata={"help": "toy world: training prompts (train split)"})
-    num_eval_prompts: int = field(default=256, metadata={"help": "held-out prompts measured before and after training"})
+    num_eval_prompts: int = field(default=256, metadata={"help": "held-out prompts on which the policy is compared with the SFT model"})
     eval_batch_size: int = field(default=128, metadata={"help": "prompts per batch when measuring"})
+    sharpening_temperatures: list[float] = sharpening_temperatures_field()
 
     reward: Literal["model", "gold"] = field(
         default="model", metadata={"help": "'model': the reward model at reward_model_path; 'gold': the toy world's programmatic reward"}
@@ -102,6 +104,7 @@ class PPOArguments(ToyWorldKeys):
         require_positive(self, "toy_prompts", "num_eval_prompts", "eval_batch_size", "ptx_batch_size", "ptx_max_length")
         require_positive(self, "max_prompts", allow_none=True)
         super().__post_init__()
+        check_sharpening_temperatures(self.sharpening_temperatures)
         if self.reward == "model" and not self.reward_model_path:
             raise ValueError("key 'reward_model_path' is missing: reward: model needs the reward stage's output_dir (or set reward: gold)")
         if self.reward == "gold" and self.dataset != "toy":
@@ -452,21 +455,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.value_model, args.reward, config.kl_coef, "adaptive" if config.target_kl else "fixed", config.kl_estimator,
     )
 
-    # The SFT model's behaviour on held-out prompts; the policy is still identical to the reference here.
-    scorers = {"gold": gold} if gold else {}
-    if args.reward == "model":
-        scorers["rm"] = scorer
-
-    def measure():
-        with accelerator.autocast():
-            return evaluate_policy(
-                accelerator, accelerator.unwrap_model(model), reference, tokenizer, prompt_sets.eval, scorers,
-                config.response_length, config.temperature, args.eval_batch_size, config.seed,
-            )
-
-    before, samples_before = measure()
-    logger.info("SFT model on %d held-out prompts: %s", before["num_prompts"], before)
-
     start_step, log_history = 0, []
     if checkpoint:
         state = load_checkpoint(checkpoint, accelerator.unwrap_model(model), optimizer, scheduler)
@@ -499,18 +487,25 @@ def main(argv: Sequence[str] | None = None) -> None:
     train_seconds = time.perf_counter() - started
     interrupt.restore()
 
-    after, samples_after = measure()
-    logger.info("PPO policy on the same prompts: %s", after)
+    # The policy against the SFT model (its reference) and the SFT model's sharpening frontier, on held-out prompts.
+    evaluation = measure_policy(
+        accelerator, accelerator.unwrap_model(model).policy, reference.model, tokenizer, prompt_sets.eval, args, config,
+        scorer if args.reward == "model" else None, gold,
+    )
     policy = save_policy(accelerator, model, tokenizer, output_dir)
     if not accelerator.is_main_process:
         return
     write_json(output_dir / "log_history.json", log_history)
-    write_json(output_dir / "samples.json", [{"when": "before", **r} for r in samples_before] + [{"when": "after", **r} for r in samples_after])
+    write_json(output_dir / "samples.json", evaluation.samples)
     plot_reward_and_kl(log_history, output_dir / "reward_kl.png", f"PPO: {recipe.path}")
-    metrics = final_metrics(before, after, log_history, config, counts, prompt_sets, train_seconds, start_step, checkpoint, kl_control.value)
-    metrics["saved_parameters"] = sum(p.numel() for p in policy.parameters())
+    metrics = {
+        "algorithm": "ppo",
+        **policy_metrics(evaluation.summary, args.toy_eval_split if args.dataset == "toy" else None),
+        **training_metrics(log_history, config, counts, prompt_sets, train_seconds, start_step, checkpoint, kl_control.value),
+        "saved_parameters": sum(p.numel() for p in policy.parameters()),
+    }
     run.finish(resolved_recipe("ppo", args, model_args, config), metrics)
-    logger.info("gold/RM reward before -> after: %s; outputs in %s", {k: (before.get(k), after.get(k)) for k in ("gold_reward", "rm_reward") if k in after}, output_dir)
+    logger.info("%s; outputs in %s", outcome_line(metrics), output_dir)
 
 
 def _context_length(name_or_path: str) -> int | None:
@@ -535,23 +530,21 @@ def save_policy(accelerator: Accelerator, model, tokenizer, output_dir: Path):
     return policy
 
 
-def final_metrics(before, after, log_history, config: PPOConfig, counts, prompt_sets: PromptSets, train_seconds, start_step, checkpoint, beta) -> dict[str, Any]:
-    """metrics.json: before/after on held-out prompts (the targets), KL to the reference, throughput."""
+def outcome_line(metrics: dict[str, Any]) -> str:
+    """One log line: the gold (and RM) reward of the SFT model and of the policy, its KL, and the verdict."""
+    parts = [f"{name} {metrics[f'{name}_before']} -> {metrics[f'{name}_after']}" for name in ("gold_reward", "gold_reward_greedy", "rm_reward")
+             if f"{name}_after" in metrics]
+    parts.append(f"KL exact {metrics['kl_to_reference']['exact']} nats")
+    if metrics.get("judgement"):
+        parts.append(metrics["judgement"]["reason"])
+    return "; ".join(parts)
+
+
+def training_metrics(log_history, config: PPOConfig, counts, prompt_sets: PromptSets, train_seconds, start_step, checkpoint, beta) -> dict[str, Any]:
+    """metrics.json: what training did (β, steps, episodes, prompts) and how fast."""
     steps_run = config.max_steps - start_step
     recent = log_history[-max(1, len(log_history) // 10) :]  # the last tenth of training, for the timing split
-    metrics: dict[str, Any] = {"algorithm": "ppo"}
-    for key in ("gold_reward", "rm_reward"):
-        if key in after:
-            metrics[f"{key}_before"], metrics[f"{key}_after"] = before[key], after[key]
-            metrics[f"{key}_gain"] = round(after[key] - before[key], 4)
-    metrics.update({
-        "kl_to_reference": {name: after[f"kl_{name}"] for name in ESTIMATORS},  # mean per-sequence KL, nats
-        "response_length_before": before["response_length"],
-        "response_length_after": after["response_length"],
-        "finished_fraction_before": before["finished_fraction"],
-        "finished_fraction_after": after["finished_fraction"],
-        "eval_prompts": after["num_prompts"],
-        "eval_temperature": config.temperature,
+    return {
         "final_kl_coef": round(beta, 6),
         "steps": config.max_steps,
         "episodes": log_history[-1]["episodes"] if log_history else 0,
@@ -566,8 +559,7 @@ def final_metrics(before, after, log_history, config: PPOConfig, counts, prompt_
         },
         "peak_memory_mb": peak_memory_mb(),
         "resumed_from": checkpoint,
-    })
-    return metrics
+    }
 
 
 def peak_memory_mb() -> float:

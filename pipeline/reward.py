@@ -55,6 +55,7 @@ from trl import ModelConfig, RewardConfig, RewardTrainer
 from trl.trainer.reward_trainer import suppress_seqcls_warning
 from trl.trainer.utils import get_peft_config
 
+from pipeline.best_of_n import best_of_n, judge_against_frontier, plot_best_of_n
 from pipeline.contract import open_stage_run, write_json
 from pipeline.data.preferences import HH_ASSISTANT, load_preferences, split_hh_transcript
 from pipeline.data.text import iter_jsonl
@@ -64,6 +65,7 @@ from pipeline.decoding import DEFAULT_STRATEGIES
 from pipeline.errors import DataError, RecipeError, run_cli
 from pipeline.models import add_identity_blocks, check_lora_targets, linear_module_names, load_model, load_tokenizer, parameter_counts
 from pipeline.plots import plot_loss_curves, plt
+from pipeline.policy_eval import check_sharpening_temperatures, sharpening_frontier, sharpening_temperatures_field, toy_gold_scorer
 from pipeline.recipes import parse_recipe, require_non_negative, require_positive, resolved_recipe
 from pipeline.reward_model import (
     context_length,
@@ -71,6 +73,7 @@ from pipeline.reward_model import (
     pairwise_calibration,
     pairwise_metrics,
     POOLINGS,
+    score,
     score_token_ids,
     set_pooling,
 )
@@ -82,6 +85,7 @@ GPT2_LORA_TARGETS = ["c_attn", "c_proj", "c_fc"]
 TOY_MARGIN = "gold_gap"  # margin_column value that derives margins from the toy world's gold reward
 TARGET_ACCURACY = 0.85  # the toy world's targets (issue 5), reported in metrics.json
 TARGET_BEST_OF = 16
+FRONTIER_SAMPLES_PER_PROMPT = 8
 
 
 @dataclass
@@ -139,12 +143,14 @@ class RewardArguments(ToyWorldKeys):
     best_of_n_max: int = field(default=64, metadata={"help": "largest N (a power of 2); samples drawn per prompt"})
     best_of_n_strategy: str = field(default="temperature_1.0", metadata={"help": "decoding strategy of the samples"})
     sample_max_new_tokens: int = field(default=32, metadata={"help": "length limit of Best-of-N samples"})
+    sharpening_temperatures: list[float] = sharpening_temperatures_field()
 
     def __post_init__(self) -> None:
         require_positive(self, "toy_pairs", "toy_eval_pairs", "best_of_n_max", "sample_max_new_tokens")
         require_positive(self, "max_train_pairs", "max_eval_pairs", allow_none=True)
         require_non_negative(self, "best_of_n_prompts", "toy_policy_prompts", "extra_layers")
         check_policy_comparison_keys(self.toy_policy_prompts, self.toy_policy_samples, self.dataset)
+        check_sharpening_temperatures(self.sharpening_temperatures)
         if self.reward_pooling not in POOLINGS:
             raise ValueError(f"key 'reward_pooling': unknown pooling '{self.reward_pooling}'; choose from {', '.join(POOLINGS)}")
         if self.best_of_n_max & (self.best_of_n_max - 1):
@@ -398,6 +404,15 @@ def judge(model, eval_set: datasets.Dataset, pairs: datasets.Dataset, batch_size
     return result
 
 
+def validation_accuracy(model, args: RewardArguments, tokenizer, max_length: int, batch_size: int) -> float:
+    """Accuracy on the toy world's validation pairs (as many as the test pairs): the number to choose a recipe by."""
+    pairs, _ = load_preferences("toy", "validation", toy_pairs=args.toy_eval_pairs, toy=args)
+    encoded, _ = tokenize_pairs(pairs, tokenizer, max_length, None, "validation", args.append_eos)
+    chosen = score_token_ids(model, list(encoded["chosen_ids"]), batch_size)
+    rejected = score_token_ids(model, list(encoded["rejected_ids"]), batch_size)
+    return pairwise_metrics(chosen, rejected)["accuracy"]
+
+
 def accuracy_by_kind(pairs: datasets.Dataset, margins: np.ndarray) -> dict[str, dict[str, float]]:
     """Toy world: accuracy per kind of pair (the table in ToyWorld.preference_pairs), e.g. "right > wrong"
     (correctness), "right > right rambling" (brevity), "right rambling > wrong" (correctness beats brevity)."""
@@ -456,15 +471,24 @@ def best_of_n_prompts(args: RewardArguments, eval_pairs: datasets.Dataset) -> li
 
 
 def run_best_of_n(args, model_args, policy, reward_model, tokenizer, eval_pairs, output_dir: Path, seed: int):
-    """Best-of-N with the input model (the SFT model) as the policy; writes best_of_n.json/png."""
-    from eval.best_of_n import best_of_n, plot_best_of_n
-
+    """Best-of-N with the input model (the SFT model) as the policy, beside its sharpening frontier on the same
+    prompts (the toy world); writes best_of_n.json/png."""
+    prompts = best_of_n_prompts(args, eval_pairs)
     result = best_of_n(
-        policy, tokenizer, reward_model, tokenizer, best_of_n_prompts(args, eval_pairs),
+        policy, tokenizer, reward_model, tokenizer, prompts,
         n_max=args.best_of_n_max, strategy=args.best_of_n_strategy, max_new_tokens=args.sample_max_new_tokens,
         seed=seed, toy=args.dataset == "toy",
     )
     result["policy"], result["reward_model"] = model_args.model_name_or_path, str(output_dir)
+    if args.dataset == "toy" and args.sharpening_temperatures:
+        # Several samples per prompt, so that the frontier's means are as precise as the Best-of-N curve's.
+        repeated = [prompt for prompt in prompts for _ in range(FRONTIER_SAMPLES_PER_PROMPT)]
+        scorer = lambda p, r, f: score(reward_model, tokenizer, list(p), list(r), finished=list(f))  # noqa: E731
+        result["sharpening"] = sharpening_frontier(
+            policy, tokenizer, repeated, args.sharpening_temperatures, gold=toy_gold_scorer, scorer=scorer,
+            max_new_tokens=args.sample_max_new_tokens, seed=seed, batch_size=256,
+        )
+        judge_against_frontier(result["table"], result["sharpening"])
     write_json(output_dir / "best_of_n.json", result)
     plot_best_of_n(result, output_dir / "best_of_n.png")
     return result
@@ -554,6 +578,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             reward_model.to(trainer.args.device)
 
     heldout = judge(reward_model, eval_set, eval_pairs, batch, toy)
+    validation = validation_accuracy(reward_model, args, tokenizer, max_length, batch) if toy and args.toy_eval_split == "test" else None
     plot_reward_histogram(
         heldout.pop("chosen_scores"), heldout.pop("rejected_scores"), output_dir / "reward_histogram.png",
         f"held-out rewards ({len(eval_set)} pairs, accuracy {heldout['accuracy']:.3f})",
@@ -577,6 +602,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         "heldout_loss": heldout["loss"],
         "heldout_pairs": heldout["pairs"],
         "heldout_accuracy_before": before["accuracy"],
+        "heldout_split": args.toy_eval_split if toy else "held out",
+        "validation_accuracy": validation,
         "heldout_calibration": heldout["calibration"],
         "train_loss": round(train_result.training_loss, 4),
         "first_logged_loss": round(losses[0], 4) if losses else None,
@@ -597,7 +624,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     if "accuracy_by_kind" in heldout:
         metrics["heldout_accuracy_by_kind"] = heldout["accuracy_by_kind"]
     if bon:
-        metrics["best_of_n"] = {row["n"]: {"gold": row.get("gold"), "reward": row["reward"]} for row in bon["table"]}
+        keep = ("gold", "reward", "kl_nats", "kl_bound_nats", "frontier_gold_at_kl", "margin_over_frontier", "beats_sharpening")
+        metrics["best_of_n"] = {row["n"]: {key: row[key] for key in keep if key in row} for row in bon["table"]}
+        if bon.get("sharpening"):
+            metrics["sharpening"] = bon["sharpening"]
         for key in ("policy_mean_gold", "rm_gold_pearson", "rm_gold_spearman", "rm_gold_spearman_within_prompt", "calibration_on_samples"):
             if bon.get(key) is not None:
                 metrics[key] = bon[key]

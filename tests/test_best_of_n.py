@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import run_module
-from eval.best_of_n import best_of_n_table, expected_best, pick_probabilities, powers_of_two, rm_versus_gold
+from pipeline.best_of_n import best_of_n_table, expected_best, pick_probabilities, plug_in_kl, powers_of_two, rm_versus_gold
 from pipeline.errors import UserError
 from pipeline.reward_model import pairwise_calibration, spearman
 
@@ -45,7 +45,21 @@ def test_table_invariants():
     assert table[-1]["gold"] == pytest.approx(np.mean(gold[np.arange(4), rewards.argmax(1)]), abs=1e-4)
     assert all(a["reward"] <= b["reward"] for a, b in zip(table, table[1:]))  # the RM's pick only improves for the RM
     assert all(row["gold_oracle"] >= row["gold"] - 1e-9 for row in table)
-    assert table[-1]["kl_nats"] == pytest.approx(np.log(16) - 15 / 16, abs=1e-4)
+    assert table[-1]["kl_bound_nats"] == pytest.approx(np.log(16) - 15 / 16, abs=1e-4)
+    assert all(0.0 <= row["kl_nats"] <= row["kl_bound_nats"] + 1e-3 for row in table)
+
+
+def test_plug_in_kl_counts_repeated_samples_once_and_stays_far_below_the_bound_for_a_peaked_policy():
+    # A 0.7/0.3 policy whose likelier answer is the better one: Best-of-16 almost always returns it, KL = log(1/0.7).
+    texts = [["right"] * 7 + ["wrong"] * 3]
+    rewards = np.array([[1.0] * 7 + [0.0] * 3])
+    assert plug_in_kl(rewards, 16, texts) == pytest.approx(np.log(1 / 0.7), abs=1e-3)
+    assert plug_in_kl(rewards, 1, texts) == pytest.approx(0.0, abs=1e-12)
+    # All samples distinct: Best-of-n picks the top one with probability 1 − ((n−1)/n)^N ... summed exactly.
+    distinct = np.arange(8.0)[None, :]
+    q = (np.arange(1, 9) / 8) ** 4 - (np.arange(0, 8) / 8) ** 4
+    assert plug_in_kl(distinct, 4) == pytest.approx(float(np.sum(q * np.log(8 * q))), abs=1e-9)
+    assert plug_in_kl(distinct, 4) < np.log(4) - 3 / 4
 
 
 def test_a_perfect_reward_model_tracks_gold_perfectly():
@@ -99,14 +113,14 @@ def test_command_line_on_tiny_models(tmp_path):
     assert [row["n"] for row in data["table"]] == [1, 2, 4, 8] and data["prompts"] == 3
     assert 0.0 <= data["policy_mean_gold"] <= 1.0 and data["table"][0]["gold"] == pytest.approx(data["policy_mean_gold"], abs=1e-3)
     assert output.with_suffix(".png").is_file()
-    assert "| N | KL bound (nats) | RM reward | gold reward | gold oracle |" in result.stdout
+    assert "| N | KL (nats, plug-in) | KL bound | RM reward | gold reward | gold oracle |" in result.stdout
 
     bad = run_module("eval.best_of_n", "--policy", str(policy), "--reward_model", str(reward_dir), "--n_max", "6")
     assert bad.returncode == 2 and "n_max must be a power of 2" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_kl_regularised_optimum_is_the_softmax_tilt_of_the_samples():
-    from eval.best_of_n import kl_regularised_table
+    from pipeline.best_of_n import kl_regularised_table
 
     rewards = np.array([[0.0, 1.0], [2.0, 2.0]])
     gold = np.array([[0.0, 1.0], [1.0, 0.0]])

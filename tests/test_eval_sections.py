@@ -64,7 +64,7 @@ def test_weak_to_strong_pgr_table_and_bars(tmp_path):
 
 
 def test_reward_best_of_n_dpo_and_ppo_numbers_are_the_stages(tmp_path):
-    from eval.best_of_n import best_of_n_table, kl_regularised_table
+    from pipeline.best_of_n import best_of_n_table, judge_against_frontier, kl_regularised_table
     from pipeline.reward_model import pairwise_calibration
 
     rng = np.random.default_rng(0)
@@ -73,16 +73,28 @@ def test_reward_best_of_n_dpo_and_ppo_numbers_are_the_stages(tmp_path):
     rewards, gold = rng.normal(size=(8, 16)), rng.uniform(size=(8, 16))
     bon = {"prompts": 8, "samples_per_prompt": 16, "policy": str(runs / "sft"), "policy_mean_gold": float(gold.mean()),
            "table": best_of_n_table(rewards, gold), "kl_regularised": kl_regularised_table(rewards, gold)}
+    frontier = [{"temperature": 1.0, "kl_exact": 0.0, "gold_reward": 0.55}, {"temperature": 0.5, "kl_exact": 0.6, "gold_reward": 0.8}]
+    judge_against_frontier(bon["table"], frontier)
     calibration = pairwise_calibration(rng.normal(1.0, 1.0, size=200), [True] * 200)
     write_output(runs / "reward", "reward", {"heldout_accuracy": 0.91, "heldout_accuracy_before": 0.5, "heldout_mean_margin": 1.2,
                                             "heldout_calibration": calibration, "rm_gold_pearson": 0.6}, best_of_n=bon)
     dpo_history = [{"step": s, "rewards/margins": 0.1 * s, "rewards/accuracies": 0.5 + 0.01 * s, "logps/chosen": -5 - 0.1 * s,
                     "loss": 0.69 - 0.01 * s} for s in range(1, 6)]
-    write_output(runs / "dpo", "dpo", {"gold_reward_sampled": 0.7, "kl_to_sft": {"k1": 1.1, "k3": 1.0, "exact": 1.05},
+    from pipeline.policy_eval import judge
+
+    def judged(sampled, greedy, kl):
+        summary = {"sharpening": frontier, "kl": {"exact": {"mean": kl}}, "policy": {"sampled": {"gold_reward": sampled}, "greedy": {"gold_reward": greedy}},
+                   "reference": {"sampled": {"gold_reward": 0.55}, "greedy": {"gold_reward": 0.7}}}
+        return judge(summary)
+
+    write_output(runs / "dpo", "dpo", {"gold_reward_after": {"sampled": 0.7, "greedy": 0.72}, "gold_reward_before": {"sampled": 0.55, "greedy": 0.7},
+                                       "kl_to_sft": {"k1": 1.1, "k3": 1.0, "exact": 1.05}, "sharpening": frontier, "judgement": judged(0.7, 0.72, 1.05),
                                        "win_rate_vs_sft": {"gold_reward": {"sampled": 0.6}}}, inputs={"model_name_or_path": str(runs / "sft")},
                  log_history=dpo_history)
     ppo_history = [{"step": s, "gold_reward": 0.5 + 0.02 * s, "kl_k1": 0.1 * s, "kl_k3": 0.09 * s, "entropy": 1.0} for s in range(1, 9)]
-    write_output(runs / "ppo", "ppo", {"gold_reward_after": 0.74, "kl_to_reference": {"k1": 0.8, "k2": 0.9, "k3": 0.7}},
+    write_output(runs / "ppo", "ppo", {"gold_reward_after": 0.74, "gold_reward_before": 0.55, "gold_reward_greedy_after": 0.69,
+                                       "gold_reward_greedy_before": 0.7, "kl_to_reference": {"k1": 0.8, "k2": 0.9, "k3": 0.7, "exact": 0.3},
+                                       "sharpening": frontier, "judgement": judged(0.74, 0.69, 0.3)},
                  inputs={"model_name_or_path": str(runs / "sft")}, log_history=ppo_history)
 
     report = build_report([runs], options=NO_STUDIES)
@@ -95,12 +107,23 @@ def test_reward_best_of_n_dpo_and_ppo_numbers_are_the_stages(tmp_path):
     assert sections["dpo"]["dpo"]["curves"]["rewards/margins"] == {"step": [1, 2, 3, 4, 5], "value": [0.1 * s for s in range(1, 6)]}
     assert sections["dpo"]["dpo"]["kl_to_sft"]["exact"] == 1.05
     assert sections["ppo"]["ppo"]["curves"]["gold_reward"]["value"] == [e["gold_reward"] for e in ppo_history]
-    # Without studies the comparison plots what the stages measured: (KL to SFT, gold reward of samples).
-    points = sections["comparison"]["points"]
-    assert points["sft"] == {"kl": [0.0], "gold": [0.55]}
-    assert points["dpo"] == {"kl": [1.05], "gold": [0.7]}  # the exact KL where the stage has it
-    assert points["ppo"] == {"kl": [0.7], "gold": [0.74]}  # else k3
-    assert points["Best-of-N (RM picks)"] == {"kl": [r["kl_nats"] for r in bon["table"]], "gold": [r["gold"] for r in bon["table"]]}
+    # The comparison draws what the stages measured: (exact KL to SFT, gold reward of samples), beside the frontier.
+    comparison = sections["comparison"]
+    points = comparison["points"]
+    assert points["SFT (T = 1)"] == {"kl": [0.0], "gold": [0.55]}
+    assert points["dpo (dpo)"] == {"kl": [1.05], "gold": [0.7]} and points["ppo (ppo)"] == {"kl": [0.3], "gold": [0.74]}
+    curves = comparison["curves"]
+    assert curves["Best-of-N with the RM (plug-in KL)"]["kl"] == [r["kl_nats"] for r in bon["table"]]
+    assert curves["Best-of-N at the analytic bound log N − (N−1)/N"]["kl"] == [r["kl_bound_nats"] for r in bon["table"]]
+    assert curves["SFT at lower temperatures (sharpening frontier)"]["gold"] == [0.55, 0.8]
+    assert curves["ppo during training (train prompts, KL k1)"]["gold"] == [e["gold_reward"] for e in ppo_history]
+    # PPO at 0.3 nats: the frontier gives 0.55 + 0.25 / 2 = 0.675, PPO 0.74 is above, but its greedy gold fell: no.
+    # DPO at 1.05 nats, beyond the frontier's last point (0.8): 0.7 is below it: no.
+    assert comparison["policies"]["ppo"]["judgement"]["margin_over_frontier"] == pytest.approx(0.74 - 0.675, abs=1e-4)
+    assert comparison["policies"]["ppo"]["judgement"]["beats_sharpening"] is False
+    assert comparison["policies"]["dpo"]["judgement"]["frontier_gold_at_kl"] == 0.8
+    markdown = (runs / "report.md").read_text()
+    assert "greedy gold fell 0.700 -> 0.690" in markdown
     assert report["missing_stages"] == ["pretrain", "weak_to_strong"]
 
 

@@ -23,7 +23,7 @@ TINY_SFT = {
     "max_steps": 10, "logging_steps": 2, "eval_steps": 5, "save_steps": 10, "seed": 3, "use_cpu": True, "bf16": False,
     "gradient_checkpointing": False, "dataloader_num_workers": 0, "disable_tqdm": True,
 }
-SMALL = Options(decoding_prompts=4, decoding_max_new_tokens=12, compare_prompts=8, kl_prompts=8, kl_samples_per_prompt=4,
+SMALL = Options(decoding_prompts=4, decoding_max_new_tokens=12, kl_prompts=8, kl_samples_per_prompt=4,
                 kl_max_new_tokens=12, tokenizer_documents=300)
 
 

@@ -1,79 +1,50 @@
-"""PPO vs DPO vs Best-of-N vs SFT on one scale: gold reward against KL to the SFT model, win rates against
-SFT (by gold reward and by the reward model), and the reward model's score distribution per policy.
+"""Every policy on one scale, beside what the SFT model gives for free: gold reward against KL to the SFT model.
 
-The report measures PPO, DPO and SFT itself, all on the same held-out prompts with the same seed and length
-limit, through pipeline.policy_eval (the code the DPO stage measures itself with): so the points share
-prompts and units even where the stages measured themselves differently. KL is the exact per-position KL
-summed along each sampled response (see eval/kl_study.py), averaged over prompts. Best-of-N comes from the
-reward stage's best_of_n.json, at its analytic KL log N − (N−1)/N. With `--no-studies` the stages' own
-numbers are plotted instead.
+The free baselines (all measured by the stages through pipeline.policy_eval and pipeline.best_of_n; the report
+renders them and measures nothing here):
+  * the sharpening frontier: the SFT model sampled at lower temperatures (exact KL to it at temperature 1);
+  * Best-of-N with the reward model, at the plug-in exact KL of the Best-of-N distribution over the distinct
+    samples (the analytic log N − (N−1)/N drawn dashed: it is only a bound);
+  * the KL-regularised optimum π* ∝ π_SFT·exp(r/β) of PPO's objective, estimated on the same samples;
+and the policies: PPO (its path during training, on training prompts with the k1 estimator, and its final
+point) and DPO. A policy *beats sharpening* when its sampled gold exceeds the frontier's at its KL by the margin
+of pipeline.policy_eval.BEATS_MARGIN and its greedy gold did not fall below the SFT model's; otherwise it has
+learned a temperature, not a preference.
 """
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from eval import figures
-from eval import metrics as local_metrics
 from eval.collect import StageOutput
 from eval.context import Context
 from eval.document import Section
 from eval.sections.common import dig, number
 
-logger = logging.getLogger(__name__)
+
+def policy_point(output: StageOutput) -> dict[str, Any]:
+    """What a PPO or DPO stage measured of its policy and of the SFT model (older metrics.json layouts included)."""
+    metrics = output.metrics
+    kl = metrics.get("kl_to_sft") or metrics.get("kl_to_reference") or {}
+    after, before = metrics.get("gold_reward_after"), metrics.get("gold_reward_before")
+    if isinstance(after, dict):  # DPO: {"greedy": ..., "sampled": ...}
+        sampled, greedy = number(after.get("sampled")), number(after.get("greedy"))
+        sft_sampled, sft_greedy = number(dig(before, "sampled")), number(dig(before, "greedy"))
+    else:  # PPO: sampled at the top level, greedy beside it
+        sampled, greedy = number(metrics.get("gold_reward_sampled", after)), number(metrics.get("gold_reward_greedy_after"))
+        sft_sampled, sft_greedy = number(before), number(metrics.get("gold_reward_greedy_before"))
+    return {
+        "stage": output.stage, "gold_sampled": sampled, "gold_greedy": greedy,
+        "kl_exact": number(kl.get("exact", kl.get("k3"))) if isinstance(kl, dict) else None,
+        "sft_gold_sampled": sft_sampled, "sft_gold_greedy": sft_greedy,
+        "judgement": metrics.get("judgement"), "sharpening": metrics.get("sharpening") or [],
+        "final_norm_learning_rate": output.recipe.get("final_norm_learning_rate"),
+    }
 
 
-def gold_scorer(prompts, responses, finished) -> list[float]:
-    """The toy world's gold reward through its local `evaluate` metric."""
-    result = local_metrics.load("gold_reward").compute(predictions=list(responses), prompts=list(prompts), finished=[bool(f) for f in finished])
-    return list(result["scores"])
-
-
-def rm_scorer(ctx: Context, reward: StageOutput):
-    from pipeline.reward_model import score
-
-    model, tokenizer = ctx.reward_model(reward)
-
-    def scorer(prompts, responses, finished) -> list[float]:
-        return score(model, tokenizer, list(prompts), list(responses), finished=[bool(f) for f in finished])
-
-    return scorer
-
-
-def measure(ctx: Context, sft: StageOutput, policies: list[StageOutput], reward: StageOutput | None) -> dict[str, Any]:
-    """Each policy against SFT on the same prompts (pipeline.policy_eval.evaluate_policy), plus the RM scores."""
-    from pipeline.policy_eval import evaluate_policy
-
-    prompts = ctx.toy_prompts(ctx.options.compare_prompts, stage="sft")
-    sft_model, tokenizer = ctx.model(sft)
-    scorer = rm_scorer(ctx, reward) if reward is not None else None
-    results = {}
-    for policy in policies:
-        model, _ = ctx.model(policy)
-        evaluation = evaluate_policy(model, tokenizer, prompts, reference=sft_model, gold=gold_scorer, scorer=scorer,
-                                     max_new_tokens=ctx.options.compare_max_new_tokens, seed=ctx.options.seed)
-        results[policy.name] = {"stage": policy.stage, "summary": evaluation.summary,
-                                "rm_scores_policy": [s["reward_model"] for s in evaluation.samples
-                                                     if s["model"] == "policy" and s["strategy"] == "sampled" and "reward_model" in s],
-                                "rm_scores_sft": [s["reward_model"] for s in evaluation.samples
-                                                  if s["model"] == "reference" and s["strategy"] == "sampled" and "reward_model" in s]}
-    return {"prompts": len(prompts), "max_new_tokens": ctx.options.compare_max_new_tokens, "seed": ctx.options.seed, "policies": results}
-
-
-def stage_reported(policies: list[StageOutput], sft: StageOutput | None) -> dict[str, dict[str, float | None]]:
-    """What each stage measured itself: (KL to SFT, gold reward of sampled responses)."""
-    points = {}
-    if sft is not None:
-        points[sft.name] = {"kl": 0.0, "gold": number(sft.metrics.get("gold_reward_sampled"))}
-    for policy in policies:
-        metrics = policy.metrics
-        kl = metrics.get("kl_to_sft") or metrics.get("kl_to_reference") or {}
-        points[policy.name] = {
-            "kl": number(kl.get("exact", kl.get("k3"))) if isinstance(kl, dict) else None,
-            "gold": number(metrics.get("gold_reward_sampled", metrics.get("gold_reward_after"))),
-        }
-    return points
+def yes_no(value: Any) -> str:
+    return "—" if value is None else "**yes**" if value else "no"
 
 
 def build(ctx: Context) -> Section | None:
@@ -84,61 +55,94 @@ def build(ctx: Context) -> Section | None:
     bon_table = bon["table"] if isinstance(bon, dict) and bon.get("table") and "gold" in bon["table"][0] else None
     if sft is None or not (policies or bon_table):
         return None
-    section = Section("comparison", "PPO vs DPO vs Best-of-N vs SFT")
+    section = Section("comparison", "Gold reward against KL: every policy beside the free baselines")
+    section.text("Each point is measured by its stage on the held-out test prompts (samples at temperature 1; KL = the exact "
+                 "per-position KL to the SFT model summed along each sampled response). The **sharpening frontier** is the SFT "
+                 "model sampled at lower temperatures: no training at all. A policy **beats sharpening** when its sampled gold "
+                 "exceeds the frontier's at the same KL by the required margin and its greedy gold did not fall below the SFT "
+                 "model's; otherwise it learned a temperature, not a preference.")
     strangers = [p.name for p in policies if ctx.runs.input_of(p, "model_name_or_path") is not sft]
     if strangers:
-        section.text(f"Note: {', '.join(strangers)} did not start from {sft.name} (see their manifests' inputs); their KL is still "
-                     f"measured to {sft.name}, the reference of this comparison.")
-    data: dict[str, Any] = {"reference": sft.name, "stage_reported": stage_reported(policies, sft)}
-    measured = None
-    if ctx.options.studies and ctx.toy_prompts(1, stage="sft") is not None and sft.has_model() and any(p.has_model() for p in policies):
-        measured = measure(ctx, sft, [p for p in policies if p.has_model()], reward)
-        data["measured"] = measured
-    points: dict[str, tuple[list[float], list[float]]] = {}
-    if measured:
-        summaries = measured["policies"]
-        first = next(iter(summaries.values()))["summary"]
-        points[f"{sft.name} (reference)"] = ([0.0], [first["reference"]["sampled"]["gold_reward"]])
-        for name, result in summaries.items():
-            s = result["summary"]
-            points[f"{name} ({result['stage']})"] = ([s["kl"]["exact"]["mean"]], [s["policy"]["sampled"]["gold_reward"]])
-        section.text(f"Measured by the report: {measured['prompts']} held-out toy prompts, responses of up to "
-                     f"{measured['max_new_tokens']} tokens, seed {measured['seed']}; greedy and sampled (temperature 1, no "
-                     "top-k/top-p) responses of each policy and of the SFT model on the same prompts. KL = exact per-position "
-                     "KL to SFT summed along each sampled response (k1/k3 beside it); win rate = share of prompts where the "
-                     "policy's response scores above SFT's (ties count ½).")
-        rows = [[sft.name, "sft", first["reference"]["greedy"].get("gold_reward"), first["reference"]["sampled"].get("gold_reward"),
-                 first["reference"]["sampled"].get("reward_model"), 0.0, 0.0, 0.0, None, None, None]]
-        for name, result in summaries.items():
-            s = result["summary"]
-            rows.append([name, result["stage"], s["policy"]["greedy"].get("gold_reward"), s["policy"]["sampled"].get("gold_reward"),
-                         s["policy"]["sampled"].get("reward_model"), s["kl"]["exact"]["mean"], s["kl"]["k1"]["mean"], s["kl"]["k3"]["mean"],
-                         dig(s, "win_rate", "gold_reward", "sampled"), dig(s, "win_rate", "gold_reward", "greedy"),
-                         dig(s, "win_rate", "reward_model", "sampled")])
-        section.table(["policy", "stage", "gold (greedy)", "gold (sampled)", "RM (sampled)", "KL exact", "KL k1", "KL k3",
-                       "win rate vs SFT, gold (sampled)", "win rate, gold (greedy)", "win rate, RM (sampled)"], rows)
-    else:
-        for name, point in data["stage_reported"].items():
-            if point["kl"] is not None and point["gold"] is not None:
-                points[name] = ([point["kl"]], [point["gold"]])
-        section.text("Points as each stage measured itself (gold reward of sampled responses; KL to SFT by the exact sum or "
-                     "k3): prompts and settings may differ between stages.")
+        section.text(f"Note: {', '.join(strangers)} did not start from {sft.name} (see their manifests' inputs).")
+
+    points = {policy.name: policy_point(policy) for policy in policies}
+    frontier_source = next((name for name, point in points.items() if point["sharpening"]), None)
+    frontier = points[frontier_source]["sharpening"] if frontier_source else []
+    curves: dict[str, dict[str, Any]] = {}
+    if frontier:
+        curves["SFT at lower temperatures (sharpening frontier)"] = {
+            "kl": [p["kl_exact"] for p in frontier], "gold": [p.get("gold_reward") for p in frontier],
+            "labels": [f"T={p['temperature']:g}" for p in frontier], "style": "frontier",
+        }
     if bon_table:
-        points["Best-of-N (RM picks)"] = ([r["kl_nats"] for r in bon_table], [r["gold"] for r in bon_table])
-        section.text(f"Best-of-N from {reward.name}/best_of_n.json ({bon.get('prompts')} prompts, its own samples of "
-                     f"`{bon.get('policy')}`): gold reward of the RM's pick against the analytic KL log N − (N−1)/N; N = "
-                     + ", ".join(str(r["n"]) for r in bon_table) + ".")
+        curves["Best-of-N with the RM (plug-in KL)"] = {
+            "kl": [r["kl_nats"] for r in bon_table], "gold": [r["gold"] for r in bon_table], "labels": [f"N={r['n']}" for r in bon_table],
+            "style": "line",
+        }
+        if "kl_bound_nats" in bon_table[0]:
+            curves["Best-of-N at the analytic bound log N − (N−1)/N"] = {
+                "kl": [r["kl_bound_nats"] for r in bon_table], "gold": [r["gold"] for r in bon_table], "labels": [], "style": "dashed",
+            }
+        optimum = [r for r in bon.get("kl_regularised") or [] if "gold" in r]
+        if optimum:
+            curves["π* ∝ π_SFT·exp(r/β) (KL-regularised optimum)"] = {
+                "kl": [r["kl_nats"] for r in optimum], "gold": [r["gold"] for r in optimum],
+                "labels": [f"β={r['beta']:g}" for r in optimum], "style": "line",
+            }
+    for output in ctx.runs.of_stage("ppo"):
+        path = [(e["kl_k1"], e["gold_reward"]) for e in output.log_history if number(e.get("kl_k1")) is not None and number(e.get("gold_reward")) is not None]
+        if path:
+            curves[f"{output.name} during training (train prompts, KL k1)"] = {
+                "kl": [p[0] for p in path], "gold": [p[1] for p in path], "labels": [], "style": "path",
+            }
+    dots = {"SFT (T = 1)": (0.0, points[frontier_source]["sft_gold_sampled"] if frontier_source else number(sft.metrics.get("gold_reward_sampled")))}
+    dots.update({f"{name} ({point['stage']})": (point["kl_exact"], point["gold_sampled"]) for name, point in points.items()})
     section.figure(
-        figures.scatter(points, ctx.figure_path("gold_vs_kl"), "gold reward against KL to SFT", "KL(policy ‖ SFT), nats per response",
-                        "gold reward (sampled responses)", connect=["Best-of-N (RM picks)"],
-                        annotations={"Best-of-N (RM picks)": [f"N={r['n']}" for r in bon_table]} if bon_table else None),
-        "Gold reward against KL to the SFT model: where each method lands, and Best-of-N as N grows.",
+        figures.gold_against_kl(curves, dots, ctx.figure_path("gold_vs_kl"), "gold reward against KL to the SFT model"),
+        "Gold reward of sampled responses against KL(policy ‖ SFT). Lines: the free baselines (sharpening, Best-of-N, π*) and "
+        "PPO's path during training; dots: the trained policies. A policy above the sharpening line at its KL learned more "
+        "than a temperature.",
     )
-    data["points"] = {name: {"kl": xy[0], "gold": xy[1]} for name, xy in points.items()}
-    if measured and reward is not None:
-        groups = {f"{sft.name} (reference)": next(iter(measured["policies"].values()))["rm_scores_sft"]}
-        groups.update({name: result["rm_scores_policy"] for name, result in measured["policies"].items()})
-        section.figure(figures.histograms(groups, ctx.figure_path("rm_histograms"), "reward-model scores of sampled responses", "RM score"),
-                       f"Distribution of {reward.name}'s scores of each policy's sampled responses on the same prompts.")
-    section.data = data
+
+    rows = []
+    sft_point = next(iter(points.values())) if points else None
+    if sft_point:
+        rows.append([sft.name, "sft", sft_point["sft_gold_sampled"], sft_point["sft_gold_greedy"], 0.0, None, None, "—", "the reference"])
+    for name, point in points.items():
+        judgement = point["judgement"] or {}
+        reason = judgement.get("reason", "no frontier measured (an older stage output)")
+        if point["final_norm_learning_rate"]:
+            reason += f"; trains its final norm at {point['final_norm_learning_rate']:g}, which learns a temperature"
+        rows.append([name, point["stage"], point["gold_sampled"], point["gold_greedy"], point["kl_exact"],
+                     judgement.get("frontier_gold_at_kl"), judgement.get("margin_over_frontier"), yes_no(judgement.get("beats_sharpening")), reason])
+    for row in bon_table or []:
+        if "margin_over_frontier" in row and row["n"] > 1:
+            rows.append([f"Best-of-{row['n']}", "reward", row["gold"], None, row["kl_nats"], row["frontier_gold_at_kl"],
+                         row["margin_over_frontier"], yes_no(row["beats_sharpening"]), f"{bon.get('prompts')} prompts, its own frontier"])
+    section.table(["policy", "stage", "gold (sampled)", "gold (greedy)", "KL exact", "frontier gold at that KL", "margin",
+                   "beats sharpening", "why"], rows)
+    if frontier:
+        section.table(["temperature", "gold", "RM score", "KL exact (nats)", "finished"],
+                      [[p["temperature"], p.get("gold_reward"), p.get("reward_model"), p["kl_exact"], p.get("finished")] for p in frontier],
+                      caption=f"The sharpening frontier as {frontier_source} measured it")
+
+    histograms = rm_score_groups(policies)
+    if histograms:
+        section.figure(figures.histograms(histograms, ctx.figure_path("rm_histograms"), "reward-model scores of sampled responses", "RM score"),
+                       "Distribution of the reward model's scores of each policy's sampled responses and of the SFT model's, from the "
+                       "stages' samples.json.")
+    section.data = {"reference": sft.name, "policies": points, "frontier_source": frontier_source,
+                    "curves": curves, "points": {name: {"kl": [xy[0]], "gold": [xy[1]]} for name, xy in dots.items()}}
     return section
+
+
+def rm_score_groups(policies: list[StageOutput]) -> dict[str, list[float]]:
+    """RM scores of sampled responses per policy (and of the SFT model, from the first policy's samples)."""
+    groups: dict[str, list[float]] = {}
+    for output in policies:
+        for model in ("reference", "policy"):
+            scores = [s["reward_model"] for s in output.samples if s.get("model") == model and s.get("strategy") == "sampled" and "reward_model" in s]
+            name = "SFT" if model == "reference" else output.name
+            if scores and name not in groups:
+                groups[name] = scores
+    return groups if len(groups) > 1 else {}

@@ -30,10 +30,8 @@ from trl.trainer.utils import get_peft_config
 from pipeline.contract import write_json
 from pipeline.errors import RecipeError, UserError
 from pipeline.models import load_model, policy_parameter_groups
-from pipeline.rl.evaluation import evaluate_policy
-from pipeline.rl.rollout import Reference
+from pipeline.rl.evaluation import measure_policy, policy_metrics
 from pipeline.rl.scoring import GoldScorer, make_scorer
-from pipeline.rl.value import ActorCritic
 from pipeline.training import GracefulInterrupt
 
 logger = logging.getLogger(__name__)
@@ -157,24 +155,15 @@ def train_with_trl(args, model_args, config, tokenizer, prompt_sets, checkpoint:
     )
     accelerator = trainer.accelerator
     sft.to(accelerator.device)
-    scorers = {"gold": gold} if gold else {}
-    if args.reward == "model":
-        scorers["rm"] = scorer
-
-    def measure(model):
-        return evaluate_policy(
-            accelerator, ActorCritic(model).to(accelerator.device), Reference(model=sft), tokenizer, prompt_sets.eval, scorers,
-            config.response_length, config.temperature, args.eval_batch_size, config.seed,
-        )
-
-    before, samples_before = measure(sft)
     _, train_seconds = interrupt.run_training(trainer, checkpoint, output_dir)
 
     policy = accelerator.unwrap_model(trainer.model)
     if hasattr(policy, "merge_and_unload"):
         policy = policy.merge_and_unload()
     policy.eval()
-    after, samples_after = measure(policy)
+    evaluation = measure_policy(
+        accelerator, policy, sft, tokenizer, prompt_sets.eval, args, config, scorer if args.reward == "model" else None, gold,
+    )
     tokenizer.padding_side = "right"
     if not accelerator.is_main_process:
         return None
@@ -182,24 +171,15 @@ def train_with_trl(args, model_args, config, tokenizer, prompt_sets, checkpoint:
     tokenizer.save_pretrained(output_dir)
     history = trainer.state.log_history
     write_json(output_dir / "log_history.json", history)
-    write_json(output_dir / "samples.json", [{"when": "before", **r} for r in samples_before] + [{"when": "after", **r} for r in samples_after])
+    write_json(output_dir / "samples.json", evaluation.samples)
     from pipeline.rl.plots import plot_reward_and_kl
 
     plot_reward_and_kl(history, output_dir / "reward_kl.png", f"{config.algorithm.upper()}: {recipe.path}")
-    metrics: dict[str, Any] = {"algorithm": config.algorithm}
-    for key in ("gold_reward", "rm_reward"):
-        if key in after:
-            metrics[f"{key}_before"], metrics[f"{key}_after"] = before[key], after[key]
-            metrics[f"{key}_gain"] = round(after[key] - before[key], 4)
+    metrics: dict[str, Any] = {
+        "algorithm": config.algorithm, **policy_metrics(evaluation.summary, args.toy_eval_split if args.dataset == "toy" else None)
+    }
     rollouts = trainer.state.global_step // (config.num_mini_batches * config.ppo_epochs)
     metrics.update({
-        "kl_to_reference": {name: after[f"kl_{name}"] for name in ("k1", "k2", "k3")},
-        "response_length_before": before["response_length"],
-        "response_length_after": after["response_length"],
-        "finished_fraction_before": before["finished_fraction"],
-        "finished_fraction_after": after["finished_fraction"],
-        "eval_prompts": after["num_prompts"],
-        "eval_temperature": config.temperature,
         "final_kl_coef": config.kl_coef,
         "steps": rollouts,
         "optimizer_steps": trainer.state.global_step,
