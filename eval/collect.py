@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -24,6 +25,7 @@ logger = logging.getLogger(__name__)
 
 STAGE_ORDER: tuple[str, ...] = tuple(STAGES)  # pretrain, sft, reward, ppo, dpo, weak_to_strong
 SKIP_DIRS = ("checkpoint-", "cache", "report_figures", "soft_labels", "adapter")
+SEED_DIR = re.compile(r"seeds?\d*")  # runs/toy/seed0 ... of `--seeds`: their own chains, reported on their own
 
 
 def read_json(path: Path) -> Any | None:
@@ -140,7 +142,7 @@ def _finished_dirs(root: Path, depth: int) -> list[Path]:
         return []
     found: list[Path] = []
     for child in sorted(root.iterdir()):
-        if child.is_dir() and not child.name.startswith((".",) + SKIP_DIRS):
+        if child.is_dir() and not child.name.startswith((".",) + SKIP_DIRS) and not SEED_DIR.fullmatch(child.name):
             found += _finished_dirs(child, depth - 1)
     return found
 

@@ -4,6 +4,7 @@ Examples:
     python -m pipeline run recipes/toy                  # run what is missing or stale, skip the rest
     python -m pipeline run recipes/toy --dry-run        # print the plan only
     python -m pipeline run recipes/toy --force          # re-run every stage from scratch
+    python -m pipeline run recipes/toy --seeds 3        # the whole chain per seed into runs/toy/seed<k>, then medians
     python -m pipeline run recipes/toy --launcher "accelerate launch --config_file recipes/accelerate/cpu2.yaml"
     python -m pipeline stages                           # list the stages and whether they exist yet
 """
@@ -16,7 +17,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipeline.chain import run_chain, run_stage_process
+from pipeline.chain import run_chain, run_directory, run_seeds, run_stage_process
 from pipeline.errors import UserError, run_cli
 from pipeline.stages import STAGES
 
@@ -36,6 +37,15 @@ def build_parser() -> argparse.ArgumentParser:
         help='command that starts each stage instead of `python`, e.g. "accelerate launch --config_file '
         'recipes/accelerate/cpu2.yaml"',
     )
+    run.add_argument(
+        "--seeds",
+        type=int,
+        default=None,
+        metavar="N",
+        help="run the whole chain N times, seed and toy_seed raised by 0..N-1, into <run dir>/seed<k>/ (recipes "
+        "copied to <run dir>/seed<k>/recipes/); then one report per seed and the seeds report (median and range of "
+        "every headline figure) in <run dir>/seeds/",
+    )
     run.add_argument("--no-report", action="store_true", help="do not build the evaluation report at the end")
     commands.add_parser("stages", help="list the stages and their modules")
     return parser
@@ -47,18 +57,28 @@ def main(argv: Sequence[str] | None = None) -> None:
         for spec in STAGES.values():
             print(f"{spec.name:<15} {spec.module:<28} {'ready' if spec.implemented else 'not implemented yet'}")
         return
-    stages = run_chain(args.folder, force=args.force, dry_run=args.dry_run, launcher=args.launcher)
+    if args.seeds is not None:
+        seed_runs = run_seeds(args.folder, args.seeds, force=args.force, dry_run=args.dry_run, launcher=args.launcher)
+    else:
+        seed_runs = [run_chain(args.folder, force=args.force, dry_run=args.dry_run, launcher=args.launcher)]
     if args.dry_run:
         return
-    if not args.no_report and importlib.util.find_spec("eval.report") is not None:
-        run_dirs = sorted({str(stage.output_dir.parent) for stage in stages})
-        status = run_stage_process([sys.executable, "-m", "eval.report", *run_dirs], launcher=None)
-        if status != 0:
-            raise UserError(f"the report (python -m eval.report {' '.join(run_dirs)}) failed with exit status {status}")
-    else:
+    if args.no_report or importlib.util.find_spec("eval.report") is None:
         print("\nOutputs:")
-        for stage in stages:
+        for stage in (stage for stages in seed_runs for stage in stages):
             print(f"  {stage.name:<20} {stage.output_dir}" + ("" if stage.output_dir.exists() else "  (not produced)"))
+        return
+    for stages in seed_runs:
+        report_module("eval.report", *sorted({str(stage.output_dir.parent) for stage in stages}))
+    if args.seeds is not None and args.seeds > 1:
+        seed_dirs = [str(run_directory(stages)) for stages in seed_runs]
+        report_module("eval.seeds", *seed_dirs, "--output", str(Path(seed_dirs[0]).parent / "seeds"))
+
+
+def report_module(module: str, *arguments: str) -> None:
+    status = run_stage_process([sys.executable, "-m", module, *arguments], launcher=None)
+    if status != 0:
+        raise UserError(f"the report (python -m {module} {' '.join(arguments)}) failed with exit status {status}")
 
 
 if __name__ == "__main__":

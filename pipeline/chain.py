@@ -12,6 +12,11 @@ the modules of the stages to run, and with them torch, transformers, TRL and PEF
 interpreter on 2 CPU cores, a minute over the toy chain), and runs the stage module as `python -m` would.
 The runner itself runs no tensor code, so the child starts from a clean state; it is still its own process,
 with its own exit status, and an interrupt waits for it to checkpoint and stop.
+
+With `--seeds N` the whole chain runs N times, once per seed, each into a folder of its own: seed k's
+recipes are written to `<run dir>/seed<k>/recipes/` (from the folder's, with `seed` and `toy_seed` raised
+by k and every output directory moved under `<run dir>/seed<k>/`), so that a seed run is an ordinary chain
+whose recipes say exactly what ran, and skipping, resuming and fingerprints work per seed as for one run.
 """
 
 from __future__ import annotations
@@ -28,7 +33,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.contract import directory_size, input_fingerprint, last_checkpoint, read_manifest
+import yaml
+
+from pipeline.contract import directory_size, input_fingerprint, last_checkpoint, read_manifest, write_atomic
+from pipeline.data.toy_world import ToyWorldKeys
 from pipeline.errors import RecipeError, UserError
 from pipeline.recipes import read_recipe_file, recipe_fingerprint
 from pipeline.stages import STAGES, stage_inputs
@@ -237,3 +245,78 @@ def format_summary(stages: list[PlannedStage]) -> str:
         lines.append(f"{stage.name:<22} {stage.action:<16} {seconds:>10} {share:>6} {size:>12}")
     lines.append(f"{'total':<22} {'':<16} {total:>8.1f} s")
     return "\n".join(lines)
+
+
+# --- several seeds ------------------------------------------------------------------------------------------
+
+
+def run_directory(stages: list[PlannedStage]) -> Path:
+    """The folder that holds the chain's outputs (runs/toy for recipes/toy): the common parent of its output dirs."""
+    return Path(os.path.commonpath([str(stage.output_dir.parent) for stage in stages]))
+
+
+def seed_directory(folder: Path, index: int) -> Path:
+    """Where seed `index` of the folder's chain writes its outputs: runs/toy/seed<index>."""
+    return run_directory(load_recipes(folder)) / f"seed{index}"
+
+
+def _moved(value: object, moves: dict[Path, Path]) -> object:
+    """`value` with any path inside one of the `moves`' old directories rewritten into the new one."""
+    if isinstance(value, list):
+        return [_moved(item, moves) for item in value]
+    if not isinstance(value, str) or not value:
+        return value
+    candidate = Path(value)
+    for old, new in moves.items():
+        if candidate == old or old in candidate.parents:
+            return str(new / candidate.relative_to(old))
+    return value
+
+
+def seed_recipe_values(values: dict, index: int, moves: dict[Path, Path]) -> dict:
+    """One recipe's values for seed `index`: seeds raised by `index`, output and input directories moved."""
+    seeded = {key: _moved(value, moves) for key, value in values.items()}
+    seeded["seed"] = int(values.get("seed", 42)) + index
+    seeded["toy_seed"] = int(values.get("toy_seed", ToyWorldKeys.toy_seed)) + index
+    if isinstance(values.get("seeds"), list):  # a stage that runs several seeds itself (weak-to-strong): new ones
+        seeded["seeds"] = [int(seed) + index * len(values["seeds"]) for seed in values["seeds"]]
+    return seeded
+
+
+def write_seed_recipes(folder: Path, index: int) -> Path:
+    """Write seed `index`'s copy of the folder's recipes into <run dir>/seed<index>/recipes and return that folder.
+    A file whose values did not change is left as it is."""
+    stages = load_recipes(folder)
+    target = seed_directory(folder, index)
+    moves = {stage.output_dir: target / stage.output_dir.name for stage in stages}
+    recipes = target / "recipes"
+    recipes.mkdir(parents=True, exist_ok=True)
+    if (folder / CHAIN_FILE).is_file():
+        listing = {"stages": [stage.recipe_path.name for stage in stages]}
+        _write_if_changed(recipes / CHAIN_FILE, f"# Written by --seeds from {folder / CHAIN_FILE}.\n", listing)
+    for stage in stages:
+        values = {"stage": stage.stage, **seed_recipe_values(stage.values, index, moves)}
+        header = (
+            f"# Written by `python -m pipeline run {folder} --seeds N` from {stage.recipe_path}: seed {index} of the chain\n"
+            "# (seed and toy_seed raised by the seed's number, outputs under this folder). Edit the source, not this copy.\n"
+        )
+        _write_if_changed(recipes / stage.recipe_path.name, header, values)
+    return recipes
+
+
+def _write_if_changed(path: Path, header: str, values: dict) -> None:
+    text = header + yaml.safe_dump(values, sort_keys=False)
+    if not path.is_file() or path.read_text(encoding="utf-8") != text:
+        write_atomic(path, text)
+
+
+def run_seeds(folder: Path, seeds: int, force: bool = False, dry_run: bool = False, launcher: str | None = None) -> list[list[PlannedStage]]:
+    """Run the folder's chain once per seed (see the module doc); returns each seed's stages."""
+    if seeds < 1:
+        raise UserError(f"--seeds must be at least 1, got {seeds}.")
+    runs = []
+    for index in range(seeds):
+        seed_folder = write_seed_recipes(folder, index)
+        print(f"\n##### seed {index + 1} of {seeds}: {seed_folder}", flush=True)
+        runs.append(run_chain(seed_folder, force=force, dry_run=dry_run, launcher=launcher))
+    return runs

@@ -1,0 +1,174 @@
+"""`python -m eval.seeds SEED_DIR [SEED_DIR ...]`: the headline figures of a chain run with several seeds.
+
+    python -m eval.seeds runs/toy/seed0 runs/toy/seed1 runs/toy/seed2 --output runs/toy/seeds
+
+What `python -m pipeline run recipes/toy --seeds 3` calls at the end. One run of a stage is an anecdote: this
+report gives, for every headline figure of every stage output found in all the seed folders, the median and the
+range (min..max) over the seeds beside each seed's value, and counts per policy in how many seeds it beat the
+sharpening frontier (pipeline.policy_eval.judge). It reads what the stages wrote (metrics.json) and loads no
+model. Written into --output: report.md, report.html, report.json (per-seed values included) and a figure of
+every seed's policies and frontier, gold reward against KL to the SFT model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from eval import figures
+from eval.collect import RunSet, discover
+from eval.document import Section, render_markdown
+from eval.html import render_html
+from eval.sections.common import dig, number
+from pipeline.contract import write_atomic, write_json
+from pipeline.errors import UserError, run_cli
+
+BEST_OF = 16  # the Best-of-N row quoted as a headline
+
+# Per stage: (figure, how to read it from metrics.json). Policies (ppo, dpo) are read from their `judgement`, which
+# holds the same numbers for both stages by construction (pipeline.policy_eval.judge).
+POLICY_HEADLINES: list[tuple[str, Callable[[dict], Any]]] = [
+    ("gold, sampled", lambda m: dig(m, "judgement", "gold_sampled")),
+    ("gold, greedy", lambda m: dig(m, "judgement", "gold_greedy")),
+    ("SFT gold, greedy", lambda m: dig(m, "judgement", "reference_gold_greedy")),
+    ("exact KL to SFT (nats)", lambda m: dig(m, "judgement", "kl_exact")),
+    ("frontier gold at that KL", lambda m: dig(m, "judgement", "frontier_gold_at_kl")),
+    ("margin over the frontier", lambda m: dig(m, "judgement", "margin_over_frontier")),
+    ("beats sharpening", lambda m: m.get("beats_sharpening")),
+]
+HEADLINES: dict[str, list[tuple[str, Callable[[dict], Any]]]] = {
+    "pretrain": [
+        ("validation perplexity", lambda m: m.get("perplexity")),
+        ("gold, greedy", lambda m: m.get("gold_reward_greedy")),
+        ("gold, sampled", lambda m: m.get("gold_reward_sampled")),
+    ],
+    "sft": [
+        ("gold, greedy", lambda m: m.get("gold_reward_greedy")),
+        ("gold, sampled", lambda m: m.get("gold_reward_sampled")),
+    ],
+    "reward": [
+        ("pair accuracy (test)", lambda m: m.get("heldout_accuracy")),
+        ("pair accuracy (validation)", lambda m: m.get("validation_accuracy")),
+        ("SFT mean gold (Best-of-N prompts)", lambda m: m.get("policy_mean_gold")),
+        (f"Best-of-{BEST_OF} gold", lambda m: dig(m, "best_of_n", str(BEST_OF), "gold")),
+        (f"Best-of-{BEST_OF} KL, plug-in (nats)", lambda m: dig(m, "best_of_n", str(BEST_OF), "kl_nats")),
+        (f"Best-of-{BEST_OF} margin over the frontier", lambda m: dig(m, "best_of_n", str(BEST_OF), "margin_over_frontier")),
+        (f"Best-of-{BEST_OF} beats sharpening", lambda m: dig(m, "best_of_n", str(BEST_OF), "beats_sharpening")),
+    ],
+    "ppo": POLICY_HEADLINES,
+    "dpo": [*POLICY_HEADLINES, ("implicit reward accuracy", lambda m: m.get("implicit_reward_accuracy"))],
+    "weak_to_strong": [
+        ("weak accuracy", lambda m: m.get("weak_accuracy_median")),
+        ("strong ceiling accuracy", lambda m: m.get("ceiling_accuracy_median")),
+        ("student accuracy, cross-entropy", lambda m: m.get("w2s_accuracy_median_xent")),
+        ("PGR, cross-entropy", lambda m: m.get("pgr_median_xent")),
+        ("student accuracy, confidence loss", lambda m: m.get("w2s_accuracy_median_logconf")),
+        ("PGR, confidence loss", lambda m: m.get("pgr_median_logconf")),
+    ],
+}
+
+
+def aggregate(values: Sequence[Any]) -> dict[str, Any]:
+    """Median and range of the seeds' numbers; for yes/no figures the count of yes."""
+    present = [value for value in values if value is not None]
+    if present and all(isinstance(value, bool) for value in present):
+        return {"yes": sum(present), "of": len(present)}
+    numbers = [number(value) for value in present if number(value) is not None]
+    if not numbers:
+        return {"median": None, "min": None, "max": None, "n": 0}
+    return {"median": round(statistics.median(numbers), 4), "min": round(min(numbers), 4), "max": round(max(numbers), 4), "n": len(numbers)}
+
+
+def headline_table(seed_runs: list[RunSet]) -> list[dict[str, Any]]:
+    """One row per (stage output, figure) present in every seed: the seeds' values and their aggregate."""
+    names = [[output.name for output in runs.outputs] for runs in seed_runs]
+    common = [name for name in names[0] if all(name in other for other in names[1:])]
+    rows = []
+    for name in common:
+        outputs = [next(output for output in runs.outputs if output.name == name) for runs in seed_runs]
+        for figure, read in HEADLINES.get(outputs[0].stage, []):
+            values = [read(output.metrics) for output in outputs]
+            if all(value is None for value in values):
+                continue
+            rows.append({"output": name, "stage": outputs[0].stage, "figure": figure, "values": values, **aggregate(values)})
+    return rows
+
+
+def format_row(row: dict[str, Any]) -> list[str]:
+    if "yes" in row:
+        summary = f"{row['yes']} of {row['of']} seeds"
+    elif row["median"] is None:
+        summary = "n/a"
+    else:
+        summary = f"{row['median']:.4g} ({row['min']:.4g} .. {row['max']:.4g})"
+    values = ["yes" if v is True else "no" if v is False else "n/a" if v is None else f"{number(v):.4g}" for v in row["values"]]
+    return [row["output"], row["figure"], summary, " / ".join(values)]
+
+
+def frontier_figure(seed_runs: list[RunSet], path: Path) -> Path | None:
+    """Every seed's sharpening frontier (thin) and its PPO, DPO and Best-of-N points, gold against exact KL."""
+    curves: dict[str, dict[str, Any]] = {}
+    dots: dict[str, tuple[float | None, float | None]] = {}
+    for index, runs in enumerate(seed_runs):
+        for output in runs.of_stage("ppo") + runs.of_stage("dpo"):
+            judgement = output.metrics.get("judgement") or {}
+            dots[f"{output.name}, seed {index}"] = (number(judgement.get("kl_exact")), number(judgement.get("gold_sampled")))
+            frontier = output.metrics.get("sharpening") or []
+            if frontier and f"frontier, seed {index}" not in curves:
+                curves[f"frontier, seed {index}"] = {
+                    "kl": [p.get("kl_exact") for p in frontier], "gold": [p.get("gold_reward") for p in frontier], "style": "path",
+                }
+        reward = runs.main("reward")
+        best_of = dig(reward.metrics, "best_of_n", str(BEST_OF)) if reward is not None else None
+        if isinstance(best_of, dict):
+            dots[f"Best-of-{BEST_OF}, seed {index}"] = (number(best_of.get("kl_nats")), number(best_of.get("gold")))
+    return figures.gold_against_kl(curves, dots, path, f"{len(seed_runs)} seeds: policies against each seed's sharpening frontier")
+
+
+def build_seed_report(seed_dirs: Sequence[str | Path], output: str | Path) -> dict[str, Any]:
+    """Write the seeds report into `output`; returns report.json's content."""
+    if len(seed_dirs) < 2:
+        raise UserError("give at least two seed folders (e.g. runs/toy/seed0 runs/toy/seed1).")
+    seed_runs = [discover([directory]) for directory in seed_dirs]
+    empty = [str(directory) for directory, runs in zip(seed_dirs, seed_runs) if not runs.outputs]
+    if empty:
+        raise UserError(f"no finished stage output in {', '.join(empty)}.")
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = headline_table(seed_runs)
+    section = Section("headlines", f"Headline figures over {len(seed_runs)} seeds")
+    section.text(
+        "Median (min .. max) over the seeds of what each stage measured on the held-out split it names (the toy world's "
+        "test split unless its recipe says otherwise), then every seed's value in seed order. Each seed runs the whole "
+        "chain with its own training seed and toy-world seed (recipes in each seed folder's recipes/). A policy *beats "
+        "sharpening* when its sampled gold exceeds the SFT model's at a lower temperature, at the same KL, by the margin, "
+        "and its greedy gold did not fall."
+    )
+    section.table(["output", "figure", "median (range)", "per seed"], [format_row(row) for row in rows])
+    section.figure(frontier_figure(seed_runs, out / "seeds_gold_vs_kl.png"), "gold reward against exact KL to the SFT model, every seed")
+    section.data = {"rows": rows}
+    title = f"Seeds report: {', '.join(str(d) for d in seed_dirs)}"
+    report = {"title": title, "seed_dirs": [str(d) for d in seed_dirs], "generated_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "rows": rows}
+    write_atomic(out / "report.md", render_markdown(title, [section], out))
+    write_atomic(out / "report.html", render_html(title, [section]))
+    write_json(out / "report.json", report)
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m eval.seeds", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("seed_dirs", nargs="+", type=Path, help="one run folder per seed, e.g. runs/toy/seed0 runs/toy/seed1")
+    parser.add_argument("--output", type=Path, required=True, help="where to write the report, e.g. runs/toy/seeds")
+    args = parser.parse_args(argv)
+    report = build_seed_report(args.seed_dirs, args.output)
+    for row in report["rows"]:
+        print(" | ".join(format_row(row)))
+    print(f"\nreport: {args.output / 'report.md'}")
+
+
+if __name__ == "__main__":
+    run_cli(main)
