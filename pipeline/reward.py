@@ -83,7 +83,7 @@ logger = logging.getLogger("pipeline.reward")
 
 GPT2_LORA_TARGETS = ["c_attn", "c_proj", "c_fc"]
 TOY_MARGIN = "gold_gap"  # margin_column value that derives margins from the toy world's gold reward
-TARGET_ACCURACY = 0.85  # the toy world's targets (issue 5), reported in metrics.json
+TARGET_ACCURACY = 0.85  # the toy world's targets, reported in metrics.json
 TARGET_BEST_OF = 16
 FRONTIER_SAMPLES_PER_PROMPT = 8
 
@@ -495,7 +495,7 @@ def run_best_of_n(args, model_args, policy, reward_model, tokenizer, eval_pairs,
 
 
 def targets(heldout_accuracy: float, best_of_n: dict | None) -> dict[str, Any]:
-    """The toy world's targets (issue 5): held-out accuracy >= 0.85, Best-of-16 gold above the SFT mean."""
+    """The toy world's targets: held-out accuracy >= 0.85, Best-of-16 gold above the SFT mean."""
     out: dict[str, Any] = {
         "heldout_accuracy": {"value": heldout_accuracy, "target": f">= {TARGET_ACCURACY}", "met": heldout_accuracy >= TARGET_ACCURACY}
     }

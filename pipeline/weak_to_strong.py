@@ -24,7 +24,7 @@ Every sub-run (one classifier training) is cached under a hash of everything tha
 it): a sweep reuses weak labels and ceilings, a changed recipe retrains only the sub-runs it changes, and
 a killed run restarts at the first unfinished sub-run.
 
-For comparison, the paper's median PGRs for GPT-2-family pairs (as quoted in the project's issue 8, not
+For comparison, the paper's median PGRs for GPT-2-family pairs (Burns et al. 2023, not
 re-measured here): sciq 0.31 logconf / 0.33 xent; amazon_polarity 0.52 / 0.58; cosmos_qa 0.37 / 0.35.
 
 Where this differs from the reference code: the aux-loss coefficient ramps linearly by default (ramp:
