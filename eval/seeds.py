@@ -49,6 +49,8 @@ HEADLINES: dict[str, list[tuple[str, Callable[[dict], Any]]]] = {
     "sft": [
         ("gold, greedy", lambda m: m.get("gold_reward_greedy")),
         ("gold, sampled", lambda m: m.get("gold_reward_sampled")),
+        ("gold before SFT (its input model), greedy", lambda m: dig(m, "gold_reward_before", "greedy")),
+        ("gold before SFT (its input model), sampled", lambda m: dig(m, "gold_reward_before", "temperature_1.0")),
     ],
     "reward": [
         ("pair accuracy (test)", lambda m: m.get("heldout_accuracy")),
