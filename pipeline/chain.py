@@ -10,7 +10,8 @@ is built as an argument list and never passes through a shell.
 Without a launcher, on Linux, a stage's process is forked from the runner after the runner has imported
 the modules of the stages to run, and with them torch, transformers, TRL and PEFT (about 7 s per fresh
 interpreter on 2 CPU cores, a minute over the toy chain), and runs the stage module as `python -m` would.
-The runner itself runs no tensor code, so the child starts from a clean state; it is still its own process,
+The runner itself runs no tensor code, so the child starts from a clean state (and reads the project's own
+modules from disk again); it is still its own process,
 with its own exit status, and an interrupt waits for it to checkpoint and stop.
 
 With `--seeds N` the whole chain runs N times, once per seed, each into a folder of its own: seed k's
@@ -44,6 +45,7 @@ from pipeline.stages import STAGES, stage_inputs
 logger = logging.getLogger(__name__)
 
 CHAIN_FILE = "chain.yaml"
+PROJECT_PACKAGES = ("pipeline", "eval")
 
 
 @dataclass
@@ -174,7 +176,11 @@ def stage_command(stage: PlannedStage, launcher: str | None, force: bool) -> lis
 def _run_module_as_main(module: str, argv: list[str]) -> None:
     """The child's side of a forked stage: run `module` as `python -m module argv` would."""
     sys.argv = [module, *argv]
-    sys.modules.pop(module, None)  # preloaded by the runner: run a fresh copy as __main__, as `-m` does
+    # The project's own modules are imported afresh from disk, as a new interpreter would (they are cheap; the
+    # libraries are what preloading saves), so that code edited while a long chain runs is seen whole by the
+    # stages still to come, never half old and half new.
+    for name in [name for name in sys.modules if name.split(".")[0] in PROJECT_PACKAGES]:
+        del sys.modules[name]
     runpy.run_module(module, run_name="__main__", alter_sys=True)
 
 

@@ -134,3 +134,19 @@ def test_a_forked_stage_runs_as_main_and_returns_its_exit_status(tmp_path, monke
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))
     assert not chain.can_fork_stages()
     assert chain.run_stage_process(command, launcher=None) == 3
+
+
+def test_a_forked_stage_imports_the_projects_modules_afresh(tmp_path, monkeypatch):
+    """Libraries stay preloaded, but the project's modules are read from disk again in each forked stage, so that
+    code edited while a chain runs is never seen half old and half new."""
+    import types
+
+    (tmp_path / "probe_stage.py").write_text(
+        "import sys\n"
+        "if __name__ == '__main__':\n"
+        "    sys.exit(3 if 'pipeline._stale_probe' in sys.modules else 0 if 'torch' in sys.modules else 4)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(sys.modules, "pipeline._stale_probe", types.ModuleType("pipeline._stale_probe"))
+    __import__("torch")
+    assert chain.run_stage_process([sys.executable, "-m", "probe_stage"], launcher=None) == 0
