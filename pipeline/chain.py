@@ -10,9 +10,9 @@ is built as an argument list and never passes through a shell.
 Without a launcher, on Linux, a stage's process is forked from the runner after the runner has imported
 the modules of the stages to run, and with them torch, transformers, TRL and PEFT (about 7 s per fresh
 interpreter on 2 CPU cores, a minute over the toy chain), and runs the stage module as `python -m` would.
-The runner itself runs no tensor code, so the child starts from a clean state (and reads the project's own
-modules from disk again); it is still its own process,
-with its own exit status, and an interrupt waits for it to checkpoint and stop.
+The runner itself runs no tensor code, so the child starts from a clean state, and it reads the project's own
+modules from disk again; it is still its own process, with its own exit status, and an interrupt waits for it
+to checkpoint and stop.
 
 With `--seeds N` the whole chain runs N times, once per seed, each into a folder of its own: seed k's
 recipes are written to `<run dir>/seed<k>/recipes/` (from the folder's, with `seed` and `toy_seed` raised
