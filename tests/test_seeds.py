@@ -9,12 +9,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import TINY_PRETRAIN, run_module, write_recipe
+from conftest import run_module, write_recipe
 from eval.seeds import aggregate
 from pipeline import chain
 from pipeline.contract import read_manifest
-
-QUICK = {**TINY_PRETRAIN, "max_steps": 6, "eval_steps": 6, "save_steps": 6, "num_sample_prompts": 2, "decoding_strategies": ["greedy"]}
+from test_chain import QUICK
 
 
 @pytest.fixture
