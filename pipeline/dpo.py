@@ -53,6 +53,7 @@ from pipeline.policy_eval import (
     sharpening_temperatures_field,
     toy_gold_scorer,
     toy_skill,
+    trait_metrics,
 )
 from pipeline.recipes import parse_recipe, require_non_negative, require_positive, resolved_recipe
 from pipeline.sft import (  # the model is built, merged and counted as in SFT
@@ -461,6 +462,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         temperature=args.eval_temperature, max_new_tokens=args.sample_max_new_tokens,
         seed=training_args.seed, batch_size=args.generation_batch_size, group_of=toy_skill if args.dataset == "toy" else None,
         sharpening_temperatures=args.sharpening_temperatures,
+        traits=ToyWorld.from_recipe(args).traits() if args.dataset == "toy" else None,
     )
     write_json(output_dir / "samples.json", comparison.samples)
     write_json(output_dir / "log_history.json", trainer.state.log_history)
@@ -514,6 +516,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             for when, model in (("before", "reference"), ("after", "policy"))
         }
         metrics["eval_split"] = args.toy_eval_split
+    metrics.update(trait_metrics(summary))
+    if args.dataset == "toy":
+        metrics["toy_world"] = ToyWorld.from_recipe(args).describe()
     if "judgement" in summary:
         metrics["beats_sharpening"] = summary["judgement"]["beats_sharpening"]
         metrics["judgement"] = summary["judgement"]
