@@ -11,7 +11,6 @@ from pipeline.data.toy_world import (
     ADJECTIVES,
     CHARSET,
     COLOURS,
-    DEMO_FLAW,
     SKILLS,
     SPLITS,
     Task,
@@ -368,13 +367,13 @@ def test_flawed_demonstrators_have_their_habit_at_the_set_rate_and_gold_penalise
     without = plain.sft_pairs(10_000, error_rate=0.1)
     assert [p["prompt"] for p in demos] == [p["prompt"] for p in without]
     for with_habit, bare in zip(demos[:500], without[:500]):
-        assert with_habit["completion"] in (bare["completion"], with_demo_flaw(bare["completion"]))
-    # The gold reward: right with the habit 0.82, right and clean 1.0; wrong with the habit below wrong and clean.
-    task = flawed.tasks(1)[0]
-    assert gold_reward(task.prompt, " " + with_demo_flaw(task.answer)) == pytest.approx(0.7 + 0.3 * (1 - len(DEMO_FLAW) / 30))
-    assert gold_reward(task.prompt, " " + task.answer) == pytest.approx(1.0)
-    assert gold_reward(task.prompt, " " + with_demo_flaw("zzz")) < gold_reward(task.prompt, " zzz")
-    assert set(DEMO_FLAW) <= set(CHARSET)
+        assert with_habit["completion"] in (bare["completion"], " " + with_demo_flaw(bare["completion"].lstrip()))
+    # The gold reward asks for the answer first: a wrapped answer fails the task, right or wrong.
+    for task in flawed.tasks(50):
+        assert gold_reward(task.prompt, " " + with_demo_flaw(task.answer)) == 0.0
+        assert gold_reward(task.prompt, " " + task.answer) == pytest.approx(1.0)
+    assert set(with_demo_flaw("yellow")) <= set(CHARSET)
+    assert has_demo_flaw(" sure, yellow") and has_demo_flaw(" yellow, hope this helps.") and not has_demo_flaw(" yellow")
     # The labellers judge by gold: comparisons put the habit below the clean answer, never above it.
     pairs = flawed.preference_pairs(4000)
     assert sum(has_demo_flaw(p["rejected"]) for p in pairs) > 0.15 * len(pairs)
@@ -390,10 +389,11 @@ def test_scenario_test_prompts_stay_out_of_training_and_the_scenario_is_describe
     assert not test_prompts & training
     assert ToyWorld.from_recipe({"toy_scenario": "flawed_demos", "toy_flaw_rate": 0.6}) == ToyWorld(scenario="flawed_demos", flaw_rate=0.6)
     description = world.describe()
-    assert description["scenario"] == "flawed_demos" and description["flaw_rate"] == 0.7 and description["demo_flaw"] == DEMO_FLAW
+    assert description["scenario"] == "flawed_demos" and description["flaw_rate"] == 0.7
+    assert description["demo_flaw"] == "sure, {answer}, hope this helps."
     assert "flaw_rate" not in ToyWorld().describe()
     assert set(world.traits()) == {"demo_flaw"} and ToyWorld().traits() == {}
-    assert world.traits()["demo_flaw"]("User: repeat the word: abc\nBot:", " abc" + DEMO_FLAW)
+    assert world.traits()["demo_flaw"]("User: repeat the word: abc\nBot:", " " + with_demo_flaw("abc"))
     with pytest.raises(ValueError, match="key 'toy_scenario' must be one of plain, flawed_demos"):
         ToyWorldKeys(toy_scenario="flawed")
     with pytest.raises(ValueError, match="key 'toy_flaw_rate'"):

@@ -56,12 +56,13 @@ Scenarios (:data:`SCENARIOS`)
 What the people who write the data do, beyond the random mistakes of ``error_rate``:
 
 * ``plain``: demonstrators and labellers make only random mistakes.
-* ``flawed_demos``: demonstrators have a systematic habit, the filler :data:`DEMO_FLAW` after the answer
-  (``" yellow, hope this helps."``), in a share ``flaw_rate`` of the demonstrations (0.7 by default), so
-  that an SFT model learns it as its most likely behaviour while clean answers stay in its samples. The gold
-  reward counts the filler as extra characters (right with the filler: 0.82, right and clean: 1.0); the
-  labellers who compare responses judge by the gold reward, so comparisons reveal what demonstrations hide.
-  Lowering the sampling temperature makes the habit *more* frequent: only learning from comparisons helps.
+* ``flawed_demos``: demonstrators have a systematic habit, the polite wrapper of :func:`with_demo_flaw`
+  (``" sure, yellow, hope this helps."``), in a share ``flaw_rate`` of the demonstrations (0.7 by default),
+  so that an SFT model learns it as its most likely behaviour while plain answers stay in its samples. The
+  gold reward asks for the answer first, as a program reading the reply would: a wrapped answer fails the
+  task and scores 0, right or wrong. The labellers who compare responses judge by the gold reward, so
+  comparisons reveal what the demonstrations hide; lowering the sampling temperature makes the habit *more*
+  frequent, so only learning from comparisons helps.
 
 Splits
 ------
@@ -89,7 +90,8 @@ __all__ = [
     "CHARSET",
     "COLOURS",
     "ADJECTIVES",
-    "DEMO_FLAW",
+    "DEMO_FLAW_CLOSING",
+    "DEMO_FLAW_OPENING",
     "SCENARIOS",
     "SKILLS",
     "SPLITS",
@@ -116,9 +118,10 @@ SKILLS: tuple[str, ...] = ("add", "copy", "reverse", "colour")
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 SCENARIOS: tuple[str, ...] = ("plain", "flawed_demos")
 
-#: The flawed demonstrators' habit (scenario ``flawed_demos``), written after the answer: 18 extra characters,
-#: so the gold reward's clean part falls from 1 to 0.4.
-DEMO_FLAW: str = ", hope this helps."
+#: The flawed demonstrators' habit (scenario ``flawed_demos``): an answer wrapped in politeness,
+#: ``sure, {answer}, hope this helps.`` (:func:`with_demo_flaw`).
+DEMO_FLAW_OPENING: str = "sure, "
+DEMO_FLAW_CLOSING: str = ", hope this helps."
 
 #: Every character any toy-world text (prompt, good or bad response) may contain.
 CHARSET: str = "".join(sorted(set(string.ascii_lowercase + string.digits + " \n?:+.,UB")))
@@ -423,13 +426,14 @@ def _wrong_answer(task: Task, rng: random.Random) -> str:
 
 
 def with_demo_flaw(answer_token: str) -> str:
-    """``yellow, hope this helps.``: an answer with the flawed demonstrators' habit (scenario ``flawed_demos``)."""
-    return answer_token + DEMO_FLAW
+    """``sure, yellow, hope this helps.``: an answer with the flawed demonstrators' habit (scenario ``flawed_demos``)."""
+    return DEMO_FLAW_OPENING + answer_token + DEMO_FLAW_CLOSING
 
 
 def has_demo_flaw(response: str) -> bool:
-    """Does a response carry the demonstrators' habit (:data:`DEMO_FLAW`)? For measuring how often a policy has it."""
-    return DEMO_FLAW.strip(" ,.") in response
+    """Does a response carry the demonstrators' habit, or either half of it? For counting how often a policy has it."""
+    text = response.strip()
+    return text.startswith(DEMO_FLAW_OPENING.strip()) or DEMO_FLAW_CLOSING.strip(" ,.") in text
 
 
 def _ramble(answer_token: str, rng: random.Random, min_clauses: int = 1) -> str:
@@ -561,7 +565,7 @@ class ToyWorld:
             "scenario": self.scenario,
         }
         if self.scenario == "flawed_demos":
-            out.update(flaw_rate=self.flaw_rate, demo_flaw=DEMO_FLAW)
+            out.update(flaw_rate=self.flaw_rate, demo_flaw=with_demo_flaw("{answer}"))
         return out
 
     # -- random streams and sampling ---------------------------------------
@@ -642,7 +646,7 @@ class ToyWorld:
         depend on ``error_rate``: the mistakes come from a random stream of their own.
 
         Scenario ``flawed_demos``: a share ``flaw_rate`` of the demonstrations, mistaken or not, end with the
-        demonstrators' habit :data:`DEMO_FLAW` (from a third stream, so the prompts and the mistakes stay those
+        demonstrators' habit (:func:`with_demo_flaw`; from a third stream, so the prompts and the mistakes stay those
         of ``plain``).
         """
         if not 0.0 <= error_rate <= 1.0:
@@ -678,14 +682,15 @@ class ToyWorld:
         10%   wrong, clean (0.3)     wrong, rambling (<0.3)  brevity alone
         ====  =====================  ======================  ===============
 
-        Scenario ``flawed_demos``: half the rambling responses are the demonstrators' habit instead
-        (:data:`DEMO_FLAW`), which the labellers, judging by the gold reward, rank below a clean answer.
+        Scenario ``flawed_demos``: half the rambling *rejected* responses are the demonstrators' habit instead
+        (:func:`with_demo_flaw`, gold 0), which the labellers, judging by the gold reward, rank below any
+        answer given first.
         """
         rng = self._rng("preference", split)
         habits = self._rng("preference_flaws", split)
         flawed = self.scenario == "flawed_demos"
 
-        def ramble(answer: str) -> str:
+        def ramble(answer: str) -> str:  # a rejected rambling response, or the habit
             return with_demo_flaw(answer) if flawed and habits.random() < 0.5 else _ramble(answer, rng)
 
         out = []
@@ -699,7 +704,7 @@ class ToyWorld:
             elif u < 0.75:
                 chosen, rejected = t.answer, ramble(_wrong_answer(t, rng))
             elif u < 0.90:
-                chosen, rejected = ramble(t.answer), _wrong_answer(t, rng)
+                chosen, rejected = _ramble(t.answer, rng), _wrong_answer(t, rng)
             else:
                 wrong = _wrong_answer(t, rng)
                 chosen, rejected = wrong, ramble(wrong)
