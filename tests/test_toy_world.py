@@ -370,7 +370,7 @@ def test_flawed_demonstrators_have_their_habit_at_the_set_rate_and_gold_penalise
         assert with_habit["completion"] in (bare["completion"], " " + with_demo_flaw(bare["completion"].lstrip()))
     # The gold reward asks for the answer first: a wrapped answer fails the task, right or wrong.
     for task in flawed.tasks(50):
-        assert gold_reward(task.prompt, " " + with_demo_flaw(task.answer)) <= 0.07
+        assert gold_reward(task.prompt, " " + with_demo_flaw(task.answer)) <= 0.09
         assert gold_reward(task.prompt, " " + task.answer) == pytest.approx(1.0)
     assert set(with_demo_flaw("yellow")) <= set(CHARSET)
     assert has_demo_flaw(" sure, yellow") and has_demo_flaw(" yellow, hope this helps.") and not has_demo_flaw(" yellow")

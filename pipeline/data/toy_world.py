@@ -60,7 +60,7 @@ What the people who write the data do, beyond the random mistakes of ``error_rat
   (``" sure, yellow, hope this helps."``), in a share ``flaw_rate`` of the demonstrations (0.7 by default),
   so that an SFT model learns it as its most likely behaviour while plain answers stay in its samples. The
   gold reward asks for the answer first, as a program reading the reply would: a wrapped answer fails the
-  task, right or wrong (gold at most 0.07, from the clean-ending part). The labellers who compare responses judge by the gold reward, so
+  task, right or wrong (gold at most 0.09, from the clean-ending part). The labellers who compare responses judge by the gold reward, so
   comparisons reveal what the demonstrations hide; lowering the sampling temperature makes the habit *more*
   frequent, so only learning from comparisons helps.
 
@@ -683,7 +683,7 @@ class ToyWorld:
         ====  =====================  ======================  ===============
 
         Scenario ``flawed_demos``: half the rambling *rejected* responses are the demonstrators' habit instead
-        (:func:`with_demo_flaw`, gold at most 0.07), which the labellers, judging by the gold reward, rank below any
+        (:func:`with_demo_flaw`, gold at most 0.09), which the labellers, judging by the gold reward, rank below any
         answer given first.
         """
         rng = self._rng("preference", split)
