@@ -49,6 +49,8 @@ HEADLINES: dict[str, list[tuple[str, Callable[[dict], Any]]]] = {
     "sft": [
         ("gold, greedy", lambda m: m.get("gold_reward_greedy")),
         ("gold, sampled", lambda m: m.get("gold_reward_sampled")),
+        ("gold before SFT (its input model), greedy", lambda m: dig(m, "gold_reward_before", "greedy")),
+        ("gold before SFT (its input model), sampled", lambda m: dig(m, "gold_reward_before", "temperature_1.0")),
     ],
     "reward": [
         ("pair accuracy (test)", lambda m: m.get("heldout_accuracy")),
@@ -110,23 +112,39 @@ def format_row(row: dict[str, Any]) -> list[str]:
 
 
 def frontier_figure(seed_runs: list[RunSet], path: Path) -> Path | None:
-    """Every seed's sharpening frontier (thin) and its PPO, DPO and Best-of-N points, gold against exact KL."""
-    curves: dict[str, dict[str, Any]] = {}
-    dots: dict[str, tuple[float | None, float | None]] = {}
+    """Every seed's sharpening frontier (a line in the seed's colour) and its PPO, DPO and Best-of-N points (one
+    marker per kind of policy), gold reward against exact KL to the SFT model."""
+    markers = {"ppo": "o", "dpo": "s", "reward": "^"}
+    figure, axis = figures.plt.subplots(figsize=(7.6, 5.0))
+    drawn = False
     for index, runs in enumerate(seed_runs):
-        for output in runs.of_stage("ppo") + runs.of_stage("dpo"):
-            judgement = output.metrics.get("judgement") or {}
-            dots[f"{output.name}, seed {index}"] = (number(judgement.get("kl_exact")), number(judgement.get("gold_sampled")))
-            frontier = output.metrics.get("sharpening") or []
-            if frontier and f"frontier, seed {index}" not in curves:
-                curves[f"frontier, seed {index}"] = {
-                    "kl": [p.get("kl_exact") for p in frontier], "gold": [p.get("gold_reward") for p in frontier], "style": "path",
-                }
+        colour = f"C{index}"
+        points = [(output.stage, output.metrics.get("judgement") or {}, output.metrics.get("sharpening") or [])
+                  for output in runs.of_stage("ppo") + runs.of_stage("dpo")]
+        frontier = next((sharpening for _, _, sharpening in points if sharpening), [])
+        if frontier:
+            axis.plot([p.get("kl_exact") for p in frontier], [p.get("gold_reward") for p in frontier], color=colour, linewidth=1.2,
+                      label=f"seed {index}: SFT at lower temperatures")
+        for stage, judgement, _ in points:
+            x, y = number(judgement.get("kl_exact")), number(judgement.get("gold_sampled"))
+            if x is not None and y is not None:
+                axis.scatter([x], [y], color=colour, marker=markers[stage], s=70, edgecolors="black", zorder=4)
+                drawn = True
         reward = runs.main("reward")
         best_of = dig(reward.metrics, "best_of_n", str(BEST_OF)) if reward is not None else None
-        if isinstance(best_of, dict):
-            dots[f"Best-of-{BEST_OF}, seed {index}"] = (number(best_of.get("kl_nats")), number(best_of.get("gold")))
-    return figures.gold_against_kl(curves, dots, path, f"{len(seed_runs)} seeds: policies against each seed's sharpening frontier")
+        if isinstance(best_of, dict) and number(best_of.get("kl_nats")) is not None and number(best_of.get("gold")) is not None:
+            axis.scatter([best_of["kl_nats"]], [best_of["gold"]], color=colour, marker=markers["reward"], s=70, edgecolors="black", zorder=4)
+            drawn = True
+    if not drawn:
+        figures.plt.close(figure)
+        return None
+    for label, marker in (("PPO", "o"), ("DPO", "s"), (f"Best-of-{BEST_OF}", "^")):
+        axis.scatter([], [], color="white", edgecolors="black", marker=marker, label=label)
+    axis.set(title=f"{len(seed_runs)} seeds: every policy against its seed's sharpening frontier",
+             xlabel="KL(policy ‖ SFT), nats per response", ylabel="gold reward (sampled responses)")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7, loc="best")
+    return figures.save(figure, path)
 
 
 def build_seed_report(seed_dirs: Sequence[str | Path], output: str | Path) -> dict[str, Any]:
@@ -146,7 +164,8 @@ def build_seed_report(seed_dirs: Sequence[str | Path], output: str | Path) -> di
         "test split unless its recipe says otherwise), then every seed's value in seed order. Each seed runs the whole "
         "chain with its own training seed and toy-world seed (recipes in each seed folder's recipes/). A policy *beats "
         "sharpening* when its sampled gold exceeds the SFT model's at a lower temperature, at the same KL, by the margin, "
-        "and its greedy gold did not fall."
+        "and its greedy gold did not fall. Best-of-16 is measured on the reward stage's Best-of-N prompts, against the "
+        "frontier on those prompts; PPO and DPO on their 256 evaluation prompts."
     )
     section.table(["output", "figure", "median (range)", "per seed"], [format_row(row) for row in rows])
     section.figure(frontier_figure(seed_runs, out / "seeds_gold_vs_kl.png"), "gold reward against exact KL to the SFT model, every seed")
