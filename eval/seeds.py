@@ -3,10 +3,10 @@
     python -m eval.seeds runs/toy/seed0 runs/toy/seed1 runs/toy/seed2 --output runs/toy/seeds
 
 What `python -m pipeline run recipes/toy --seeds 3` calls at the end. One run of a stage is an anecdote: this
-report gives, for every headline figure of every stage output found in all the seed folders (a figure a stage did not measure, such as the share of
-responses with the flawed demonstrators' habit in the plain world, is left out), the median and the
-range (min..max) over the seeds beside each seed's value, and counts per policy in how many seeds it beat the
-sharpening frontier (pipeline.policy_eval.judge). It reads what the stages wrote (metrics.json) and loads no
+report gives, for every headline figure of every stage output found in all the seed folders, the median and
+the range (min..max) over the seeds beside each seed's value (figures a stage did not measure, such as the
+share of the flawed demonstrators' habit in the plain world, are left out), and counts per policy in how
+many seeds it beat the sharpening frontier (pipeline.policy_eval.judge). It reads what the stages wrote (metrics.json) and loads no
 model. Written into --output: report.md, report.html, report.json (per-seed values included) and a figure of
 every seed's policies and frontier, gold reward against KL to the SFT model.
 """
