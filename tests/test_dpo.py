@@ -390,3 +390,12 @@ def test_a_lora_policy_is_compared_with_its_disabled_adapters(sft_dir):
 
 def test_win_rate_counts_ties_as_half():
     assert win_rate([1.0, 0.3, 0.5, 0.2], [0.3, 0.3, 0.7, 0.1]) == pytest.approx((1 + 0.5 + 0 + 1) / 4)
+
+
+def test_a_max_length_beyond_the_models_context_is_a_recipe_error(tmp_path, sft_dir):
+    """The tiny model reads 128 positions: max_length 200 is refused before any data or model is loaded."""
+    path = recipe(tmp_path, sft_dir, max_length=200)
+    with pytest.raises(RecipeError, match=r"key 'max_length' \(200\) exceeds the context length .* \(128 tokens\)"):
+        dpo.main(["--config", str(path)])
+    assert not (tmp_path / "runs" / "dpo").exists()
+
