@@ -3,9 +3,10 @@
     python -m eval.seeds runs/toy/seed0 runs/toy/seed1 runs/toy/seed2 --output runs/toy/seeds
 
 What `python -m pipeline run recipes/toy --seeds 3` calls at the end. One run of a stage is an anecdote: this
-report gives, for every headline figure of every stage output found in all the seed folders, the median and the
-range (min..max) over the seeds beside each seed's value, and counts per policy in how many seeds it beat the
-sharpening frontier (pipeline.policy_eval.judge). It reads what the stages wrote (metrics.json) and loads no
+report gives, for every headline figure of every stage output found in all the seed folders, the median and
+the range (min..max) over the seeds beside each seed's value (figures a stage did not measure, such as the
+share of the flawed demonstrators' habit in the plain world, are left out), and counts per policy in how
+many seeds it beat the sharpening frontier (pipeline.policy_eval.judge). It reads what the stages wrote (metrics.json) and loads no
 model. Written into --output: report.md, report.html, report.json (per-seed values included) and a figure of
 every seed's policies and frontier, gold reward against KL to the SFT model.
 """
@@ -39,6 +40,8 @@ POLICY_HEADLINES: list[tuple[str, Callable[[dict], Any]]] = [
     ("frontier gold at that KL", lambda m: dig(m, "judgement", "frontier_gold_at_kl")),
     ("margin over the frontier", lambda m: dig(m, "judgement", "margin_over_frontier")),
     ("beats sharpening", lambda m: m.get("beats_sharpening")),
+    ("habit share, greedy", lambda m: dig(m, "demo_flaw_after", "greedy")),
+    ("habit share, sampled", lambda m: dig(m, "demo_flaw_after", "sampled")),
 ]
 HEADLINES: dict[str, list[tuple[str, Callable[[dict], Any]]]] = {
     "pretrain": [
@@ -51,6 +54,8 @@ HEADLINES: dict[str, list[tuple[str, Callable[[dict], Any]]]] = {
         ("gold, sampled", lambda m: m.get("gold_reward_sampled")),
         ("gold before SFT (its input model), greedy", lambda m: dig(m, "gold_reward_before", "greedy")),
         ("gold before SFT (its input model), sampled", lambda m: dig(m, "gold_reward_before", "temperature_1.0")),
+        ("habit share, greedy", lambda m: dig(m, "traits_after", "demo_flaw", "greedy")),
+        ("habit share, sampled", lambda m: dig(m, "traits_after", "demo_flaw", "temperature_1.0")),
     ],
     "reward": [
         ("pair accuracy (test)", lambda m: m.get("heldout_accuracy")),
@@ -60,6 +65,7 @@ HEADLINES: dict[str, list[tuple[str, Callable[[dict], Any]]]] = {
         (f"Best-of-{BEST_OF} KL, plug-in (nats)", lambda m: dig(m, "best_of_n", str(BEST_OF), "kl_nats")),
         (f"Best-of-{BEST_OF} margin over the frontier", lambda m: dig(m, "best_of_n", str(BEST_OF), "margin_over_frontier")),
         (f"Best-of-{BEST_OF} beats sharpening", lambda m: dig(m, "best_of_n", str(BEST_OF), "beats_sharpening")),
+        (f"Best-of-{BEST_OF} habit share", lambda m: dig(m, "best_of_n", str(BEST_OF), "demo_flaw")),
     ],
     "ppo": POLICY_HEADLINES,
     "dpo": [*POLICY_HEADLINES, ("implicit reward accuracy", lambda m: m.get("implicit_reward_accuracy"))],

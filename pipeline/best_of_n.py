@@ -30,7 +30,7 @@ gets no EOS (see pipeline/reward_model.py). Written here: no library computes th
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -85,8 +85,11 @@ def plug_in_kl(rewards: np.ndarray, n: int, texts: Sequence[Sequence[str]] | Non
     return float(np.mean(kls))
 
 
-def best_of_n_table(rewards: np.ndarray, gold: np.ndarray | None, texts: Sequence[Sequence[str]] | None = None) -> list[dict[str, float]]:
-    """One row per N: expected RM reward and gold reward of the RM's pick, the gold oracle, the KL (plug-in and bound)."""
+def best_of_n_table(
+    rewards: np.ndarray, gold: np.ndarray | None, texts: Sequence[Sequence[str]] | None = None, traits: Mapping[str, np.ndarray] | None = None
+) -> list[dict[str, float]]:
+    """One row per N: expected RM reward and gold reward of the RM's pick, the gold oracle, the KL (plug-in and bound),
+    and for each trait (0/1 per sample) the expected share of picks that have it."""
     rows = []
     for n in powers_of_two(rewards.shape[1]):
         row: dict[str, float] = {
@@ -96,6 +99,8 @@ def best_of_n_table(rewards: np.ndarray, gold: np.ndarray | None, texts: Sequenc
         if gold is not None:
             row["gold"] = round(expected_best(rewards, gold, n), 4)
             row["gold_oracle"] = round(expected_best(gold, gold, n), 4)
+        for name, values in (traits or {}).items():
+            row[name] = round(expected_best(rewards, values, n), 4)
         rows.append(row)
     return rows
 
@@ -176,6 +181,7 @@ def best_of_n(
     batch_size: int = 256,
     toy: bool = True,
     examples: int = 4,
+    traits: Mapping[str, Callable[[str, str], bool]] | None = None,
 ) -> dict[str, Any]:
     """Sample n_max responses per prompt, score them, and tabulate Best-of-N for N = 1, 2, ..., n_max."""
     if not prompts:
@@ -205,7 +211,10 @@ def best_of_n(
         gold = np.array([gold_reward(p, t, finished=f) for p, t, f in zip(repeated, texts, finished)]).reshape(rewards.shape)
         result["policy_mean_gold"] = round(float(gold.mean()), 4)
         result.update(rm_versus_gold(rewards, gold))
-    result["table"] = best_of_n_table(rewards, gold, [texts[p * n_max : (p + 1) * n_max] for p in range(len(prompts))])
+    trait_values = {
+        name: np.array([float(bool(test(p, t))) for p, t in zip(repeated, texts)]).reshape(rewards.shape) for name, test in (traits or {}).items()
+    }
+    result["table"] = best_of_n_table(rewards, gold, [texts[p * n_max : (p + 1) * n_max] for p in range(len(prompts))], trait_values)
     result["kl_regularised"] = kl_regularised_table(rewards, gold)
     result["examples"] = [
         {

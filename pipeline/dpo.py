@@ -44,7 +44,7 @@ from pipeline.data.preferences import load_preferences
 from pipeline.data.toy_comparisons import check_policy_comparison_keys, own_sample_comparisons
 from pipeline.data.toy_world import ToyWorld, ToyWorldKeys
 from pipeline.errors import DataError, RecipeError, run_cli
-from pipeline.models import load_model, load_tokenizer
+from pipeline.models import check_max_length, load_model, load_tokenizer
 from pipeline.plots import plot_loss_curves  # also selects matplotlib's file-only backend
 from pipeline.policy_eval import (
     check_sharpening_temperatures,
@@ -53,6 +53,7 @@ from pipeline.policy_eval import (
     sharpening_temperatures_field,
     toy_gold_scorer,
     toy_skill,
+    trait_metrics,
 )
 from pipeline.recipes import parse_recipe, require_non_negative, require_positive, resolved_recipe
 from pipeline.sft import (  # the model is built, merged and counted as in SFT
@@ -411,6 +412,7 @@ def plot_dpo_curves(log_history: list[dict[str, Any]], path: Path, title: str) -
 def main(argv: Sequence[str] | None = None) -> None:
     args, model_args, training_args, recipe = parse_recipe(RECIPE_TYPES, argv, "dpo", __doc__)
     check_combination(model_args, training_args, recipe.path)
+    check_max_length(model_args.model_name_or_path, training_args.max_length, recipe.path, training_args.trust_remote_code)
     output_dir = Path(training_args.output_dir)
     opened = open_stage_run(recipe, "dpo", output_dir, training_args.seed, training_args.should_save)
     if opened is None:
@@ -461,6 +463,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         temperature=args.eval_temperature, max_new_tokens=args.sample_max_new_tokens,
         seed=training_args.seed, batch_size=args.generation_batch_size, group_of=toy_skill if args.dataset == "toy" else None,
         sharpening_temperatures=args.sharpening_temperatures,
+        traits=ToyWorld.from_recipe(args).traits() if args.dataset == "toy" else None,
     )
     write_json(output_dir / "samples.json", comparison.samples)
     write_json(output_dir / "log_history.json", trainer.state.log_history)
@@ -514,6 +517,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             for when, model in (("before", "reference"), ("after", "policy"))
         }
         metrics["eval_split"] = args.toy_eval_split
+    metrics.update(trait_metrics(summary))
+    if args.dataset == "toy":
+        metrics["toy_world"] = ToyWorld.from_recipe(args).describe()
     if "judgement" in summary:
         metrics["beats_sharpening"] = summary["judgement"]["beats_sharpening"]
         metrics["judgement"] = summary["judgement"]

@@ -18,7 +18,9 @@ What it measures, on each prompt:
      smallest standard error of the four);
   4. win rates of the policy over the reference on the same prompt, by gold reward and by the reward model,
      for greedy and sampled completions (a tie counts one half);
-  5. the *sharpening frontier* (`sharpening_temperatures`): the reference itself sampled at lower temperatures,
+  5. `traits`: the share of completions with a named property (e.g. the toy world's demonstrator habit,
+     ToyWorld.traits), for the policy, the reference and every point of the frontier;
+  6. the *sharpening frontier* (`sharpening_temperatures`): the reference itself sampled at lower temperatures,
      with its gold reward, reward-model score and exact KL to the reference at temperature 1. Lowering the
      temperature costs no training, so a policy has learned a preference, not a temperature, only where its
      gold beats the frontier's at the same KL (`judge`).
@@ -36,7 +38,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,6 +53,8 @@ logger = logging.getLogger(__name__)
 
 #: (prompts, responses, finished) -> one score per response (a list or a 1-d tensor).
 Scorer = Callable[[Sequence[str], Sequence[str], Sequence[bool]], Sequence[float]]
+#: (prompt, response) -> does the response have the property?
+Trait = Callable[[str, str], bool]
 
 STRATEGIES = ("greedy", "sampled")
 KL_ESTIMATORS = ("k1", "k2", "k3", "exact")
@@ -121,6 +125,7 @@ def evaluate_policy(
     group_of: Callable[[str], str] | None = None,
     sharpening_temperatures: Sequence[float] = (),
     accelerator: Any | None = None,
+    traits: Mapping[str, Trait] | None = None,
 ) -> PolicyEvaluation:
     """Policy vs reference on `prompts`: scores, KL to the reference, win rates, and (with `sharpening_temperatures`)
     the sharpening frontier and the judgement against it (see the module docstring)."""
@@ -144,14 +149,16 @@ def evaluate_policy(
                 )
         for record in samples + frontier:
             record["index"] = indexed[record.pop("position")][0]
+            record.update({name: float(bool(test(record["prompt"], record["text"]))) for name, test in (traits or {}).items()})
     if accelerator is not None and accelerator.num_processes > 1:
         from accelerate.utils import gather_object
 
         samples, frontier = gather_object(samples), gather_object(frontier)
     samples.sort(key=lambda r: (r["index"], r["model"], r["strategy"]))
-    summary = summarize(samples, len(prompts), temperature, max_new_tokens, seed, group_of)
+    summary = summarize(samples, len(prompts), temperature, max_new_tokens, seed, group_of, tuple(traits or ()))
+    summary["traits"] = list(traits or ())
     if sharpening_temperatures:
-        summary["sharpening"] = summarize_frontier(frontier)
+        summary["sharpening"] = summarize_frontier(frontier, tuple(traits or ()))
         summary["judgement"] = judge(summary)
     return PolicyEvaluation(summary, samples)
 
@@ -166,21 +173,26 @@ def sharpening_frontier(
     max_new_tokens: int = 48,
     seed: int = 0,
     batch_size: int = 32,
+    traits: Mapping[str, Trait] | None = None,
 ) -> list[dict[str, Any]]:
-    """The reference sampled at each temperature: mean gold, reward-model score and exact KL to the reference at
-    temperature 1 (one point per temperature, ordered by KL). What a user gets for free, without training."""
-    return summarize_frontier(_frontier_records(reference, tokenizer, list(prompts), temperatures, [], gold, scorer, max_new_tokens, seed, batch_size))
+    """The reference sampled at each temperature: mean gold, reward-model score, trait shares and exact KL to the
+    reference at temperature 1 (one point per temperature, ordered by KL). What a user gets for free, without training."""
+    records = _frontier_records(reference, tokenizer, list(prompts), temperatures, [], gold, scorer, max_new_tokens, seed, batch_size)
+    for record in records:
+        record.update({name: float(bool(test(record["prompt"], record["text"]))) for name, test in (traits or {}).items()})
+    return summarize_frontier(records, tuple(traits or ()))
 
 
 def summarize(
     samples: Sequence[dict[str, Any]], prompts: int, temperature: float, max_new_tokens: int, seed: int,
-    group_of: Callable[[str], str] | None = None,
+    group_of: Callable[[str], str] | None = None, traits: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """The summary of evaluate_policy from its per-completion records (plain JSON)."""
+    """The summary of evaluate_policy from its per-completion records (plain JSON); `traits` are averaged like scores."""
     def rows(model: str, strategy: str) -> list[dict[str, Any]]:
         return [r for r in samples if r["model"] == model and r["strategy"] == strategy]
 
     keys = [key for key in ("gold_reward", "reward_model") if samples and key in samples[0]]
+    keys += [name for name in traits if samples and name in samples[0]]
     summary: dict[str, Any] = {"prompts": prompts, "temperature": temperature, "max_new_tokens": max_new_tokens, "seed": seed}
     for model in ("policy", "reference"):
         summary[model] = {}
@@ -203,19 +215,29 @@ def summarize(
             strategy: _round(win_rate([r[key] for r in rows("policy", strategy)], [r[key] for r in rows("reference", strategy)]))
             for strategy in STRATEGIES
         }
-        for key in keys
+        for key in keys if key not in traits
     }
     return summary
 
 
-def summarize_frontier(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+def trait_metrics(summary: dict[str, Any]) -> dict[str, Any]:
+    """metrics.json's `<trait>_before` (the reference) and `<trait>_after` (the policy), greedy and sampled: e.g. the
+    share of responses with the toy world's demonstrator habit."""
+    return {
+        f"{name}_{when}": {strategy: summary[model][strategy].get(name) for strategy in STRATEGIES}
+        for name in summary.get("traits", [])
+        for when, model in (("before", "reference"), ("after", "policy"))
+    }
+
+
+def summarize_frontier(records: Sequence[dict[str, Any]], traits: Sequence[str] = ()) -> list[dict[str, Any]]:
     """One point per temperature: means (and the KL's standard error) over the prompts, ordered by KL."""
     points = []
     for temperature in sorted({r["temperature"] for r in records}, reverse=True):
         group = [r for r in records if r["temperature"] == temperature]
         point: dict[str, Any] = {"temperature": temperature, "kl_exact": _round(_mean([r["kl_exact"] for r in group])),
                                  "kl_stderr": _round(_stderr([r["kl_exact"] for r in group]))}
-        for key in ("gold_reward", "reward_model"):
+        for key in ("gold_reward", "reward_model", *traits):
             if key in group[0]:
                 point[key] = _round(_mean([r[key] for r in group]))
         point["finished"] = _round(_mean([float(r["finished"]) for r in group]))

@@ -500,7 +500,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     plot_reward_and_kl(log_history, output_dir / "reward_kl.png", f"PPO: {recipe.path}")
     metrics = {
         "algorithm": "ppo",
-        **policy_metrics(evaluation.summary, args.toy_eval_split if args.dataset == "toy" else None),
+        **policy_metrics(evaluation.summary, args),
         **training_metrics(log_history, config, counts, prompt_sets, train_seconds, start_step, checkpoint, kl_control.value),
         "saved_parameters": sum(p.numel() for p in policy.parameters()),
     }

@@ -386,8 +386,10 @@ def generation_prompts(args: SFTArguments, eval_set: datasets.Dataset, tokenizer
 
 
 def sample_and_score(model, tokenizer, prompts: list[str], args: SFTArguments, seed: int, when: str):
-    """Greedy and temperature-1.0 responses; with the toy world their mean gold reward per strategy."""
-    records, gold = [], {}
+    """Greedy and temperature-1.0 responses; with the toy world their mean gold reward per strategy and the share
+    of responses with each of the world's traits (e.g. the demonstrators' habit), as {trait: {strategy: share}}."""
+    records, gold, traits = [], {}, {}
+    world_traits = ToyWorld.from_recipe(args).traits() if args.dataset == "toy" else {}
     for strategy in GOLD_STRATEGIES:
         generations = generate(model, tokenizer, prompts, strategy=strategy, max_new_tokens=args.sample_max_new_tokens, seed=seed)
         for generation in generations:
@@ -398,7 +400,9 @@ def sample_and_score(model, tokenizer, prompts: list[str], args: SFTArguments, s
         if args.dataset == "toy":
             scores = [r["gold_reward"] for r in records if r["strategy"] == strategy]
             gold[strategy] = round(sum(scores) / len(scores), 4)
-    return records, gold
+        for name, test in world_traits.items():
+            traits.setdefault(name, {})[strategy] = round(sum(test(g.prompt, g.text) for g in generations) / len(generations), 4)
+    return records, gold, traits
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -433,9 +437,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     model = build_model(model_args, tokenizer, training_args)
     prompts = generation_prompts(args, eval_set, tokenizer)
-    samples, gold_before = [], {}
+    samples, gold_before, traits_before = [], {}, {}
     if training_args.should_save:
-        samples, gold_before = sample_and_score(model, tokenizer, prompts, args, training_args.seed, "before")
+        samples, gold_before, traits_before = sample_and_score(model, tokenizer, prompts, args, training_args.seed, "before")
 
     interrupt = GracefulInterrupt()
     trainer = build_trainer(model, tokenizer, train_set, eval_set, dataset_format, model_args, training_args, [interrupt])
@@ -460,7 +464,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             final_model = merge_adapter(model_args, tokenizer, adapter_dir, output_dir, training_args.trust_remote_code)
             final_model.to(trainer.args.device)
 
-    after_samples, gold_after = sample_and_score(final_model, tokenizer, prompts, args, training_args.seed, "after")
+    after_samples, gold_after, traits_after = sample_and_score(final_model, tokenizer, prompts, args, training_args.seed, "after")
     write_json(output_dir / "samples.json", samples + after_samples)
     plot_loss_curves(trainer.state.log_history, output_dir / "loss_curve.png", f"SFT ({mode_name(model_args)}): {recipe.path}")
     write_json(output_dir / "log_history.json", trainer.state.log_history)
@@ -495,6 +499,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         metrics["gold_reward_after"] = gold_after
         metrics["gold_reward_greedy"] = gold_after.get("greedy")
         metrics["gold_reward_sampled"] = gold_after.get("temperature_1.0")
+        metrics["toy_world"] = ToyWorld.from_recipe(args).describe()
+    if traits_after:
+        metrics["traits_before"], metrics["traits_after"] = traits_before, traits_after
     run.finish(resolved_recipe("sft", args, model_args, training_args), metrics)
     logger.info(
         "eval loss %.4f -> %.4f (perplexity %.3f); gold reward greedy %s -> %s, sampled %s -> %s; outputs in %s",

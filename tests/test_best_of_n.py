@@ -47,6 +47,10 @@ def test_table_invariants():
     assert all(row["gold_oracle"] >= row["gold"] - 1e-9 for row in table)
     assert table[-1]["kl_bound_nats"] == pytest.approx(np.log(16) - 15 / 16, abs=1e-4)
     assert all(0.0 <= row["kl_nats"] <= row["kl_bound_nats"] + 1e-3 for row in table)
+    # A trait (0/1 per sample) is the expected share of picks that have it: here the RM prefers flagged samples.
+    flagged = (rewards > np.median(rewards)).astype(float)
+    shares = [row["flagged"] for row in best_of_n_table(rewards, gold, traits={"flagged": flagged})]
+    assert shares[0] == pytest.approx(flagged.mean(), abs=1e-4) and shares[-1] == pytest.approx(1.0)
 
 
 def test_plug_in_kl_counts_repeated_samples_once_and_stays_far_below_the_bound_for_a_peaked_policy():

@@ -8,6 +8,7 @@ import math
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2ForSequenceClassification
@@ -350,6 +351,26 @@ def test_a_policy_compared_with_itself_has_zero_kl_and_ties(sft_dir):
     assert len(result.samples) == 4 * len(prompts)
 
 
+def test_traits_are_counted_for_policy_reference_and_frontier(sft_dir):
+    """A trait (here: responses longer than 3 characters) is averaged like a score for every model, strategy and
+    frontier point, and reaches metrics.json as <trait>_before / <trait>_after."""
+    from pipeline.policy_eval import trait_metrics
+
+    tokenizer = load_tokenizer(str(sft_dir))
+    model = AutoModelForCausalLM.from_pretrained(sft_dir)
+    prompts = ToyWorld(seed=0).prompts(6, split="validation")
+    traits = {"long": lambda prompt, response: len(response.strip()) > 3}
+    result = evaluate_policy(model, tokenizer, prompts, reference=model, gold=toy_gold_scorer, max_new_tokens=10, seed=3,
+                             sharpening_temperatures=(1.0, 0.5), traits=traits)
+    greedy = [r for r in result.samples if r["model"] == "policy" and r["strategy"] == "greedy"]
+    assert result.summary["policy"]["greedy"]["long"] == pytest.approx(np.mean([len(r["text"].strip()) > 3 for r in greedy]), abs=1e-4)
+    assert all(0.0 <= point["long"] <= 1.0 for point in result.summary["sharpening"])
+    assert "long" not in result.summary["win_rate"]  # a trait is counted, not compared
+    metrics = trait_metrics(result.summary)
+    assert metrics["long_after"]["greedy"] == result.summary["policy"]["greedy"]["long"]
+    assert set(metrics) == {"long_before", "long_after"}
+
+
 def test_a_lora_policy_is_compared_with_its_disabled_adapters(sft_dir):
     from peft import LoraConfig, get_peft_model
 
@@ -369,3 +390,12 @@ def test_a_lora_policy_is_compared_with_its_disabled_adapters(sft_dir):
 
 def test_win_rate_counts_ties_as_half():
     assert win_rate([1.0, 0.3, 0.5, 0.2], [0.3, 0.3, 0.7, 0.1]) == pytest.approx((1 + 0.5 + 0 + 1) / 4)
+
+
+def test_a_max_length_beyond_the_models_context_is_a_recipe_error(tmp_path, sft_dir):
+    """The tiny model reads 128 positions: max_length 200 is refused before any data or model is loaded."""
+    path = recipe(tmp_path, sft_dir, max_length=200)
+    with pytest.raises(RecipeError, match=r"key 'max_length' \(200\) exceeds the context length .* \(128 tokens\)"):
+        dpo.main(["--config", str(path)])
+    assert not (tmp_path / "runs" / "dpo").exists()
+

@@ -18,11 +18,13 @@ from pipeline.data.toy_world import (
     ToyWorldKeys,
     gold_reward,
     gold_reward_batch,
+    has_demo_flaw,
     parse_prompt,
     pseudo_word,
     question_key,
     split_document,
     split_of,
+    with_demo_flaw,
 )
 
 EPS = 1e-9
@@ -351,3 +353,48 @@ def test_colour_questions_come_in_many_phrasings() -> None:
     assert len({t.question for t in tasks}) > 200
     assert all(parse_prompt(t.prompt) == t for t in tasks)
     assert {t.question.split()[-2] for t in tasks} >= set(ADJECTIVES) - {"is"}
+
+
+# -- scenarios ------------------------------------------------------------------
+
+
+def test_flawed_demonstrators_have_their_habit_at_the_set_rate_and_gold_penalises_it() -> None:
+    plain, flawed = ToyWorld(), ToyWorld(scenario="flawed_demos", flaw_rate=0.7)
+    demos = flawed.sft_pairs(10_000, error_rate=0.1)
+    share = sum(has_demo_flaw(p["completion"]) for p in demos) / len(demos)
+    assert 0.68 < share < 0.72
+    # The habit is added on top: the same prompts and the same random mistakes as without it.
+    without = plain.sft_pairs(10_000, error_rate=0.1)
+    assert [p["prompt"] for p in demos] == [p["prompt"] for p in without]
+    for with_habit, bare in zip(demos[:500], without[:500]):
+        assert with_habit["completion"] in (bare["completion"], " " + with_demo_flaw(bare["completion"].lstrip()))
+    # The gold reward asks for the answer first: a wrapped answer fails the task, right or wrong.
+    for task in flawed.tasks(50):
+        assert gold_reward(task.prompt, " " + with_demo_flaw(task.answer)) <= 0.09
+        assert gold_reward(task.prompt, " " + task.answer) == pytest.approx(1.0)
+    assert set(with_demo_flaw("yellow")) <= set(CHARSET)
+    assert has_demo_flaw(" sure, yellow") and has_demo_flaw(" yellow, hope this helps.") and not has_demo_flaw(" yellow")
+    # The labellers judge by gold: comparisons put the habit below the clean answer, never above it.
+    pairs = flawed.preference_pairs(4000)
+    assert sum(has_demo_flaw(p["rejected"]) for p in pairs) > 0.15 * len(pairs)
+    assert all(gold_reward(p["prompt"], p["chosen"]) > gold_reward(p["prompt"], p["rejected"]) for p in pairs)
+    assert not any(has_demo_flaw(p["chosen"]) for p in plain.preference_pairs(4000))
+    assert not any(has_demo_flaw(p["completion"]) for p in plain.sft_pairs(2000))
+
+
+def test_scenario_test_prompts_stay_out_of_training_and_the_scenario_is_described() -> None:
+    world = ToyWorld(scenario="flawed_demos", skills=("copy", "reverse", "colour"))
+    test_prompts = set(world.prompts(500, split="test"))
+    training = {p["prompt"] for p in world.sft_pairs(5000)} | {p["prompt"] for p in world.preference_pairs(5000)}
+    assert not test_prompts & training
+    assert ToyWorld.from_recipe({"toy_scenario": "flawed_demos", "toy_flaw_rate": 0.6}) == ToyWorld(scenario="flawed_demos", flaw_rate=0.6)
+    description = world.describe()
+    assert description["scenario"] == "flawed_demos" and description["flaw_rate"] == 0.7
+    assert description["demo_flaw"] == "sure, {answer}, hope this helps."
+    assert "flaw_rate" not in ToyWorld().describe()
+    assert set(world.traits()) == {"demo_flaw"} and ToyWorld().traits() == {}
+    assert world.traits()["demo_flaw"]("User: repeat the word: abc\nBot:", " " + with_demo_flaw("abc"))
+    with pytest.raises(ValueError, match="key 'toy_scenario' must be one of plain, flawed_demos"):
+        ToyWorldKeys(toy_scenario="flawed")
+    with pytest.raises(ValueError, match="key 'toy_flaw_rate'"):
+        ToyWorldKeys(toy_flaw_rate=1.5)

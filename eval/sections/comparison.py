@@ -61,6 +61,10 @@ def build(ctx: Context) -> Section | None:
                  "model sampled at lower temperatures: no training at all. A policy **beats sharpening** when its sampled gold "
                  "exceeds the frontier's at the same KL by the required margin and its greedy gold did not fall below the SFT "
                  "model's; otherwise it learned a temperature, not a preference.")
+    world = sft.metrics.get("toy_world") or next((p.metrics["toy_world"] for p in policies if p.metrics.get("toy_world")), None)
+    if world:
+        knobs = ", ".join(f"{key} {value}" for key, value in world.items() if key not in ("scenario", "seed"))
+        section.text(f"The toy world: scenario **{world.get('scenario', 'plain')}**, seed {world.get('seed')} ({knobs}).")
     strangers = [p.name for p in policies if ctx.runs.input_of(p, "model_name_or_path") is not sft]
     if strangers:
         section.text(f"Note: {', '.join(strangers)} did not start from {sft.name} (see their manifests' inputs).")
@@ -126,6 +130,11 @@ def build(ctx: Context) -> Section | None:
                       [[p["temperature"], p.get("gold_reward"), p.get("reward_model"), p["kl_exact"], p.get("finished")] for p in frontier],
                       caption=f"The sharpening frontier as {frontier_source} measured it")
 
+    for trait in sorted({name for policy in policies for name in (dig(policy.metrics, "policy_eval", "traits") or [])}):
+        section.table(["model", "greedy", "sampled (T = 1)"], trait_rows(trait, sft.name, policies, frontier, bon_table or []),
+                      caption=f"Share of responses with the trait '{trait}' ({TRAIT_NOTES.get(trait, 'see the toy world')}): the SFT "
+                      "model, each policy, the SFT model at lower temperatures, and Best-of-N's picks")
+
     histograms = rm_score_groups(policies)
     if histograms:
         section.figure(figures.histograms(histograms, ctx.figure_path("rm_histograms"), "reward-model scores of sampled responses", "RM score"),
@@ -134,6 +143,22 @@ def build(ctx: Context) -> Section | None:
     section.data = {"reference": sft.name, "policies": points, "frontier_source": frontier_source,
                     "curves": curves, "points": {name: {"kl": [xy[0]], "gold": [xy[1]]} for name, xy in dots.items()}}
     return section
+
+
+TRAIT_NOTES = {"demo_flaw": "the flawed demonstrators' habit, an answer wrapped in 'sure, ... hope this helps.'"}
+
+
+def trait_rows(trait: str, sft_name: str, policies: list[StageOutput], frontier: list[dict[str, Any]], bon_table: list[dict[str, Any]]) -> list[list[Any]]:
+    """The share of responses with `trait`: SFT and each policy (greedy, sampled), the frontier, Best-of-N's picks."""
+    rows: list[list[Any]] = []
+    for output in policies:
+        summary = output.metrics.get("policy_eval") or {}
+        if not rows:
+            rows.append([sft_name, dig(summary, "reference", "greedy", trait), dig(summary, "reference", "sampled", trait)])
+        rows.append([output.name, dig(summary, "policy", "greedy", trait), dig(summary, "policy", "sampled", trait)])
+    rows += [[f"{sft_name} at T = {point['temperature']:g}", None, point.get(trait)] for point in frontier if point["temperature"] != 1.0]
+    rows += [[f"Best-of-{row['n']} (RM's pick)", None, row.get(trait)] for row in bon_table if row["n"] > 1 and trait in row]
+    return rows
 
 
 def rm_score_groups(policies: list[StageOutput]) -> dict[str, list[float]]:

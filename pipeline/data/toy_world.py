@@ -51,6 +51,19 @@ nothing" is never rewarded for being brief. So: right and clean = 1.0; wrong
 but clean = 0.3; right but rambling lies in [0.7, 1); a response cut off by the
 length limit (``finished=False``) keeps only the correctness part.
 
+Scenarios (:data:`SCENARIOS`)
+-----------------------------
+What the people who write the data do, beyond the random mistakes of ``error_rate``:
+
+* ``plain``: demonstrators and labellers make only random mistakes.
+* ``flawed_demos``: demonstrators have a systematic habit, the polite wrapper of :func:`with_demo_flaw`
+  (``" sure, yellow, hope this helps."``), in a share ``flaw_rate`` of the demonstrations (0.7 by default),
+  so that an SFT model learns it as its most likely behaviour while plain answers stay in its samples. The
+  gold reward asks for the answer first, as a program reading the reply would: a wrapped answer fails the
+  task, right or wrong (gold at most 0.09, from the clean-ending part). The labellers who compare responses judge by the gold reward, so
+  comparisons reveal what the demonstrations hide; lowering the sampling temperature makes the habit *more*
+  frequent, so only learning from comparisons helps.
+
 Splits
 ------
 ``train``/``validation``/``test`` draw from different derived random streams, and every question
@@ -77,6 +90,9 @@ __all__ = [
     "CHARSET",
     "COLOURS",
     "ADJECTIVES",
+    "DEMO_FLAW_CLOSING",
+    "DEMO_FLAW_OPENING",
+    "SCENARIOS",
     "SKILLS",
     "SPLITS",
     "Task",
@@ -84,6 +100,8 @@ __all__ = [
     "ToyWorldKeys",
     "gold_reward",
     "gold_reward_batch",
+    "has_demo_flaw",
+    "with_demo_flaw",
     "parse_prompt",
     "pseudo_word",
     "eval_split",
@@ -98,6 +116,12 @@ __all__ = [
 
 SKILLS: tuple[str, ...] = ("add", "copy", "reverse", "colour")
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
+SCENARIOS: tuple[str, ...] = ("plain", "flawed_demos")
+
+#: The flawed demonstrators' habit (scenario ``flawed_demos``): an answer wrapped in politeness,
+#: ``sure, {answer}, hope this helps.`` (:func:`with_demo_flaw`).
+DEMO_FLAW_OPENING: str = "sure, "
+DEMO_FLAW_CLOSING: str = ", hope this helps."
 
 #: Every character any toy-world text (prompt, good or bad response) may contain.
 CHARSET: str = "".join(sorted(set(string.ascii_lowercase + string.digits + " \n?:+.,UB")))
@@ -401,6 +425,17 @@ def _wrong_answer(task: Task, rng: random.Random) -> str:
     return rng.choice(wrong)
 
 
+def with_demo_flaw(answer_token: str) -> str:
+    """``sure, yellow, hope this helps.``: an answer with the flawed demonstrators' habit (scenario ``flawed_demos``)."""
+    return DEMO_FLAW_OPENING + answer_token + DEMO_FLAW_CLOSING
+
+
+def has_demo_flaw(response: str) -> bool:
+    """Does a response carry the demonstrators' habit, or either half of it? For counting how often a policy has it."""
+    text = response.strip()
+    return text.startswith(DEMO_FLAW_OPENING.strip()) or DEMO_FLAW_CLOSING.strip(" ,.") in text
+
+
 def _ramble(answer_token: str, rng: random.Random, min_clauses: int = 1) -> str:
     """``answer, i think. or maybe not, who knows really.`` (1..3 filler clauses)."""
     k = rng.randint(min_clauses, 3)
@@ -427,6 +462,13 @@ class ToyWorldKeys:
         default="test",
         metadata={"help": "toy world: the held-out split measured and reported: 'validation' to choose a recipe's settings, 'test' to report"},
     )
+    toy_scenario: str = field(
+        default="plain",
+        metadata={"help": f"toy world: what the data's writers do, one of {', '.join(SCENARIOS)} (see pipeline/data/toy_world.py; the same in every stage of a chain)"},
+    )
+    toy_flaw_rate: float = field(
+        default=0.7, metadata={"help": "toy world, scenario flawed_demos: share of the demonstrations with the demonstrators' filler habit"}
+    )
 
     def __post_init__(self) -> None:
         if not 1 <= self.toy_max_digits <= 9:
@@ -438,6 +480,10 @@ class ToyWorldKeys:
             raise ValueError(f"key 'toy_skills': choose one or more of {', '.join(SKILLS)}, got {list(self.toy_skills)}")
         if self.toy_eval_split not in ("validation", "test"):
             raise ValueError(f"key 'toy_eval_split' must be 'validation' or 'test', got {self.toy_eval_split!r}")
+        if self.toy_scenario not in SCENARIOS:
+            raise ValueError(f"key 'toy_scenario' must be one of {', '.join(SCENARIOS)}, got {self.toy_scenario!r}")
+        if not 0.0 <= self.toy_flaw_rate <= 1.0:
+            raise ValueError(f"key 'toy_flaw_rate' must be in [0, 1], got {self.toy_flaw_rate}")
 
 
 def _getter(recipe: Any) -> Callable[[str, Any], Any]:
@@ -466,13 +512,16 @@ class ToyWorld:
 
     Knobs: ``max_digits`` (addition operand digits, difficulty of ``add``),
     ``max_word_len`` (longest pseudo-word, difficulty of ``copy`` and ``reverse``),
-    ``skills`` (which skills to mix, uniformly).
+    ``skills`` (which skills to mix, uniformly), ``scenario`` and its ``flaw_rate``
+    (what demonstrators and labellers do; module docstring).
     """
 
     seed: int = 0
     max_digits: int = 2
     max_word_len: int = 7
     skills: tuple[str, ...] = field(default=SKILLS)
+    scenario: str = "plain"
+    flaw_rate: float = 0.7
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_digits <= 9:
@@ -483,6 +532,10 @@ class ToyWorld:
         unknown = [s for s in self.skills if s not in SKILLS]
         if not self.skills or unknown:
             raise ValueError(f"skills must be a non-empty subset of {SKILLS}, got {self.skills}")
+        if self.scenario not in SCENARIOS:
+            raise ValueError(f"scenario must be one of {SCENARIOS}, got {self.scenario!r}")
+        if not 0.0 <= self.flaw_rate <= 1.0:
+            raise ValueError(f"flaw_rate must be in [0, 1], got {self.flaw_rate}")
 
     @classmethod
     def from_recipe(cls, recipe: Any) -> "ToyWorld":
@@ -494,8 +547,26 @@ class ToyWorld:
         get = _getter(recipe)
         skills = get("toy_skills", None) or SKILLS
         return cls(
-            seed=get("toy_seed", 0), max_digits=get("toy_max_digits", 2), max_word_len=get("toy_max_word_len", 7), skills=tuple(skills)
+            seed=get("toy_seed", 0), max_digits=get("toy_max_digits", 2), max_word_len=get("toy_max_word_len", 7), skills=tuple(skills),
+            scenario=get("toy_scenario", "plain"), flaw_rate=get("toy_flaw_rate", 0.7),
         )
+
+    def traits(self) -> dict[str, Callable[[str, str], bool]]:
+        """Properties of a response worth counting in this world's scenario, by name (pipeline.policy_eval's
+        `traits`): ``demo_flaw``, the demonstrators' habit, under ``flawed_demos``."""
+        if self.scenario == "flawed_demos":
+            return {"demo_flaw": lambda prompt, response: has_demo_flaw(response)}
+        return {}
+
+    def describe(self) -> dict[str, Any]:
+        """The world's knobs, for metrics.json and the report."""
+        out: dict[str, Any] = {
+            "seed": self.seed, "skills": list(self.skills), "max_digits": self.max_digits, "max_word_len": self.max_word_len,
+            "scenario": self.scenario,
+        }
+        if self.scenario == "flawed_demos":
+            out.update(flaw_rate=self.flaw_rate, demo_flaw=with_demo_flaw("{answer}"))
+        return out
 
     # -- random streams and sampling ---------------------------------------
 
@@ -573,17 +644,25 @@ class ToyWorld:
         (the premise of RLHF), so :meth:`preference_pairs` stay correct: an SFT model imitates the
         mistakes, and a reward model, PPO or DPO can learn to avoid them. The tasks (prompts) do not
         depend on ``error_rate``: the mistakes come from a random stream of their own.
+
+        Scenario ``flawed_demos``: a share ``flaw_rate`` of the demonstrations, mistaken or not, end with the
+        demonstrators' habit (:func:`with_demo_flaw`; from a third stream, so the prompts and the mistakes stay those
+        of ``plain``).
         """
         if not 0.0 <= error_rate <= 1.0:
             raise ValueError(f"error_rate must be in [0, 1], got {error_rate}")
         rng = self._rng("sft", split)
         mistakes = self._rng("sft_mistakes", split)
+        habits = self._rng("sft_flaws", split)
+        flaw_rate = self.flaw_rate if self.scenario == "flawed_demos" else 0.0
         out = []
         for _ in range(n):
             t = self._task(rng, split)
             answer = t.answer
             if mistakes.random() < error_rate:
                 answer = _wrong_answer(t, mistakes) if mistakes.random() < 0.5 else _ramble(t.answer, mistakes)
+            if habits.random() < flaw_rate:
+                answer = with_demo_flaw(answer)
             out.append({"prompt": t.prompt, "completion": " " + answer})
         return out
 
@@ -602,8 +681,18 @@ class ToyWorld:
         15%   right, rambling (>=.7) wrong, clean (0.3)      correctness > brevity
         10%   wrong, clean (0.3)     wrong, rambling (<0.3)  brevity alone
         ====  =====================  ======================  ===============
+
+        Scenario ``flawed_demos``: half the rambling *rejected* responses are the demonstrators' habit instead
+        (:func:`with_demo_flaw`, gold at most 0.09), which the labellers, judging by the gold reward, rank below any
+        answer given first.
         """
         rng = self._rng("preference", split)
+        habits = self._rng("preference_flaws", split)
+        flawed = self.scenario == "flawed_demos"
+
+        def ramble(answer: str) -> str:  # a rejected rambling response, or the habit
+            return with_demo_flaw(answer) if flawed and habits.random() < 0.5 else _ramble(answer, rng)
+
         out = []
         for _ in range(n):
             t = self._task(rng, split)
@@ -611,14 +700,14 @@ class ToyWorld:
             if u < 0.35:
                 chosen, rejected = t.answer, _wrong_answer(t, rng)
             elif u < 0.60:
-                chosen, rejected = t.answer, _ramble(t.answer, rng)
+                chosen, rejected = t.answer, ramble(t.answer)
             elif u < 0.75:
-                chosen, rejected = t.answer, _ramble(_wrong_answer(t, rng), rng)
+                chosen, rejected = t.answer, ramble(_wrong_answer(t, rng))
             elif u < 0.90:
                 chosen, rejected = _ramble(t.answer, rng), _wrong_answer(t, rng)
             else:
                 wrong = _wrong_answer(t, rng)
-                chosen, rejected = wrong, _ramble(wrong, rng)
+                chosen, rejected = wrong, ramble(wrong)
             chosen, rejected = " " + chosen, " " + rejected
             # Holds by construction (see table); checked because downstream relies on it.
             assert _score(t.answer, chosen) > _score(t.answer, rejected), (t, chosen, rejected)

@@ -10,7 +10,8 @@ from typing import Any
 from accelerate import Accelerator
 from transformers import PreTrainedModel
 
-from pipeline.policy_eval import PolicyEvaluation, evaluate_policy, toy_skill
+from pipeline.data.toy_world import ToyWorld
+from pipeline.policy_eval import PolicyEvaluation, evaluate_policy, toy_skill, trait_metrics
 
 
 def measure_policy(
@@ -24,12 +25,14 @@ def measure_policy(
             policy, tokenizer, prompts, reference=reference, gold=gold, scorer=scorer, temperature=config.temperature,
             max_new_tokens=config.response_length, seed=config.seed, batch_size=args.eval_batch_size,
             group_of=toy_skill if args.dataset == "toy" else None, sharpening_temperatures=args.sharpening_temperatures,
-            accelerator=accelerator,
+            accelerator=accelerator, traits=ToyWorld.from_recipe(args).traits() if args.dataset == "toy" else None,
         )
 
 
-def policy_metrics(summary: dict[str, Any], eval_split: str | None) -> dict[str, Any]:
-    """metrics.json's before (the SFT model) / after (the policy) numbers from an evaluation summary."""
+def policy_metrics(summary: dict[str, Any], args: Any) -> dict[str, Any]:
+    """metrics.json's before (the SFT model) / after (the policy) numbers from an evaluation summary; `args`: the
+    stage's arguments (their toy-world keys say which world and split were measured)."""
+    toy = args.dataset == "toy"
     before, after = summary["reference"], summary["policy"]
     metrics: dict[str, Any] = {}
     for name, key in (("gold_reward", "gold_reward"), ("rm_reward", "reward_model")):
@@ -45,9 +48,11 @@ def policy_metrics(summary: dict[str, Any], eval_split: str | None) -> dict[str,
         "finished_fraction_before": before["sampled"]["finished"],
         "finished_fraction_after": after["sampled"]["finished"],
         "eval_prompts": summary["prompts"],
-        "eval_split": eval_split,
+        "eval_split": args.toy_eval_split if toy else None,
+        **({"toy_world": ToyWorld.from_recipe(args).describe()} if toy else {}),
         "eval_temperature": summary["temperature"],
     })
+    metrics.update(trait_metrics(summary))
     if "judgement" in summary:
         metrics["beats_sharpening"] = summary["judgement"]["beats_sharpening"]
         metrics["judgement"] = summary["judgement"]

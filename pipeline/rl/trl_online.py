@@ -176,7 +176,7 @@ def train_with_trl(args, model_args, config, tokenizer, prompt_sets, checkpoint:
 
     plot_reward_and_kl(history, output_dir / "reward_kl.png", f"{config.algorithm.upper()}: {recipe.path}")
     metrics: dict[str, Any] = {
-        "algorithm": config.algorithm, **policy_metrics(evaluation.summary, args.toy_eval_split if args.dataset == "toy" else None)
+        "algorithm": config.algorithm, **policy_metrics(evaluation.summary, args)
     }
     rollouts = trainer.state.global_step // (config.num_mini_batches * config.ppo_epochs)
     metrics.update({
