@@ -44,7 +44,7 @@ from pipeline.data.preferences import load_preferences
 from pipeline.data.toy_comparisons import check_policy_comparison_keys, own_sample_comparisons
 from pipeline.data.toy_world import ToyWorld, ToyWorldKeys
 from pipeline.errors import DataError, RecipeError, run_cli
-from pipeline.models import check_max_length, load_model, load_tokenizer
+from pipeline.models import fit_max_length, load_model, load_tokenizer
 from pipeline.plots import plot_loss_curves  # also selects matplotlib's file-only backend
 from pipeline.policy_eval import (
     check_sharpening_temperatures,
@@ -412,7 +412,9 @@ def plot_dpo_curves(log_history: list[dict[str, Any]], path: Path, title: str) -
 def main(argv: Sequence[str] | None = None) -> None:
     args, model_args, training_args, recipe = parse_recipe(RECIPE_TYPES, argv, "dpo", __doc__)
     check_combination(model_args, training_args, recipe.path)
-    check_max_length(model_args.model_name_or_path, training_args.max_length, recipe.path, training_args.trust_remote_code)
+    training_args.max_length = fit_max_length(
+        model_args.model_name_or_path, training_args.max_length, recipe.path, "max_length" in recipe.values, training_args.trust_remote_code
+    )
     output_dir = Path(training_args.output_dir)
     opened = open_stage_run(recipe, "dpo", output_dir, training_args.seed, training_args.should_save)
     if opened is None:

@@ -59,21 +59,28 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, padding_s
     return tokenizer
 
 
-def check_max_length(name_or_path: str, max_length: int | None, recipe_path: Path | str, trust_remote_code: bool = False) -> None:
-    """A recipe's `max_length` must fit the model's context (GPT-2: n_positions): checked on the model's config,
-    before any model or data is loaded, instead of an IndexError in the position embeddings mid-training."""
+def fit_max_length(
+    name_or_path: str, max_length: int | None, recipe_path: Path | str, set_by_recipe: bool, trust_remote_code: bool = False
+) -> int | None:
+    """`max_length` that fits the model's context (GPT-2: n_positions), read from its config before any model or data
+    is loaded: a recipe's own value beyond the context is a recipe error (instead of an IndexError in the position
+    embeddings mid-training); a default beyond it is lowered to the context."""
     if max_length is None:
-        return
+        return None
     from transformers import AutoConfig
 
     try:
         config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError):
-        return  # no readable config here: loading the model says why, in its own words
+        return max_length  # no readable config here: loading the model says why, in its own words
     config = config.get_text_config() if hasattr(config, "get_text_config") else config
     limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
-    if limit is not None and max_length > limit:
+    if limit is None or max_length <= limit:
+        return max_length
+    if set_by_recipe:
         raise RecipeError(f"{recipe_path}: key 'max_length' ({max_length}) exceeds the context length of {name_or_path} ({limit} tokens).")
+    logger.info("max_length lowered from its default %d to the context length of %s (%d tokens)", max_length, name_or_path, limit)
+    return limit
 
 
 def remote_code_message(name: str) -> str:
