@@ -261,11 +261,6 @@ def run_directory(stages: list[PlannedStage]) -> Path:
     return Path(os.path.commonpath([str(stage.output_dir.parent) for stage in stages]))
 
 
-def seed_directory(folder: Path, index: int) -> Path:
-    """Where seed `index` of the folder's chain writes its outputs: runs/toy/seed<index>."""
-    return run_directory(load_recipes(folder)) / f"seed{index}"
-
-
 def _moved(value: object, moves: dict[Path, Path]) -> object:
     """`value` with any path inside one of the `moves`' old directories rewritten into the new one."""
     if isinstance(value, list):
@@ -293,7 +288,7 @@ def write_seed_recipes(folder: Path, index: int) -> Path:
     """Write seed `index`'s copy of the folder's recipes into <run dir>/seed<index>/recipes and return that folder.
     A file whose values did not change is left as it is."""
     stages = load_recipes(folder)
-    target = seed_directory(folder, index)
+    target = run_directory(stages) / f"seed{index}"  # runs/toy/seed<index>
     moves = {stage.output_dir: target / stage.output_dir.name for stage in stages}
     recipes = target / "recipes"
     recipes.mkdir(parents=True, exist_ok=True)

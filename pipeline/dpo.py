@@ -49,11 +49,11 @@ from pipeline.plots import plot_loss_curves  # also selects matplotlib's file-on
 from pipeline.policy_eval import (
     check_sharpening_temperatures,
     evaluate_policy,
+    judged_metrics,
     reward_model_scorer,
     sharpening_temperatures_field,
     toy_gold_scorer,
     toy_skill,
-    trait_metrics,
 )
 from pipeline.recipes import parse_recipe, require_non_negative, require_positive, resolved_recipe
 from pipeline.sft import (  # the model is built, merged and counted as in SFT
@@ -519,13 +519,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             for when, model in (("before", "reference"), ("after", "policy"))
         }
         metrics["eval_split"] = args.toy_eval_split
-    metrics.update(trait_metrics(summary))
+    metrics.update(judged_metrics(summary))
     if args.dataset == "toy":
         metrics["toy_world"] = ToyWorld.from_recipe(args).describe()
-    if "judgement" in summary:
-        metrics["beats_sharpening"] = summary["judgement"]["beats_sharpening"]
-        metrics["judgement"] = summary["judgement"]
-        metrics["sharpening"] = summary["sharpening"]
     run.finish(resolved_recipe("dpo", args, model_args, training_args), metrics)
     logger.info(
         "held-out implicit reward accuracy %s, margin %s; chosen log-prob %s -> %s; KL to SFT (k3) %s nats; win rates %s; "

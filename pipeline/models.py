@@ -59,22 +59,30 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, padding_s
     return tokenizer
 
 
-def fit_max_length(
-    name_or_path: str, max_length: int | None, recipe_path: Path | str, set_by_recipe: bool, trust_remote_code: bool = False
-) -> int | None:
-    """`max_length` that fits the model's context (GPT-2: n_positions), read from its config before any model or data
-    is loaded: a recipe's own value beyond the context is a recipe error (instead of an IndexError in the position
-    embeddings mid-training); a default beyond it is lowered to the context."""
-    if max_length is None:
-        return None
+def config_context_length(config: Any) -> int | None:
+    """The longest sequence a model with this config can read (GPT-2: n_positions)."""
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+
+
+def saved_context_length(name_or_path: str, trust_remote_code: bool = False) -> int | None:
+    """config_context_length of a saved or hub model, read from its config alone (no weights); None when there is no
+    readable config (loading the model then says why, in its own words)."""
     from transformers import AutoConfig
 
     try:
-        config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        return config_context_length(AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code))
     except (OSError, ValueError):
-        return max_length  # no readable config here: loading the model says why, in its own words
-    config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+        return None
+
+
+def fit_max_length(
+    name_or_path: str, max_length: int | None, recipe_path: Path | str, set_by_recipe: bool, trust_remote_code: bool = False
+) -> int | None:
+    """`max_length` that fits the model's context, read before any model or data is loaded: a recipe's own value
+    beyond the context is a recipe error (instead of an IndexError in the position embeddings mid-training); a
+    default beyond it is lowered to the context."""
+    limit = saved_context_length(name_or_path, trust_remote_code) if max_length is not None else None
     if limit is None or max_length <= limit:
         return max_length
     if set_by_recipe:

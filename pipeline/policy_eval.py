@@ -149,7 +149,7 @@ def evaluate_policy(
                 )
         for record in samples + frontier:
             record["index"] = indexed[record.pop("position")][0]
-            record.update({name: float(bool(test(record["prompt"], record["text"]))) for name, test in (traits or {}).items()})
+        _mark_traits(samples + frontier, traits)
     if accelerator is not None and accelerator.num_processes > 1:
         from accelerate.utils import gather_object
 
@@ -178,9 +178,7 @@ def sharpening_frontier(
     """The reference sampled at each temperature: mean gold, reward-model score, trait shares and exact KL to the
     reference at temperature 1 (one point per temperature, ordered by KL). What a user gets for free, without training."""
     records = _frontier_records(reference, tokenizer, list(prompts), temperatures, [], gold, scorer, max_new_tokens, seed, batch_size)
-    for record in records:
-        record.update({name: float(bool(test(record["prompt"], record["text"]))) for name, test in (traits or {}).items()})
-    return summarize_frontier(records, tuple(traits or ()))
+    return summarize_frontier(_mark_traits(records, traits), tuple(traits or ()))
 
 
 def summarize(
@@ -218,6 +216,15 @@ def summarize(
         for key in keys if key not in traits
     }
     return summary
+
+
+def judged_metrics(summary: dict[str, Any]) -> dict[str, Any]:
+    """metrics.json's share of a judged policy that every stage writes alike: the trait shares (trait_metrics), the
+    verdict against the sharpening frontier and the frontier itself."""
+    metrics = trait_metrics(summary)
+    if "judgement" in summary:
+        metrics.update(beats_sharpening=summary["judgement"]["beats_sharpening"], judgement=summary["judgement"], sharpening=summary["sharpening"])
+    return metrics
 
 
 def trait_metrics(summary: dict[str, Any]) -> dict[str, Any]:
@@ -310,6 +317,13 @@ def win_rate(policy_scores: Sequence[float], reference_scores: Sequence[float]) 
 
 
 # --- measuring --------------------------------------------------------------------------------------------------
+
+
+def _mark_traits(records: list[dict[str, Any]], traits: Mapping[str, Trait] | None) -> list[dict[str, Any]]:
+    """Each record gains 1.0 or 0.0 per trait, averaged later like a score."""
+    for record in records:
+        record.update({name: float(bool(test(record["prompt"], record["text"]))) for name, test in (traits or {}).items()})
+    return records
 
 
 def _sampling(temperature: float) -> dict[str, Any]:

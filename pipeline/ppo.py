@@ -45,7 +45,15 @@ from pipeline.contract import open_stage_run, write_json
 from pipeline.data.toy_world import ToyWorldKeys
 from pipeline.errors import RecipeError, RunInterrupted, UserError, run_cli
 from pipeline.kl import kl_estimates, sequence_kl
-from pipeline.models import check_lora_targets, linear_module_names, load_model, load_tokenizer, parameter_counts, policy_parameter_groups
+from pipeline.models import (
+    check_lora_targets,
+    linear_module_names,
+    load_model,
+    load_tokenizer,
+    parameter_counts,
+    policy_parameter_groups,
+    saved_context_length,
+)
 from pipeline.recipes import parse_recipe, require_non_negative, require_positive, resolved_recipe
 from pipeline.rl.advantages import generalized_advantage_estimation, kl_penalised_rewards, leave_one_out_baseline, masked_mean, masked_var, whiten
 from pipeline.rl.checkpoint import load_checkpoint, save_checkpoint
@@ -415,7 +423,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     set_seed(config.seed)
 
     tokenizer = load_tokenizer(model_args.model_name_or_path)  # pad distinct from EOS, so EOS stays a learnable action
-    context = _context_length(model_args.model_name_or_path)
+    context = saved_context_length(model_args.model_name_or_path)
     prompt_limit = min(config.max_prompt_length, context - config.response_length) if context else config.max_prompt_length
     if config.ptx_coef > 0 and not args.ptx_dataset:
         raise RecipeError(f"{recipe.path}: key 'ptx_coef' is {config.ptx_coef} but 'ptx_dataset' is not set (toy, or a text file).")
@@ -506,16 +514,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     }
     run.finish(resolved_recipe("ppo", args, model_args, config), metrics)
     logger.info("%s; outputs in %s", outcome_line(metrics), output_dir)
-
-
-def _context_length(name_or_path: str) -> int | None:
-    from transformers import AutoConfig
-
-    try:
-        config = AutoConfig.from_pretrained(name_or_path)
-    except (OSError, ValueError):
-        return None
-    return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
 
 
 def save_policy(accelerator: Accelerator, model, tokenizer, output_dir: Path):

@@ -49,6 +49,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.modeling_outputs import SequenceClassifierOutputWithPast
 
 from pipeline.errors import UserError
+from pipeline.models import config_context_length
 
 logger = logging.getLogger(__name__)
 
@@ -144,8 +145,7 @@ def encode(
 
 def context_length(model: PreTrainedModel) -> int | None:
     """The longest sequence the model can read (GPT-2: n_positions)."""
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    return config_context_length(model.config)
 
 
 def pad_batch(

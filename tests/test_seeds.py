@@ -9,23 +9,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import run_module, write_recipe
+from conftest import run_module
 from eval.seeds import aggregate
 from pipeline import chain
 from pipeline.contract import read_manifest
-from test_chain import QUICK
-
-
-@pytest.fixture
-def folder(tmp_path: Path) -> Path:
-    """Two pretraining recipes; `child` reads `base`'s tokenizer, so its seed copy must read the same seed's base."""
-    recipes = tmp_path / "recipes" / "demo"
-    write_recipe(recipes / "base.yaml", {**QUICK, "output_dir": str(tmp_path / "runs" / "base")})
-    write_recipe(
-        recipes / "child.yaml",
-        {**QUICK, "output_dir": str(tmp_path / "runs" / "child"), "tokenizer_name_or_path": str(tmp_path / "runs" / "base")},
-    )
-    return recipes
+from test_chain import QUICK, folder  # noqa: F401 (the chain tests' two-recipe folder, a fixture)
 
 
 def test_a_seed_copy_moves_every_chain_path_and_raises_the_seeds():
@@ -49,15 +37,15 @@ def test_a_seed_copy_moves_every_chain_path_and_raises_the_seeds():
 def test_seed_recipes_are_written_once_into_the_seed_folder(folder, tmp_path):
     written = chain.write_seed_recipes(folder, 1)
     assert written == tmp_path / "runs" / "seed1" / "recipes"
-    child = yaml.safe_load((written / "child.yaml").read_text())
+    child = yaml.safe_load((written / "a_child.yaml").read_text())
     assert child["stage"] == "pretrain" and child["seed"] == QUICK.get("seed", 42) + 1
     assert child["output_dir"] == str(tmp_path / "runs" / "seed1" / "child")
     assert child["tokenizer_name_or_path"] == str(tmp_path / "runs" / "seed1" / "base")
     stages = chain.plan(written)
-    assert [stage.name for stage in stages] == ["base", "child"] and stages[1].depends_on == ["base"]
-    modified = (written / "child.yaml").stat().st_mtime_ns
+    assert [stage.name for stage in stages] == ["z_base", "a_child"] and stages[1].depends_on == ["z_base"]
+    modified = (written / "a_child.yaml").stat().st_mtime_ns
     chain.write_seed_recipes(folder, 1)
-    assert (written / "child.yaml").stat().st_mtime_ns == modified  # unchanged values: the file is left alone
+    assert (written / "a_child.yaml").stat().st_mtime_ns == modified  # unchanged values: the file is left alone
 
 
 def test_aggregate_gives_median_and_range_and_counts_verdicts():

@@ -11,7 +11,7 @@ from accelerate import Accelerator
 from transformers import PreTrainedModel
 
 from pipeline.data.toy_world import ToyWorld
-from pipeline.policy_eval import PolicyEvaluation, evaluate_policy, toy_skill, trait_metrics
+from pipeline.policy_eval import PolicyEvaluation, evaluate_policy, judged_metrics, toy_skill
 
 
 def measure_policy(
@@ -52,10 +52,6 @@ def policy_metrics(summary: dict[str, Any], args: Any) -> dict[str, Any]:
         **({"toy_world": ToyWorld.from_recipe(args).describe()} if toy else {}),
         "eval_temperature": summary["temperature"],
     })
-    metrics.update(trait_metrics(summary))
-    if "judgement" in summary:
-        metrics["beats_sharpening"] = summary["judgement"]["beats_sharpening"]
-        metrics["judgement"] = summary["judgement"]
-        metrics["sharpening"] = summary["sharpening"]
+    metrics.update(judged_metrics(summary))
     metrics["policy_eval"] = summary
     return metrics
