@@ -42,7 +42,7 @@ from trl.trainer.utils import get_peft_config
 from pipeline.contract import open_stage_run, write_json
 from pipeline.data.preferences import load_preferences
 from pipeline.data.toy_comparisons import check_policy_comparison_keys, own_sample_comparisons
-from pipeline.data.toy_world import ToyWorld, ToyWorldKeys
+from pipeline.data.toy_world import ToyWorld, ToyWorldKeys, recipe_traits
 from pipeline.errors import DataError, RecipeError, run_cli
 from pipeline.models import fit_max_length, load_model, load_tokenizer
 from pipeline.plots import plot_loss_curves  # also selects matplotlib's file-only backend
@@ -465,7 +465,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         temperature=args.eval_temperature, max_new_tokens=args.sample_max_new_tokens,
         seed=training_args.seed, batch_size=args.generation_batch_size, group_of=toy_skill if args.dataset == "toy" else None,
         sharpening_temperatures=args.sharpening_temperatures,
-        traits=ToyWorld.from_recipe(args).traits() if args.dataset == "toy" else None,
+        traits=recipe_traits(args),
     )
     write_json(output_dir / "samples.json", comparison.samples)
     write_json(output_dir / "log_history.json", trainer.state.log_history)

@@ -60,7 +60,7 @@ from pipeline.contract import open_stage_run, write_json
 from pipeline.data.preferences import HH_ASSISTANT, load_preferences, split_hh_transcript
 from pipeline.data.text import iter_jsonl
 from pipeline.data.toy_comparisons import check_policy_comparison_keys, own_sample_comparisons
-from pipeline.data.toy_world import ToyWorld, ToyWorldKeys, gold_reward
+from pipeline.data.toy_world import ToyWorld, ToyWorldKeys, gold_reward, recipe_traits
 from pipeline.decoding import DEFAULT_STRATEGIES
 from pipeline.errors import DataError, RecipeError, run_cli
 from pipeline.models import add_identity_blocks, check_lora_targets, linear_module_names, load_model, load_tokenizer, parameter_counts
@@ -470,19 +470,15 @@ def best_of_n_prompts(args: RewardArguments, eval_pairs: datasets.Dataset) -> li
     return list(dict.fromkeys(eval_pairs["prompt"]))[: args.best_of_n_prompts]
 
 
-def world_traits(args: RewardArguments) -> dict:
-    """The toy world's traits worth counting among Best-of-N picks (e.g. the demonstrators' habit)."""
-    return ToyWorld.from_recipe(args).traits() if args.dataset == "toy" else {}
-
-
 def run_best_of_n(args, model_args, policy, reward_model, tokenizer, eval_pairs, output_dir: Path, seed: int):
     """Best-of-N with the input model (the SFT model) as the policy, beside its sharpening frontier on the same
     prompts (the toy world); writes best_of_n.json/png."""
     prompts = best_of_n_prompts(args, eval_pairs)
+    traits = recipe_traits(args)  # e.g. the demonstrators' habit, counted among the picks and along the frontier
     result = best_of_n(
         policy, tokenizer, reward_model, tokenizer, prompts,
         n_max=args.best_of_n_max, strategy=args.best_of_n_strategy, max_new_tokens=args.sample_max_new_tokens,
-        seed=seed, toy=args.dataset == "toy", traits=world_traits(args),
+        seed=seed, toy=args.dataset == "toy", traits=traits,
     )
     result["policy"], result["reward_model"] = model_args.model_name_or_path, str(output_dir)
     if args.dataset == "toy" and args.sharpening_temperatures:
@@ -491,7 +487,7 @@ def run_best_of_n(args, model_args, policy, reward_model, tokenizer, eval_pairs,
         scorer = lambda p, r, f: score(reward_model, tokenizer, list(p), list(r), finished=list(f))  # noqa: E731
         result["sharpening"] = sharpening_frontier(
             policy, tokenizer, repeated, args.sharpening_temperatures, gold=toy_gold_scorer, scorer=scorer,
-            max_new_tokens=args.sample_max_new_tokens, seed=seed, batch_size=256, traits=world_traits(args),
+            max_new_tokens=args.sample_max_new_tokens, seed=seed, batch_size=256, traits=traits,
         )
         judge_against_frontier(result["table"], result["sharpening"])
     write_json(output_dir / "best_of_n.json", result)
@@ -629,7 +625,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if "accuracy_by_kind" in heldout:
         metrics["heldout_accuracy_by_kind"] = heldout["accuracy_by_kind"]
     if bon:
-        keep = ("gold", "reward", "kl_nats", "kl_bound_nats", "frontier_gold_at_kl", "margin_over_frontier", "beats_sharpening", *world_traits(args))
+        keep = ("gold", "reward", "kl_nats", "kl_bound_nats", "frontier_gold_at_kl", "margin_over_frontier", "beats_sharpening", *recipe_traits(args))
         metrics["best_of_n"] = {row["n"]: {key: row[key] for key in keep if key in row} for row in bon["table"]}
         if bon.get("sharpening"):
             metrics["sharpening"] = bon["sharpening"]

@@ -52,7 +52,7 @@ from trl.trainer.utils import get_peft_config
 
 from pipeline.contract import open_stage_run, write_json
 from pipeline.data.sft_formats import SIMPLE_CHAT_TEMPLATE, load_sft_dataset, toy_sft_dataset
-from pipeline.data.toy_world import ToyWorld, ToyWorldKeys, gold_reward
+from pipeline.data.toy_world import ToyWorld, ToyWorldKeys, gold_reward, recipe_traits
 from pipeline.decoding import generate
 from pipeline.errors import DataError, UserError, run_cli
 from pipeline.models import check_lora_targets, linear_module_names, load_model, load_tokenizer
@@ -389,7 +389,7 @@ def sample_and_score(model, tokenizer, prompts: list[str], args: SFTArguments, s
     """Greedy and temperature-1.0 responses; with the toy world their mean gold reward per strategy and the share
     of responses with each of the world's traits (e.g. the demonstrators' habit), as {trait: {strategy: share}}."""
     records, gold, traits = [], {}, {}
-    world_traits = ToyWorld.from_recipe(args).traits() if args.dataset == "toy" else {}
+    world_traits = recipe_traits(args)
     for strategy in GOLD_STRATEGIES:
         generations = generate(model, tokenizer, prompts, strategy=strategy, max_new_tokens=args.sample_max_new_tokens, seed=seed)
         for generation in generations:

@@ -11,7 +11,7 @@ equals rejected are dropped and counted, because they carry no preference and on
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any

@@ -105,6 +105,7 @@ __all__ = [
     "parse_prompt",
     "pseudo_word",
     "eval_split",
+    "recipe_traits",
     "question_key",
     "split_of",
     "split_document",
@@ -494,6 +495,12 @@ def _getter(recipe: Any) -> Callable[[str, Any], Any]:
 def eval_split(recipe: Any) -> str:
     """The held-out split a stage's recipe measures and reports (key toy_eval_split; test by default)."""
     return _getter(recipe)("toy_eval_split", "test")
+
+
+def recipe_traits(recipe: Any) -> dict[str, Callable[[str, str], bool]]:
+    """The traits worth counting in the world a stage's recipe describes (:meth:`ToyWorld.traits`); none for
+    a recipe whose data are not the toy world's."""
+    return ToyWorld.from_recipe(recipe).traits() if _getter(recipe)("dataset", None) == "toy" else {}
 
 
 # --------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from typing import Any
 from accelerate import Accelerator
 from transformers import PreTrainedModel
 
-from pipeline.data.toy_world import ToyWorld
+from pipeline.data.toy_world import ToyWorld, recipe_traits
 from pipeline.policy_eval import PolicyEvaluation, evaluate_policy, judged_metrics, toy_skill
 
 
@@ -25,7 +25,7 @@ def measure_policy(
             policy, tokenizer, prompts, reference=reference, gold=gold, scorer=scorer, temperature=config.temperature,
             max_new_tokens=config.response_length, seed=config.seed, batch_size=args.eval_batch_size,
             group_of=toy_skill if args.dataset == "toy" else None, sharpening_temperatures=args.sharpening_temperatures,
-            accelerator=accelerator, traits=ToyWorld.from_recipe(args).traits() if args.dataset == "toy" else None,
+            accelerator=accelerator, traits=recipe_traits(args),
         )
 
 
