@@ -30,7 +30,7 @@ gets no EOS (see pipeline/reward_model.py). Written here: no library computes th
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ import numpy as np
 
 from pipeline.decoding import generate
 from pipeline.errors import UserError
-from pipeline.policy_eval import BEATS_MARGIN, frontier_gold_at
+from pipeline.policy_eval import BEATS_MARGIN, Trait, frontier_gold_at, trait_value
 from pipeline.reward_model import pairwise_calibration, pearson, score, spearman
 
 
@@ -89,7 +89,7 @@ def best_of_n_table(
     rewards: np.ndarray, gold: np.ndarray | None, texts: Sequence[Sequence[str]] | None = None, traits: Mapping[str, np.ndarray] | None = None
 ) -> list[dict[str, float]]:
     """One row per N: expected RM reward and gold reward of the RM's pick, the gold oracle, the KL (plug-in and bound),
-    and for each trait (0/1 per sample) the expected share of picks that have it."""
+    and for each trait (0/1 per sample; NaN on the prompts it does not apply to) the expected share of picks that have it."""
     rows = []
     for n in powers_of_two(rewards.shape[1]):
         row: dict[str, float] = {
@@ -100,7 +100,8 @@ def best_of_n_table(
             row["gold"] = round(expected_best(rewards, gold, n), 4)
             row["gold_oracle"] = round(expected_best(gold, gold, n), 4)
         for name, values in (traits or {}).items():
-            row[name] = round(expected_best(rewards, values, n), 4)
+            applies = ~np.isnan(values).any(axis=1)
+            row[name] = round(expected_best(rewards[applies], values[applies], n), 4) if applies.any() else None
         rows.append(row)
     return rows
 
@@ -181,7 +182,7 @@ def best_of_n(
     batch_size: int = 256,
     toy: bool = True,
     examples: int = 4,
-    traits: Mapping[str, Callable[[str, str], bool]] | None = None,
+    traits: Mapping[str, Trait] | None = None,
 ) -> dict[str, Any]:
     """Sample n_max responses per prompt, score them, and tabulate Best-of-N for N = 1, 2, ..., n_max."""
     if not prompts:
@@ -212,7 +213,8 @@ def best_of_n(
         result["policy_mean_gold"] = round(float(gold.mean()), 4)
         result.update(rm_versus_gold(rewards, gold))
     trait_values = {
-        name: np.array([float(bool(test(p, t))) for p, t in zip(repeated, texts)]).reshape(rewards.shape) for name, test in (traits or {}).items()
+        name: np.array([trait_value(test, p, t) for p, t in zip(repeated, texts)], dtype=float).reshape(rewards.shape)
+        for name, test in (traits or {}).items()
     }
     result["table"] = best_of_n_table(rewards, gold, [texts[p * n_max : (p + 1) * n_max] for p in range(len(prompts))], trait_values)
     result["kl_regularised"] = kl_regularised_table(rewards, gold)

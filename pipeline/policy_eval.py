@@ -38,7 +38,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,8 +53,9 @@ logger = logging.getLogger(__name__)
 
 #: (prompts, responses, finished) -> one score per response (a list or a 1-d tensor).
 Scorer = Callable[[Sequence[str], Sequence[str], Sequence[bool]], Sequence[float]]
-#: (prompt, response) -> does the response have the property?
-Trait = Callable[[str, str], bool]
+#: (prompt, response) -> does the response have the property? None: the trait does not apply to this prompt (it is
+#: left out of the share, e.g. sycophancy on a prompt without the user's guess).
+Trait = Callable[[str, str], bool | None]
 
 STRATEGIES = ("greedy", "sampled")
 KL_ESTIMATORS = ("k1", "k2", "k3", "exact")
@@ -190,13 +191,14 @@ def summarize(
         return [r for r in samples if r["model"] == model and r["strategy"] == strategy]
 
     keys = [key for key in ("gold_reward", "reward_model") if samples and key in samples[0]]
-    keys += [name for name in traits if samples and name in samples[0]]
+    trait_keys = [name for name in traits if samples and name in samples[0]]
     summary: dict[str, Any] = {"prompts": prompts, "temperature": temperature, "max_new_tokens": max_new_tokens, "seed": seed}
     for model in ("policy", "reference"):
         summary[model] = {}
         for strategy in STRATEGIES:
             records = rows(model, strategy)
             entry = {key: _round(_mean([r[key] for r in records])) for key in keys}
+            entry.update({name: trait_share(r[name] for r in records) for name in trait_keys})
             entry["finished"] = _round(_mean([float(r["finished"]) for r in records]))
             entry["response_tokens"] = _round(_mean([float(r["tokens"]) for r in records]))
             if group_of:
@@ -213,7 +215,7 @@ def summarize(
             strategy: _round(win_rate([r[key] for r in rows("policy", strategy)], [r[key] for r in rows("reference", strategy)]))
             for strategy in STRATEGIES
         }
-        for key in keys if key not in traits
+        for key in keys
     }
     return summary
 
@@ -244,9 +246,10 @@ def summarize_frontier(records: Sequence[dict[str, Any]], traits: Sequence[str] 
         group = [r for r in records if r["temperature"] == temperature]
         point: dict[str, Any] = {"temperature": temperature, "kl_exact": _round(_mean([r["kl_exact"] for r in group])),
                                  "kl_stderr": _round(_stderr([r["kl_exact"] for r in group]))}
-        for key in ("gold_reward", "reward_model", *traits):
+        for key in ("gold_reward", "reward_model"):
             if key in group[0]:
                 point[key] = _round(_mean([r[key] for r in group]))
+        point.update({name: trait_share(r[name] for r in group) for name in traits if name in group[0]})
         point["finished"] = _round(_mean([float(r["finished"]) for r in group]))
         points.append(point)
     return points
@@ -319,10 +322,22 @@ def win_rate(policy_scores: Sequence[float], reference_scores: Sequence[float]) 
 # --- measuring --------------------------------------------------------------------------------------------------
 
 
+def trait_value(test: Trait, prompt: str, response: str) -> float | None:
+    """1.0 or 0.0: does the response have the trait; None where the trait does not apply to the prompt."""
+    value = test(prompt, response)
+    return None if value is None else float(bool(value))
+
+
+def trait_share(values: Iterable[float | None]) -> float | None:
+    """The share of responses with a trait among those it applies to (None if it applies to none)."""
+    applicable = [value for value in values if value is not None]
+    return _round(_mean(applicable)) if applicable else None
+
+
 def _mark_traits(records: list[dict[str, Any]], traits: Mapping[str, Trait] | None) -> list[dict[str, Any]]:
-    """Each record gains 1.0 or 0.0 per trait, averaged later like a score."""
+    """Each record gains 1.0, 0.0 or None per trait (trait_value), averaged later with trait_share."""
     for record in records:
-        record.update({name: float(bool(test(record["prompt"], record["text"]))) for name, test in (traits or {}).items()})
+        record.update({name: trait_value(test, record["prompt"], record["text"]) for name, test in (traits or {}).items()})
     return records
 
 

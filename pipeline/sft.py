@@ -57,6 +57,7 @@ from pipeline.decoding import generate
 from pipeline.errors import DataError, UserError, run_cli
 from pipeline.models import check_lora_targets, linear_module_names, load_model, load_tokenizer
 from pipeline.plots import plot_loss_curves
+from pipeline.policy_eval import trait_share, trait_value
 from pipeline.recipes import parse_recipe, require_positive, resolved_recipe
 from pipeline.training import GracefulInterrupt
 
@@ -401,7 +402,7 @@ def sample_and_score(model, tokenizer, prompts: list[str], args: SFTArguments, s
             scores = [r["gold_reward"] for r in records if r["strategy"] == strategy]
             gold[strategy] = round(sum(scores) / len(scores), 4)
         for name, test in world_traits.items():
-            traits.setdefault(name, {})[strategy] = round(sum(test(g.prompt, g.text) for g in generations) / len(generations), 4)
+            traits.setdefault(name, {})[strategy] = trait_share(trait_value(test, g.prompt, g.text) for g in generations)
     return records, gold, traits
 
 

@@ -1,10 +1,11 @@
-"""Comparisons of a policy's own samples, labelled by the toy world's gold reward: a simulated labeller.
+"""Comparisons of a policy's own samples, labelled by the toy world's simulated labellers (ToyWorld.labeller).
 
 This is how RLHF collects its comparisons (InstructGPT's labellers rank samples of the SFT model;
 Anthropic's HH pairs are two samples of their assistant): the reward model, or DPO, then learns from the
 differences among the responses the policy really writes, not only from the hand-made pairs, whose
-mistakes are of a few fixed kinds. Per prompt the finished sample with the highest gold reward is chosen
-and the one with the lowest rejected; prompts whose samples all have one gold reward give no pair.
+mistakes are of a few fixed kinds. Per prompt the finished sample the labeller ranks first is chosen and the
+one ranked last rejected (by the gold reward, except where the world's scenario makes the labellers biased or
+noisy); prompts whose samples the labeller cannot tell apart give no pair.
 Samples cut by the length limit are left out, because the stages end every response with EOS.
 
 Used by the reward stage and the DPO stage (`toy_policy_prompts`, `toy_policy_samples`).
@@ -20,7 +21,7 @@ import datasets
 from transformers import PreTrainedModel
 
 from pipeline.data.preferences import clean_pairs
-from pipeline.data.toy_world import ToyWorld, gold_reward
+from pipeline.data.toy_world import Labeller, ToyWorld
 from pipeline.decoding import generate
 
 logger = logging.getLogger(__name__)
@@ -42,8 +43,11 @@ def policy_comparisons(
     strategy: str | Mapping[str, Any],
     max_new_tokens: int,
     seed: int,
+    labeller: Labeller | None = None,
 ) -> tuple[datasets.Dataset | None, dict[str, int]]:
-    """(pairs prompt/chosen/rejected or None, counts) from `samples_per_prompt` samples of each prompt."""
+    """(pairs prompt/chosen/rejected or None, counts) from `samples_per_prompt` samples of each prompt, compared by
+    `labeller` (by default the plain toy world's, who judge by the gold reward)."""
+    labeller = labeller or ToyWorld().labeller("policy samples")
     k = samples_per_prompt
     samples = generate(
         policy, tokenizer, [prompt for prompt in prompts for _ in range(k)], strategy=strategy,
@@ -52,12 +56,12 @@ def policy_comparisons(
     records = []
     for index, prompt in enumerate(prompts):
         texts = [sample.text for sample in samples[index * k : (index + 1) * k] if sample.finished]
-        ranked = sorted(texts, key=lambda text: gold_reward(prompt, text))
-        if len(ranked) >= 2 and gold_reward(prompt, ranked[-1]) > gold_reward(prompt, ranked[0]):
-            records.append((f"policy sample {index}", (prompt, ranked[-1], ranked[0])))
+        pair = labeller.compare(prompt, texts)
+        if pair is not None:
+            records.append((f"policy sample {index}", (prompt, *pair)))
     counts = {"prompts": len(prompts), "samples": len(samples), "unfinished": sum(not s.finished for s in samples)}
     if not records:
-        logger.warning("the policy's samples never differ in gold reward on %d prompts: no comparisons made", len(prompts))
+        logger.warning("the labeller never tells the policy's samples apart on %d prompts: no comparisons made", len(prompts))
         return None, {**counts, "pairs": 0}
     pairs, stats = clean_pairs(records, "policy comparisons", "toy-policy")
     logger.info("%d comparisons of the policy's own samples (%d prompts x %d samples)", len(pairs), len(prompts), k)
@@ -67,8 +71,12 @@ def policy_comparisons(
 def own_sample_comparisons(
     policy: PreTrainedModel, tokenizer, recipe: Any, strategy: str | Mapping[str, Any], max_new_tokens: int, seed: int
 ) -> tuple[datasets.Dataset | None, dict[str, int]]:
-    """policy_comparisons on the recipe's comparison_prompts, with `toy_policy_samples` samples each."""
-    return policy_comparisons(policy, tokenizer, comparison_prompts(recipe), recipe.toy_policy_samples, strategy, max_new_tokens, seed)
+    """policy_comparisons on the recipe's comparison_prompts, with `toy_policy_samples` samples each, by the labellers
+    of the recipe's world."""
+    labeller = ToyWorld.from_recipe(recipe).labeller("policy samples")
+    return policy_comparisons(
+        policy, tokenizer, comparison_prompts(recipe), recipe.toy_policy_samples, strategy, max_new_tokens, seed, labeller
+    )
 
 
 def comparison_prompts(recipe: Any) -> list[str]:
