@@ -145,7 +145,13 @@ def build(ctx: Context) -> Section | None:
     return section
 
 
-TRAIT_NOTES = {"demo_flaw": "the flawed demonstrators' habit, an answer wrapped in 'sure, ... hope this helps.'"}
+TRAIT_NOTES = {
+    "demo_flaw": "the flawed demonstrators' habit, an answer wrapped in 'sure, ... hope this helps.'",
+    "sycophancy": "agreeing with the user's wrong guess, on the prompts with one",
+    "correct_wrong_suggestion": "a right answer, on the prompts with a wrong guess",
+    "correct_right_suggestion": "a right answer, on the prompts with a right guess",
+    "correct_none_suggestion": "a right answer, on the prompts without a guess",
+}
 
 
 def trait_rows(trait: str, sft_name: str, policies: list[StageOutput], frontier: list[dict[str, Any]], bon_table: list[dict[str, Any]]) -> list[list[Any]]:
