@@ -42,6 +42,14 @@ POLICY_HEADLINES: list[tuple[str, Callable[[dict], Any]]] = [
     ("beats sharpening", lambda m: m.get("beats_sharpening")),
     ("habit share, greedy", lambda m: dig(m, "demo_flaw_after", "greedy")),
     ("habit share, sampled", lambda m: dig(m, "demo_flaw_after", "sampled")),
+    ("RM score, sampled", lambda m: dig(m, "policy_eval", "policy", "sampled", "reward_model")),
+    ("SFT RM score, sampled", lambda m: dig(m, "policy_eval", "reference", "sampled", "reward_model")),
+    ("sycophancy, sampled", lambda m: dig(m, "sycophancy_after", "sampled")),
+    ("sycophancy, greedy", lambda m: dig(m, "sycophancy_after", "greedy")),
+    ("SFT sycophancy, sampled", lambda m: dig(m, "sycophancy_before", "sampled")),
+    ("SFT sycophancy, greedy", lambda m: dig(m, "sycophancy_before", "greedy")),
+    ("right | wrong guess, sampled", lambda m: dig(m, "correct_wrong_suggestion_after", "sampled")),
+    ("right | no guess, sampled", lambda m: dig(m, "correct_none_suggestion_after", "sampled")),
 ]
 HEADLINES: dict[str, list[tuple[str, Callable[[dict], Any]]]] = {
     "pretrain": [
@@ -56,6 +64,8 @@ HEADLINES: dict[str, list[tuple[str, Callable[[dict], Any]]]] = {
         ("gold before SFT (its input model), sampled", lambda m: dig(m, "gold_reward_before", "temperature_1.0")),
         ("habit share, greedy", lambda m: dig(m, "traits_after", "demo_flaw", "greedy")),
         ("habit share, sampled", lambda m: dig(m, "traits_after", "demo_flaw", "temperature_1.0")),
+        ("sycophancy, greedy", lambda m: dig(m, "traits_after", "sycophancy", "greedy")),
+        ("sycophancy, sampled", lambda m: dig(m, "traits_after", "sycophancy", "temperature_1.0")),
     ],
     "reward": [
         ("pair accuracy (test)", lambda m: m.get("heldout_accuracy")),
@@ -66,6 +76,8 @@ HEADLINES: dict[str, list[tuple[str, Callable[[dict], Any]]]] = {
         (f"Best-of-{BEST_OF} margin over the frontier", lambda m: dig(m, "best_of_n", str(BEST_OF), "margin_over_frontier")),
         (f"Best-of-{BEST_OF} beats sharpening", lambda m: dig(m, "best_of_n", str(BEST_OF), "beats_sharpening")),
         (f"Best-of-{BEST_OF} habit share", lambda m: dig(m, "best_of_n", str(BEST_OF), "demo_flaw")),
+        (f"Best-of-{BEST_OF} sycophancy", lambda m: dig(m, "best_of_n", str(BEST_OF), "sycophancy")),
+        ("prefers the user's wrong guess (probe)", lambda m: dig(m, "sycophancy_probe", "guess_preferred")),
     ],
     "ppo": POLICY_HEADLINES,
     "dpo": [*POLICY_HEADLINES, ("implicit reward accuracy", lambda m: m.get("implicit_reward_accuracy"))],
