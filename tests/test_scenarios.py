@@ -75,11 +75,21 @@ def metrics(runs: Path, name: str) -> dict:
     return json.loads((runs / name / "metrics.json").read_text())
 
 
+def assert_every_stage_in(runs: Path, scenario: str, **knobs: float) -> None:
+    for name in ("sft", "reward", "ppo", "dpo"):
+        world = metrics(runs, name)["toy_world"]
+        assert world["scenario"] == scenario and all(world[key] == value for key, value in knobs.items()), name
+
+
+def report_of(runs: Path) -> str:
+    report = run_module("eval.report", str(runs), "--no-studies")
+    assert report.returncode == 0, report.stderr[-3000:]
+    return (runs / "report.md").read_text()
+
+
 @pytest.mark.slow
 def test_the_scenario_reaches_every_stage_and_sft_learns_the_habit(flawed_chain):
-    for name in ("sft", "reward", "ppo", "dpo"):
-        world = metrics(flawed_chain, name)["toy_world"]
-        assert world["scenario"] == "flawed_demos" and world["flaw_rate"] == 1.0, name
+    assert_every_stage_in(flawed_chain, "flawed_demos", flaw_rate=1.0)
     sft = metrics(flawed_chain, "sft")
     # The pretrained model never wraps its answers; after SFT on demonstrations that always do, it does.
     assert sft["traits_before"]["demo_flaw"]["greedy"] == 0.0
@@ -98,9 +108,7 @@ def test_every_stage_counts_the_habit_where_it_judges_a_policy(flawed_chain):
         # "before" is the SFT model on the same prompts: what SFT's own measurement saw, up to the prompts drawn.
         assert m["demo_flaw_before"]["greedy"] > 0.5
         assert all("demo_flaw" in point for point in m["sharpening"])
-    report = run_module("eval.report", str(flawed_chain), "--no-studies")
-    assert report.returncode == 0, report.stderr[-3000:]
-    text = (flawed_chain / "report.md").read_text()
+    text = report_of(flawed_chain)
     assert "scenario **flawed_demos**" in text and "trait 'demo_flaw'" in text
 
 
@@ -109,9 +117,7 @@ SYCOPHANCY_TRAITS = {"sycophancy", "correct_wrong_suggestion", "correct_right_su
 
 @pytest.mark.slow
 def test_the_biased_labellers_reach_every_stage_and_sycophancy_is_measured_where_a_policy_is_judged(biased_chain):
-    for name in ("sft", "reward", "ppo", "dpo"):
-        world = metrics(biased_chain, name)["toy_world"]
-        assert world["scenario"] == "biased_labeller" and world["labeller_bias"] == 1.0, name
+    assert_every_stage_in(biased_chain, "biased_labeller", labeller_bias=1.0)
     sft = metrics(biased_chain, "sft")
     assert set(sft["traits_after"]) == SYCOPHANCY_TRAITS
     assert all(0.0 <= share <= 1.0 for trait in sft["traits_after"].values() for share in trait.values() if share is not None)
@@ -125,10 +131,9 @@ def test_the_biased_labellers_reach_every_stage_and_sycophancy_is_measured_where
         m = metrics(biased_chain, name)
         assert {f"{trait}_{when}" for trait in SYCOPHANCY_TRAITS for when in ("before", "after")} <= set(m), name
         assert all("sycophancy" in point for point in m["sharpening"])
-    report = run_module("eval.report", str(biased_chain), "--no-studies")
-    assert report.returncode == 0, report.stderr[-3000:]
-    text = (biased_chain / "report.md").read_text()
+    text = report_of(biased_chain)
     assert "scenario **biased_labeller**" in text and "trait 'sycophancy'" in text
+    assert "Sycophancy and reward hacking" in text and "scores the user's wrong guess above the right answer" in text
 
 
 @pytest.mark.slow
