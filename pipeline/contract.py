@@ -40,6 +40,8 @@ METRICS = "metrics.json"
 RESOLVED_RECIPE = "recipe.yaml"
 IN_PROGRESS = "run.json"
 LOCK = ".lock"
+#: Recipe keys that may name a local path a stage reads, besides its registry inputs (pipeline.stages).
+READ_PATH_KEYS = ("reward_model_path", "ref_model_name_or_path", "value_model_path", "eval_dataset", "strong_model", "weak_model")
 PACKAGES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "tokenizers", "evaluate", "bitsandbytes")
 
 
@@ -149,6 +151,9 @@ class StageRun:
         return checkpoint
 
     def _prepare(self) -> None:
+        self._check_apart_from_inputs()
+        if self.recipe.force:
+            self._check_is_a_run()
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self._lock()
         manifest = read_manifest(self.output_dir)
@@ -186,6 +191,33 @@ class StageRun:
             manifest.get("recipe_fingerprint") == self.recipe.fingerprint
             and manifest.get("input_fingerprints") == self.input_fingerprints
         )
+
+    def _check_apart_from_inputs(self) -> None:
+        """Refuse an output_dir that is, contains or lies inside a local path the recipe reads: replacing or
+        resuming it would write over the stage's own input (with --force, delete it before it is read)."""
+        output = self.output_dir.resolve()
+        for key in dict.fromkeys((*self.inputs, *READ_PATH_KEYS)):
+            value = self.recipe.values.get(key)
+            if not isinstance(value, str) or not value or not Path(value).exists():
+                continue
+            path = Path(value).resolve()
+            if path == output or output in path.parents or path in output.parents:
+                relation = "is" if path == output else "contains" if output in path.parents else "lies inside"
+                raise RecipeError(
+                    f"{self.recipe.path}: key 'output_dir' ({self.output_dir}) {relation} key '{key}' ({value}), which the "
+                    "stage reads: its outputs would overwrite its own input. Choose an output_dir apart from every input."
+                )
+
+    def _check_is_a_run(self) -> None:
+        """--force replaces a run of this project (a manifest or an in-progress marker), never another folder."""
+        if not self.output_dir.is_dir():
+            return
+        entries = [path for path in self.output_dir.iterdir() if path.name != LOCK]
+        if entries and not (self.output_dir / MANIFEST).is_file() and not (self.output_dir / IN_PROGRESS).is_file():
+            raise RecipeError(
+                f"{self.recipe.path}: --force would delete {self.output_dir}, which holds {len(entries)} entries but no run of this "
+                f"project (no {MANIFEST} or {IN_PROGRESS}). Choose another output_dir, or empty it yourself."
+            )
 
     def _lock(self) -> None:
         # flock is released by the kernel when the process dies, so a killed run never leaves a stale lock.

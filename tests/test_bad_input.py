@@ -256,3 +256,37 @@ def test_debug_shows_the_traceback_of_a_user_error(tiny_model, tmp_path):
     module, argv, _ = sft(tmp_path, tiny_model, learnig_rate=1e-3)
     with pytest.raises(RecipeError, match="learnig_rate"):
         run_cli(__import__(module, fromlist=["main"]).main, [*argv, "--debug"])
+
+
+def copy_of(model: Path, where: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(model, where))
+
+
+@pytest.mark.parametrize("layout", ["output-is-the-model", "output-inside-the-model", "output-contains-the-data"])
+def test_an_output_dir_overlapping_an_input_is_refused_before_anything_is_touched(layout, tiny_model, tmp_path, capsys):
+    model = copy_of(tiny_model, tmp_path / "models" / "sft")
+    values: dict = {"model_name_or_path": str(model), "max_steps": 2, "use_peft": True, **CPU}
+    if layout == "output-is-the-model":
+        values["output_dir"], key, relation = str(model), "model_name_or_path", "is"
+    elif layout == "output-inside-the-model":
+        values["output_dir"], key, relation = str(model / "again"), "model_name_or_path", "lies inside"
+    else:
+        values["output_dir"], key, relation = str(tmp_path / "runs" / "sft"), "dataset", "contains"
+        values["dataset"] = str(data_file(tmp_path / "runs" / "sft", "demos.jsonl", [{"prompt": "User: hi\nBot:", "completion": " hello"}] * 4))
+    path = write_recipe(tmp_path / "recipes" / "sft.yaml", {"stage": "sft", **values})
+    inputs = {name: snapshot(tmp_path / name) for name in ("models", "runs")}
+    code, err = run_stage("pipeline.sft", ["--config", str(path), "--force"], capsys)
+    check_one_clear_message(code, err, ("{recipe}", "key 'output_dir'", f"{relation} key '{key}'", "overwrite its own input"), recipe=str(path))
+    assert {name: snapshot(tmp_path / name) for name in ("models", "runs")} == inputs
+
+
+def test_force_replaces_only_a_run_never_another_folder(tiny_model, tmp_path, capsys):
+    module, argv, output_dir = sft(tmp_path, tiny_model)
+    output_dir.mkdir(parents=True)
+    (output_dir / "thesis.tex").write_text("three years of work\n")
+    before = snapshot(output_dir)
+    code, err = run_stage(module, [*argv, "--force"], capsys)
+    check_one_clear_message(code, err, ("{recipe}", "--force would delete", "no run of this project"), recipe=argv[1])
+    assert snapshot(output_dir) == before
