@@ -57,13 +57,43 @@ def recipe_fingerprint(values: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+class _DuplicateKey(Exception):
+    def __init__(self, key: Any, first_line: int, second_line: int) -> None:
+        self.key, self.first_line, self.second_line = key, first_line, second_line
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """The safe loader, refusing a key written twice in one mapping (PyYAML would silently keep the last value)."""
+
+
+def _construct_unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    loader.flatten_mapping(node)
+    lines: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            if key in lines:
+                raise _DuplicateKey(key, lines[key], key_node.start_mark.line + 1)
+            lines[key] = key_node.start_mark.line + 1
+        except TypeError:  # an unhashable key: construct_mapping names it
+            pass
+    return yaml.SafeLoader.construct_mapping(loader, node, deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
+
+
 def read_recipe_file(path: str | os.PathLike) -> dict[str, Any]:
     """Read a recipe YAML with the safe loader; every problem names the file (and the line for YAML errors)."""
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"recipe file {path} not found. Pass an existing file with --config, e.g. recipes/toy/pretrain.yaml.")
     try:
-        mapping = yaml.safe_load(path.read_text(encoding="utf-8"))
+        mapping = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 - a safe loader
+    except _DuplicateKey as error:
+        raise RecipeError(
+            f"{path}: key '{error.key}' is written twice, at lines {error.first_line} and {error.second_line}; keep one."
+        ) from None
     except UnicodeDecodeError as error:
         raise RecipeError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start}).") from None
     except yaml.YAMLError as error:

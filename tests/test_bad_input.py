@@ -136,6 +136,13 @@ def without_stage_key(module: str, argv: list[str], output_dir: Path):
     return module, argv, output_dir
 
 
+def duplicate_key(tmp: Path, model: Path):
+    module, argv, output_dir = sft(tmp, model)
+    recipe = Path(argv[1])
+    recipe.write_text(recipe.read_text() + "max_steps: 3\n")  # written twice: PyYAML alone would keep this one
+    return module, argv, output_dir
+
+
 def no_weights(tmp: Path, model: Path):
     path = model_dir(tmp, "empty")
     (path / "README.md").write_text("weights not downloaded yet\n")
@@ -158,6 +165,7 @@ CASES = [
     Case("unknown-toy-skill", lambda t, m: dpo(t, m, toy_skills=["copy", "spell"]), ("{recipe}", "key 'toy_skills'", "'spell'", "add, copy, reverse, colour")),
     Case("aux-alpha-out-of-range", lambda t, m: w2s(t, m, aux_alpha=1.5), ("{recipe}", "key 'aux_alpha' must be in [0, 1]")),
     Case("missing-stage-key", lambda t, m: without_stage_key(*sft(t, m)), ("{recipe}", "missing key 'stage'")),
+    Case("duplicate-key", duplicate_key, ("{recipe}", "key 'max_steps' is written twice", "at lines")),
     # --- data: file and line
     Case("empty-data-file", with_data(sft, "empty.jsonl", ""), ("{data}", "holds no records")),
     Case("malformed-json-line", with_data(reward, "pairs.jsonl", json.dumps(GOOD_PAIR) + "\n{\"prompt\": \"x\",\n"), ("{data}:2", "malformed JSON")),
