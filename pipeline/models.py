@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 from trl import ModelConfig
+from safetensors import SafetensorError
 from trl.trainer.utils import get_quantization_config
 
 from pipeline.errors import RecipeError, UserError
@@ -151,6 +152,8 @@ def load_model(
         model = auto.from_pretrained(name, **kwargs)
     except OSError as error:
         raise UserError(f"could not load model {name}: {error}") from None
+    except SafetensorError as error:
+        raise UserError(f"{name}: model.safetensors is corrupt or cut short ({error}); run the stage that wrote it again.") from None
     except ValueError as error:
         if "trust_remote_code" in str(error):
             raise UserError(remote_code_message(name)) from None

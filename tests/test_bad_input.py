@@ -93,6 +93,24 @@ def model_dir(tmp: Path, name: str) -> Path:
     return path
 
 
+def broken_copy(file: str, damage: Callable[[bytes], bytes]):
+    """The tiny model copied to models/broken with one of its files damaged (cut short, or not what it says)."""
+    def make(tmp: Path, model: Path):
+        import shutil
+
+        path = Path(shutil.copytree(model, tmp / "models" / "broken"))
+        (path / file).write_bytes(damage((path / file).read_bytes()))
+        return sft(tmp, path)
+    return make
+
+
+def gzip_cut_short(records: list[dict]) -> bytes:
+    import gzip
+
+    whole = gzip.compress("".join(json.dumps(record) + "\n" for record in records).encode())
+    return whole[: len(whole) // 2]
+
+
 def t5_model(tmp: Path, model: Path):
     """A model of an architecture that has no causal LM head (T5), with a tokenizer that is fine."""
     from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration
@@ -179,6 +197,12 @@ CASES = [
     Case("sft-record-without-response", with_data(sft, "demos.jsonl", [{"prompt": "User: hi\nBot:", "completion": ""}] * 2), ("{data}", "no example has a non-empty response")),
     Case("w2s-record-without-label", with_data(w2s, "task.jsonl", [{"text": "a fine film", "label": 1}, {"text": "dull"}]), ("{data}:2", "missing column 'label'")),
     # --- models
+    Case("gzip-cut-short", with_data(sft, "demos.jsonl.gz", gzip_cut_short([{"prompt": f"User: {i}\nBot:", "completion": " x"} for i in range(3000)])),
+         ("{data}", "not a readable gzip file", "cut short")),
+    Case("gz-that-is-not-gzip", with_data(reward, "pairs.jsonl.gz", json.dumps(GOOD_PAIR) + "\n"), ("{data}", "not a readable gzip file")),
+    Case("safetensors-cut-short", broken_copy("model.safetensors", lambda b: b[: len(b) // 2]), ("models/broken", "model.safetensors is corrupt or cut short")),
+    Case("config-not-json", broken_copy("config.json", lambda b: b"{not json"), ("models/broken", "config.json")),
+    Case("tokenizer-json-corrupt", broken_copy("tokenizer.json", lambda b: b[:40]), ("models/broken", "tokenizer")),
     Case("model-directory-without-weights", no_weights, ("models/empty is not a model folder", "no config.json")),
     Case("architecture-without-a-causal-lm", t5_model, ("models/t5", "cannot be loaded as a causal lm")),
     Case("tokenizer-of-another-model", foreign_tokenizer, ("models/mismatch", "different models", "tokenizer saved with the model")),
@@ -226,7 +250,7 @@ def test_bad_input_is_one_clear_message_and_changes_nothing(case: Case, tiny_mod
 
 
 def test_the_matrix_covers_every_area():
-    assert len(CASES) >= 25
+    assert len(CASES) >= 30
 
 
 def finished_output(tmp: Path, model: Path, capsys) -> tuple[str, list[str], Path]:

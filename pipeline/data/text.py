@@ -7,8 +7,10 @@ number (datasets' own error names neither), and to refuse empty data sets with a
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
+import zlib
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,12 +30,21 @@ def _open_text(path: Path):
     return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")
 
 
+@contextlib.contextmanager
+def _readable(path: Path) -> Iterator[None]:
+    """A truncated or not-really-gzip `.gz` file, as one error naming it (gzip and zlib raise three kinds)."""
+    try:
+        yield
+    except (EOFError, gzip.BadGzipFile, zlib.error) as error:
+        raise DataError(f"{path}: not a readable gzip file ({error}): cut short, or not gzip despite its name.") from None
+
+
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield (line number, record) from a JSON Lines file (optionally gzipped); bad lines raise DataError."""
     path = Path(path)
     # Bytes in, one line decoded at a time: a text-mode reader decodes ahead in chunks, and its
     # UnicodeDecodeError would come before the lines in front of the bad byte, with the wrong line number.
-    with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as handle:
+    with _readable(path), gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as handle:
         for line_number, raw in enumerate(handle, start=1):
             try:
                 line = raw.decode("utf-8")
@@ -79,7 +90,7 @@ def read_text_documents(path: str | Path, sample_by: str = "paragraph") -> list[
     """Split a text file into documents: by blank-line paragraph, by line, or as one document."""
     path = Path(path)
     try:
-        with _open_text(path) as handle:
+        with _readable(path), _open_text(path) as handle:
             text = handle.read()
     except UnicodeDecodeError as error:
         line = error.object[: error.start].count(b"\n") + 1
