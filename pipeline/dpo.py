@@ -30,6 +30,7 @@ import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -72,6 +73,8 @@ logger = logging.getLogger("pipeline.dpo")
 # The losses TRL 1.16's DPOTrainer implements (checked here so that a typo is a recipe error, not a crash
 # after the model is loaded). sigmoid = DPO; ipo = IPO (β is its τ); hinge = SLiC; robust = rDPO (uses
 # label_smoothing); exo_pair = EXO (needs label_smoothing > 0); sft = the NLL of the chosen response, to mix in.
+#: The losses of TRL's DPOTrainer that read `label_smoothing` (checked against TRL 1.16's source).
+SMOOTHED_LOSS_TYPES = ("robust", "exo_pair", "aot", "aot_unpaired")
 LOSS_TYPES = (
     "sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot", "aot_unpaired",
     "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm",
@@ -180,6 +183,12 @@ class DPOTrainingConfig(DPOConfig):
             raise ValueError(f"key 'label_smoothing' must be in [0, 0.5), got {self.label_smoothing}")
         if "exo_pair" in loss_types and self.label_smoothing == 0.0:
             raise ValueError("key 'label_smoothing' must be > 0 for loss_type exo_pair (the EXO paper uses 1e-3)")
+        if self.label_smoothing > 0 and not set(loss_types) & set(SMOOTHED_LOSS_TYPES):
+            raise ValueError(
+                f"key 'label_smoothing' ({self.label_smoothing}) has no effect on loss_type {loss_types}: in TRL "
+                f"{version('trl')} only {', '.join(SMOOTHED_LOSS_TYPES)} read it (the sigmoid loss no longer does, so it is not "
+                "conservative DPO). For labels you believe flipped at a known rate use loss_type robust."
+            )
         require_positive(self, "max_length", allow_none=True)
         if self.ld_alpha is not None and not 0.0 <= self.ld_alpha <= 1.0:
             raise ValueError(f"key 'ld_alpha' must be in [0, 1] or null, got {self.ld_alpha}")

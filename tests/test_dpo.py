@@ -321,6 +321,7 @@ def test_qlora_trains_adapters_on_a_4bit_sft_model_and_saves_a_full_precision_me
         ({"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0]}, "key 'loss_weights' needs one weight per loss_type"),
         ({"loss_type": "exo_pair"}, "key 'label_smoothing' must be > 0 for loss_type exo_pair"),
         ({"label_smoothing": 0.5}, "key 'label_smoothing' must be in [0, 0.5)"),
+        ({"label_smoothing": 0.1}, "key 'label_smoothing' (0.1) has no effect on loss_type ['sigmoid']"),
         ({"beta": 0.0}, "key 'beta' must be > 0"),
         ({"ld_alpha": 1.5}, "key 'ld_alpha' must be in [0, 1]"),
         ({"use_peft": True, "sync_ref_model": True}, "sync_ref_model (TR-DPO) needs a separate reference model"),
