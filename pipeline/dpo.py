@@ -73,12 +73,12 @@ logger = logging.getLogger("pipeline.dpo")
 # The losses TRL 1.16's DPOTrainer implements (checked here so that a typo is a recipe error, not a crash
 # after the model is loaded). sigmoid = DPO; ipo = IPO (β is its τ); hinge = SLiC; robust = rDPO (uses
 # label_smoothing); exo_pair = EXO (needs label_smoothing > 0); sft = the NLL of the chosen response, to mix in.
-#: The losses of TRL's DPOTrainer that read `label_smoothing` (checked against TRL 1.16's source).
-SMOOTHED_LOSS_TYPES = ("robust", "exo_pair", "aot", "aot_unpaired")
 LOSS_TYPES = (
     "sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot", "aot_unpaired",
     "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm",
 )
+#: The losses of TRL's DPOTrainer that read `label_smoothing` (checked against TRL 1.16's source).
+SMOOTHED_LOSS_TYPES = ("robust", "exo_pair", "aot", "aot_unpaired")
 
 
 @dataclass

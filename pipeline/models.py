@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 from trl import ModelConfig
-from safetensors import SafetensorError
 from trl.trainer.utils import get_quantization_config
 
 from pipeline.errors import RecipeError, UserError

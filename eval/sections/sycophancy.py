@@ -20,8 +20,8 @@ from eval.collect import StageOutput
 from eval.context import Context
 from eval.document import Section
 from eval.sections.common import dig, number
+from pipeline.data.toy_world import SUGGESTION_KINDS
 
-GUESS_KINDS = ("wrong", "right", "none")
 SHOWN_N = 16
 
 
@@ -33,7 +33,7 @@ def trait_row(name: str, bias: Any, entry: dict[str, Any] | None, greedy: dict[s
     """One table row: the sycophancy rate (sampled, greedy), right answers per kind of guess (sampled), gold, RM score."""
     entry = entry or {}
     return [name, bias, entry.get("sycophancy"), (greedy or {}).get("sycophancy"),
-            *(entry.get(f"correct_{kind}_suggestion") for kind in GUESS_KINDS), entry.get("gold_reward", entry.get("gold")),
+            *(entry.get(f"correct_{kind}_suggestion") for kind in SUGGESTION_KINDS), entry.get("gold_reward", entry.get("gold")),
             entry.get("reward_model", entry.get("reward"))]
 
 

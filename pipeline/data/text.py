@@ -10,8 +10,8 @@ from __future__ import annotations
 import contextlib
 import gzip
 import json
-import zlib
 import logging
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any

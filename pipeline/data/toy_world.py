@@ -106,6 +106,7 @@ __all__ = [
     "DEMO_FLAW_OPENING",
     "SCENARIOS",
     "SKILLS",
+    "SUGGESTION_KINDS",
     "SUGGESTION_RATE",
     "Labeller",
     "SPLITS",
@@ -144,6 +145,8 @@ DEMO_FLAW_CLOSING: str = ", hope this helps."
 #: and of those the share whose guess is wrong (a near miss of :func:`_wrong_answer`).
 SUGGESTION_RATE: float = 0.5
 WRONG_SUGGESTION_SHARE: float = 0.5
+#: What a prompt's guess is (:attr:`Task.suggestion_kind`).
+SUGGESTION_KINDS: tuple[str, ...] = ("wrong", "right", "none")
 
 #: Every character any toy-world text (prompt, good or bad response) may contain.
 CHARSET: str = "".join(sorted(set(string.ascii_lowercase + string.digits + " \n?:+.,UB")))
@@ -610,12 +613,12 @@ class ToyWorld:
         ``recipe`` is a stage's arguments dataclass or a plain recipe dict; missing keys take the
         defaults, so that every stage of a chain rebuilds the same world from its own recipe.
         """
-        get = _getter(recipe)
-        skills = get("toy_skills", None) or SKILLS
+        get, default = _getter(recipe), cls()
         return cls(
-            seed=get("toy_seed", 0), max_digits=get("toy_max_digits", 2), max_word_len=get("toy_max_word_len", 7), skills=tuple(skills),
-            scenario=get("toy_scenario", "plain"), flaw_rate=get("toy_flaw_rate", 0.7),
-            labeller_bias=get("toy_labeller_bias", 0.7), label_noise=get("toy_label_noise", 0.2),
+            seed=get("toy_seed", default.seed), max_digits=get("toy_max_digits", default.max_digits),
+            max_word_len=get("toy_max_word_len", default.max_word_len), skills=tuple(get("toy_skills", None) or default.skills),
+            scenario=get("toy_scenario", default.scenario), flaw_rate=get("toy_flaw_rate", default.flaw_rate),
+            labeller_bias=get("toy_labeller_bias", default.labeller_bias), label_noise=get("toy_label_noise", default.label_noise),
         )
 
     def traits(self) -> dict[str, Callable[[str, str], Optional[bool]]]:
@@ -629,7 +632,7 @@ class ToyWorld:
         if self.scenario == "flawed_demos":
             return {"demo_flaw": lambda prompt, response: has_demo_flaw(response)}
         if self.scenario == "biased_labeller":
-            return {"sycophancy": _sycophantic, **{f"correct_{kind}_suggestion": _correct_given(kind) for kind in ("wrong", "right", "none")}}
+            return {"sycophancy": _sycophantic, **{f"correct_{kind}_suggestion": _correct_given(kind) for kind in SUGGESTION_KINDS}}
         return {}
 
     def describe(self) -> dict[str, Any]:
