@@ -1,22 +1,28 @@
-"""Throughput of the pretraining stage against a plain PyTorch training loop, and MFU.
+"""Throughput of the pretraining stage against a plain PyTorch training loop on the same model, and MFU.
 
-    python benchmarks/pretrain_throughput.py                 # 6 layers x 6 heads x 384 wide, block 256, batch 8
-    python benchmarks/pretrain_throughput.py --steps 30 --no-compile
+    python benchmarks/pretrain_throughput.py                     # 6 layers x 6 heads x 384 wide, block 256, batch 8
+    python benchmarks/pretrain_throughput.py --compile no --repeats 5 --steps 30
 
-Both runs train the same GPT2LMHeadModel config on the same char-level data (tinyshakespeare from
-../shared/data when present, else the toy world) with fused AdamW, a cosine schedule and (by default)
-torch.compile. Tokens/s are measured after `--warmup` steps (compilation and first-step costs
-excluded) for both. MFU is achieved FLOP/s (6·N + 12·L·d·T per token, as nanoGPT counts) over a peak
-measured here with a large fp32 matmul. This is a benchmark, not a test: it prints, it does not assert.
+Like for like, in one process: both runs build the model with the stage's own `build_model` (same config,
+same dropout), train on the same packed blocks (the stage's `load_documents` and `pack_into_blocks` on
+tinyshakespeare from ../shared/data when present, else the toy world), with fused AdamW, gradient clipping
+at 1.0 and a cosine schedule. The stage runs as `pipeline.pretrain.main` on a recipe (its Trainer, data
+loader and callbacks included); the loop is a bare nanoGPT-style loop. Tokens/s are counted over the same
+window, the steps after `--warmup` (compilation and first-step costs excluded): for the stage from its
+own per-interval log, for the loop from a clock around the same steps. The two alternate `--repeats`
+times per compile mode and the median and range are printed; MFU is achieved FLOP/s (6·N + 12·L·d·T per
+token, as nanoGPT counts) over one fp32 matmul peak measured once, here, for both. This is a benchmark,
+not a test: it prints, it does not assert.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
-import os
+import logging
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,7 +37,7 @@ SHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
 
 
 def measure_matmul_peak(size: int = 2048, repeats: int = 10) -> float:
-    """fp32 FLOP/s of a large square matmul on this machine's threads: the MFU denominator."""
+    """fp32 FLOP/s of a large square matmul on this machine's threads: the MFU denominator of both runs."""
     a, b = torch.randn(size, size), torch.randn(size, size)
     for _ in range(2):
         a @ b
@@ -41,73 +47,78 @@ def measure_matmul_peak(size: int = 2048, repeats: int = 10) -> float:
     return 2 * size**3 * repeats / (time.perf_counter() - start)
 
 
-def model_settings(args) -> dict:
-    return {"n_layer": args.n_layer, "n_head": args.n_head, "n_embd": args.n_embd, "block_size": args.block_size}
-
-
-def run_stage(args, workdir: Path) -> dict:
-    """The real stage, in its own process, as a user runs it; tokens/s read from its training log."""
-    recipe = {
+def stage_recipe(args, output_dir: Path, compile_model: bool) -> dict:
+    return {
         "stage": "pretrain",
-        "output_dir": str(workdir / "stage"),
+        "output_dir": str(output_dir),
         "dataset": str(SHAKESPEARE) if SHAKESPEARE.is_file() else "toy",
+        "toy_documents": 5000,
         "tokenizer": "char",
-        **model_settings(args),
+        "n_layer": args.n_layer,
+        "n_head": args.n_head,
+        "n_embd": args.n_embd,
+        "block_size": args.block_size,
+        "dropout": args.dropout,
         "per_device_train_batch_size": args.batch_size,
         "learning_rate": 1e-3,
         "max_steps": args.warmup + args.steps,
         "logging_steps": args.log_every,
         "eval_strategy": "no",
         "save_strategy": "no",
-        "torch_compile": args.compile,
+        "torch_compile": compile_model,
         "optim": "adamw_torch_fused",
+        "max_grad_norm": 1.0,
         "decoding_strategies": ["greedy"],
         "num_sample_prompts": 1,
-        "sample_max_new_tokens": 8,
+        "sample_max_new_tokens": 4,
         "use_cpu": True,
         "bf16": False,
         "disable_tqdm": True,
         "seed": 0,
     }
+
+
+def run_stage(args, recipe: dict, workdir: Path) -> float:
+    """The real stage, as a user runs it; tokens/s over the steps after the warm-up, from its own log."""
+    from pipeline.pretrain import main
+
     path = workdir / "stage.yaml"
     path.write_text(yaml.safe_dump(recipe))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
-    subprocess.run([sys.executable, "-m", "pipeline.pretrain", "--config", str(path)], check=True, env=env, cwd=REPO)
-    history = json.loads((workdir / "stage" / "log_history.json").read_text())
-    # Log entries after the warm-up steps: each carries the tokens/s of its own interval.
-    rates = [entry["tokens_per_second"] for entry in history if "tokens_per_second" in entry and entry["step"] > args.warmup]
-    return {"tokens_per_second": statistics.median(rates), "intervals": len(rates)}
+    with contextlib.redirect_stdout(io.StringIO()):  # the Trainer prints its log lines
+        main(["--config", str(path), "--force"])
+    history = json.loads((Path(recipe["output_dir"]) / "log_history.json").read_text())
+    # Each log entry carries the tokens/s of the interval it closes; with warmup a multiple of log_every
+    # the intervals after the warm-up cover exactly the measured window.
+    window = [entry for entry in history if "tokens_per_second" in entry and entry["step"] > args.warmup]
+    tokens_per_interval = args.log_every * args.batch_size * args.block_size
+    return len(window) * tokens_per_interval / sum(tokens_per_interval / entry["tokens_per_second"] for entry in window)
 
 
-def run_plain_loop(args) -> dict:
-    """The same training written as a bare PyTorch loop: what the stage's overhead is measured against."""
-    from transformers import AutoModelForCausalLM, GPT2Config, get_cosine_schedule_with_warmup
+def run_plain_loop(args, recipe: dict, compile_model: bool) -> tuple[float, float]:
+    """The same training as a bare loop: same model builder, same blocks, same optimizer; (tokens/s, FLOP/token)."""
+    from transformers import get_cosine_schedule_with_warmup
 
-    from pipeline.tokenization import train_tokenizer
+    from pipeline.pretrain import PretrainArguments, build_model, build_tokenizer, flops_per_token, load_documents
+    from pipeline.pretrain import pack_into_blocks
 
+    known = set(PretrainArguments.__dataclass_fields__) - {"path_fields"}
+    stage_args = PretrainArguments(**{key: value for key, value in recipe.items() if key in known})
+    train_documents, _ = load_documents(stage_args, seed=0)
+    tokenizer = build_tokenizer(stage_args, train_documents, Path("/nonexistent"))
+    blocks = torch.tensor(pack_into_blocks(train_documents, tokenizer, args.block_size)["input_ids"])
     torch.manual_seed(0)
-    text = SHAKESPEARE.read_text() if SHAKESPEARE.is_file() else "\n".join(__import__("pipeline.data.toy_world", fromlist=["ToyWorld"]).ToyWorld().pretraining_corpus(20000))
-    tokenizer = train_tokenizer([text], kind="char")
-    data = torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
-    config = GPT2Config(
-        vocab_size=len(tokenizer), n_positions=args.block_size, n_embd=args.n_embd, n_layer=args.n_layer, n_head=args.n_head,
-        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,  # not GPT-2's 50256: this vocabulary is small
-    )
-    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
+    model = build_model(stage_args, tokenizer)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1, fused=True)
     total = args.warmup + args.steps
-    schedule = get_cosine_schedule_with_warmup(optimizer, max(1, total // 20), total)
-    step_fn = torch.compile(model) if args.compile else model
-
-    def batch():
-        starts = torch.randint(len(data) - args.block_size, (args.batch_size,))
-        return torch.stack([data[s : s + args.block_size] for s in starts])
-
+    schedule = get_cosine_schedule_with_warmup(optimizer, 0, total)
+    step_fn = torch.compile(model) if compile_model else model
+    order = torch.randperm(len(blocks))
     for step in range(total):
         if step == args.warmup:
             start = time.perf_counter()
-        inputs = batch()
+        rows = order[(step * args.batch_size + torch.arange(args.batch_size)) % len(blocks)]
+        inputs = blocks[rows]
         loss = step_fn(input_ids=inputs, labels=inputs).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -115,7 +126,11 @@ def run_plain_loop(args) -> dict:
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
     seconds = time.perf_counter() - start
-    return {"tokens_per_second": args.steps * args.batch_size * args.block_size / seconds, "final_loss": loss.item(), "model": model}
+    return args.steps * args.batch_size * args.block_size / seconds, flops_per_token(model, args.block_size)
+
+
+def summary(values: list[float]) -> str:
+    return f"{statistics.median(values):>9.0f} ({min(values):.0f} .. {max(values):.0f})"
 
 
 def main() -> None:
@@ -125,30 +140,52 @@ def main() -> None:
     parser.add_argument("--n-embd", type=int, default=384)
     parser.add_argument("--block-size", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--dropout", type=float, default=0.0, help="both runs: the model is built by the stage's builder")
     parser.add_argument("--steps", type=int, default=40, help="measured steps (after warm-up)")
-    parser.add_argument("--warmup", type=int, default=10, help="unmeasured first steps (compilation)")
+    parser.add_argument("--warmup", type=int, default=10, help="unmeasured first steps (compilation); a multiple of --log-every")
     parser.add_argument("--log-every", type=int, default=5)
-    parser.add_argument("--no-compile", dest="compile", action="store_false")
+    parser.add_argument("--repeats", type=int, default=3, help="alternating repetitions of loop and stage per compile mode")
+    parser.add_argument("--compile", choices=("no", "yes", "both"), default="both")
     args = parser.parse_args()
+    if args.warmup % args.log_every:
+        parser.error("--warmup must be a multiple of --log-every (the stage's log intervals define its window)")
 
-    from pipeline.pretrain import flops_per_token
+    import datasets
+    import transformers
 
+    datasets.disable_progress_bars()
+    transformers.logging.set_verbosity_error()
+    logging.getLogger("pipeline").setLevel(logging.WARNING)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; data: {SHAKESPEARE if SHAKESPEARE.is_file() else 'toy world'}")
     peak = measure_matmul_peak()
-    print(f"measured fp32 matmul peak: {peak / 1e9:.1f} GFLOP/s")
+    print(f"fp32 matmul peak, measured once for both runs: {peak / 1e9:.1f} GFLOP/s\n")
 
-    loop = run_plain_loop(args)
-    flops = flops_per_token(loop.pop("model"), args.block_size)
+    modes = {"no": [False], "yes": [True], "both": [False, True]}[args.compile]
+    results: dict[bool, dict[str, list[float]]] = {}
+    flops = 0.0
     with tempfile.TemporaryDirectory() as workdir:
-        stage = run_stage(args, Path(workdir))
+        for compile_model in modes:
+            rates: dict[str, list[float]] = {"loop": [], "stage": []}
+            recipe = stage_recipe(args, Path(workdir) / "stage", compile_model)
+            for repeat in range(args.repeats):
+                torch._dynamo.reset()
+                loop_rate, flops = run_plain_loop(args, recipe, compile_model)
+                rates["loop"].append(loop_rate)
+                torch._dynamo.reset()
+                rates["stage"].append(run_stage(args, recipe, Path(workdir)))
+                print(f"compile={compile_model} repeat {repeat + 1}: loop {rates['loop'][-1]:.0f}, stage {rates['stage'][-1]:.0f} tokens/s", flush=True)
+            results[compile_model] = rates
 
-    rows = [("plain PyTorch loop", loop["tokens_per_second"]), ("pipeline.pretrain stage", stage["tokens_per_second"])]
     print(f"\nmodel: {args.n_layer} layers x {args.n_head} heads x {args.n_embd} wide, block {args.block_size}, batch {args.batch_size}, "
-          f"compile={args.compile}; {flops / 6 / 1e6:.2f}M non-embedding-equivalent params; {flops / 1e6:.1f} MFLOP/token")
-    print(f"{'run':<26} {'tokens/s':>10} {'MFU':>7}")
-    for name, rate in rows:
-        print(f"{name:<26} {rate:>10.0f} {rate * flops / peak:>7.1%}")
-    print(f"stage / plain loop tokens/s ratio: {stage['tokens_per_second'] / loop['tokens_per_second']:.3f}")
+          f"dropout {args.dropout}; {flops / 1e6:.1f} MFLOP/token; {args.steps} measured steps after {args.warmup}; "
+          f"median (range) over {args.repeats} alternating repetitions")
+    print(f"{'compile':<8} {'run':<7} {'tokens/s, median (range)':>30} {'MFU':>7} {'stage / loop':>24}")
+    for compile_model, rates in results.items():
+        ratios = [stage / loop for stage, loop in zip(rates["stage"], rates["loop"])]
+        for name in ("loop", "stage"):
+            mfu = statistics.median(rates[name]) * flops / peak
+            ratio = f"{statistics.median(ratios):.3f} ({min(ratios):.3f} .. {max(ratios):.3f})" if name == "stage" else ""
+            print(f"{str(compile_model):<8} {name:<7} {summary(rates[name]):>30} {mfu:>7.1%} {ratio:>24}")
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from pipeline.distributed import wait_for_everyone
 from pipeline.errors import RecipeError
 from pipeline.recipes import Recipe
 from pipeline.stages import stage_inputs
+from pipeline.resources import peak_memory_mb
 
 logger = logging.getLogger(__name__)
 
@@ -60,10 +61,23 @@ def write_json(path: Path, data: Any) -> None:
 
 
 def read_manifest(directory: str | os.PathLike) -> dict[str, Any] | None:
-    path = Path(directory) / MANIFEST
+    """The finished run's manifest, or None: also when the file is damaged, which is never trusted as finished."""
+    return _read_json_object(Path(directory) / MANIFEST)
+
+
+def _read_json_object(path: Path) -> dict[str, Any] | None:
+    """A JSON object from `path`, or None when the file is absent or damaged (a warning says which)."""
     if not path.is_file():
         return None
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        logger.warning("%s is damaged (%s): the run it describes is treated as unfinished", path, error)
+        return None
+    if not isinstance(value, dict):
+        logger.warning("%s is damaged (not a JSON object): the run it describes is treated as unfinished", path)
+        return None
+    return value
 
 
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
@@ -157,6 +171,8 @@ class StageRun:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self._lock()
         manifest = read_manifest(self.output_dir)
+        if manifest is None and (self.output_dir / MANIFEST).is_file():
+            (self.output_dir / MANIFEST).unlink()  # damaged: the run is re-done, and never looks finished meanwhile
         if manifest is not None and not self.recipe.force:
             if self.matches(manifest):
                 raise AlreadyFinished(str(self.output_dir))
@@ -167,7 +183,7 @@ class StageRun:
             )
         marker = self.output_dir / IN_PROGRESS
         if manifest is None and marker.is_file() and not self.recipe.force:
-            previous = json.loads(marker.read_text(encoding="utf-8"))
+            previous = _read_json_object(marker) or {}
             if previous.get("recipe_fingerprint") != self.recipe.fingerprint and last_checkpoint(self.output_dir):
                 raise RecipeError(
                     f"{self.recipe.path}: output_dir {self.output_dir} holds an unfinished run of a different recipe "
@@ -245,7 +261,7 @@ class StageRun:
         if not self.is_main_process:
             return {}
         wall_time = time.time() - self.started_at
-        metrics = {**metrics, "wall_time_s": round(wall_time, 2)}
+        metrics = {"peak_memory_mb": peak_memory_mb(), **metrics, "wall_time_s": round(wall_time, 2)}
         write_atomic(self.output_dir / RESOLVED_RECIPE, yaml.safe_dump(resolved, sort_keys=False))
         write_json(self.output_dir / METRICS, metrics)
         files = sorted(p.name for p in self.output_dir.iterdir() if p.name not in (LOCK, IN_PROGRESS))
@@ -285,12 +301,32 @@ def open_stage_run(
 
 
 def last_checkpoint(output_dir: Path) -> str | None:
-    """The newest complete `checkpoint-N` (Trainer writes trainer_state.json last in a checkpoint)."""
+    """The newest complete `checkpoint-N`; an incomplete one is passed over with a warning, so that a run resumes
+    from the one before it rather than with fresh optimizer moments (Trainer would silently start them anew)."""
     checkpoints = []
     for path in Path(output_dir).glob("checkpoint-*"):
         suffix = path.name.split("-")[-1]
-        if suffix.isdigit() and (path / "trainer_state.json").is_file():
+        if not suffix.isdigit():
+            continue
+        missing = checkpoint_missing(path)
+        if missing:
+            logger.warning("%s is incomplete (%s): passed over for resuming", path, missing)
+        else:
             checkpoints.append((int(suffix), path))
     return str(max(checkpoints)[1]) if checkpoints else None
+
+
+def checkpoint_missing(path: Path) -> str | None:
+    """What a checkpoint folder lacks to resume from, or None when complete. Trainer and the PPO stage both write
+    trainer_state.json last; besides it a resume needs the weights and the optimizer's state (optimizer.pt, or
+    the sharded folders FSDP and DeepSpeed write)."""
+    if _read_json_object(path / "trainer_state.json") is None:
+        return "no readable trainer_state.json"
+    names = [entry.name for entry in path.iterdir()]
+    if not any(name.endswith((".safetensors", ".bin")) or name.startswith(("pytorch_model", "global_step")) for name in names):
+        return "no weights"
+    if not any(name.startswith(("optimizer", "global_step")) for name in names):
+        return "no optimizer state"
+    return None
 
 

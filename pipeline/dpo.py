@@ -57,6 +57,7 @@ from pipeline.policy_eval import (
     toy_skill,
 )
 from pipeline.recipes import parse_recipe, require_non_negative, require_positive, resolved_recipe
+from pipeline.resources import MemoryCheck, peak_memory_mb
 from pipeline.sft import (  # the model is built, merged and counted as in SFT
     SFTModelArguments,
     build_model,
@@ -64,7 +65,6 @@ from pipeline.sft import (  # the model is built, merged and counted as in SFT
     merge_adapter,
     mode_name,
     parameter_counts,
-    peak_memory_mb,
 )
 from pipeline.training import GracefulInterrupt
 
@@ -441,7 +441,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     eval_lengths = count_long_pairs(held_out, tokenizer, training_args.max_length, "eval")
 
     interrupt = GracefulInterrupt()
-    trainer = build_trainer(model_args, training_args, train_set, held_out, tokenizer, callbacks=[interrupt])
+    trainer = build_trainer(
+        model_args, training_args, train_set, held_out, tokenizer, callbacks=[interrupt, MemoryCheck(training_args.max_length, 2)]
+    )
     counts = parameter_counts(trainer.model)
     logger.info(
         "DPO (%s, loss %s, beta %g): %d of %d parameters trainable; reference: %s; %d train / %d held-out pairs",

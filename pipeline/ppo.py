@@ -46,6 +46,7 @@ from pipeline.data.toy_world import ToyWorldKeys
 from pipeline.errors import RecipeError, RunInterrupted, UserError, run_cli
 from pipeline.kl import kl_estimates, sequence_kl
 from pipeline.models import (
+    adamw,
     check_lora_targets,
     linear_module_names,
     load_model,
@@ -55,6 +56,7 @@ from pipeline.models import (
     saved_context_length,
 )
 from pipeline.recipes import parse_recipe, require_non_negative, require_positive, resolved_recipe
+from pipeline.resources import estimate_training_memory, peak_memory_mb, warn_if_too_big
 from pipeline.rl.advantages import generalized_advantage_estimation, kl_penalised_rewards, leave_one_out_baseline, masked_mean, masked_var, whiten
 from pipeline.rl.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.policy_eval import check_sharpening_temperatures, sharpening_temperatures_field
@@ -304,7 +306,7 @@ def build_optimizer(actor_critic: ActorCritic, config: PPOConfig):
     critic = actor_critic.value_head if actor_critic.value_head is not None else actor_critic.critic
     groups = policy_parameter_groups(actor_critic.policy, config.learning_rate, config.final_norm_learning_rate)
     groups.append({"params": [p for p in critic.parameters() if p.requires_grad], "lr": config.value_learning_rate or config.learning_rate})
-    optimizer = torch.optim.AdamW(groups, betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_epsilon, weight_decay=config.weight_decay)
+    optimizer = adamw(groups, config)
     total = config.max_steps * config.ppo_epochs * config.num_mini_batches
     warmup = int(config.warmup_steps * total) if 0 < config.warmup_steps < 1 else int(config.warmup_steps)
     return optimizer, get_scheduler(config.lr_scheduler_type, optimizer, num_warmup_steps=warmup, num_training_steps=total)
@@ -463,6 +465,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.value_model, args.reward, config.kl_coef, "adaptive" if config.target_kl else "fixed", config.kl_estimator,
     )
 
+    if accelerator.is_main_process:  # the policy's share; the critic and the reference come on top
+        micro_batch = config.per_device_train_batch_size // config.num_mini_batches // config.gradient_accumulation_steps
+        length = max(len(tokenizer(prompt)["input_ids"]) for prompt in prompt_sets.train[:256]) + config.response_length
+        estimate = estimate_training_memory(actor_critic.policy, micro_batch, length, config.gradient_checkpointing, config.bf16)
+        warn_if_too_big(estimate, accelerator.device, f"the policy's PPO micro-batches of {micro_batch} x {length} tokens")
+
     start_step, log_history = 0, []
     if checkpoint:
         state = load_checkpoint(checkpoint, accelerator.unwrap_model(model), optimizer, scheduler)
@@ -558,15 +566,6 @@ def training_metrics(log_history, config: PPOConfig, counts, prompt_sets: Prompt
         "peak_memory_mb": peak_memory_mb(),
         "resumed_from": checkpoint,
     }
-
-
-def peak_memory_mb() -> float:
-    """Peak GPU memory allocated by torch where there is a GPU, else this process's peak resident set size."""
-    if torch.cuda.is_available() and torch.cuda.max_memory_allocated() > 0:
-        return round(torch.cuda.max_memory_allocated() / 2**20, 1)
-    import resource
-
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10, 1)  # kilobytes on Linux
 
 
 if __name__ == "__main__":

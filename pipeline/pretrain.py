@@ -32,6 +32,7 @@ from pipeline.decoding import DEFAULT_STRATEGIES, sample_table
 from pipeline.errors import DataError, run_cli
 from pipeline.plots import plot_loss_curves
 from pipeline.recipes import parse_recipe, require_positive, resolved_recipe
+from pipeline.resources import MemoryCheck
 from pipeline.tokenization import train_tokenizer
 from pipeline.training import GracefulInterrupt, Throughput
 
@@ -264,7 +265,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         eval_dataset=eval_blocks,
         data_collator=default_data_collator,
         processing_class=tokenizer,
-        callbacks=[interrupt, Throughput(global_batch * args.block_size, flops_per_token(model, args.block_size))],
+        callbacks=[interrupt, MemoryCheck(args.block_size), Throughput(global_batch * args.block_size, flops_per_token(model, args.block_size))],
     )
     train_result, train_seconds = interrupt.run_training(trainer, checkpoint, output_dir)
 

@@ -67,6 +67,7 @@ from pipeline.models import add_identity_blocks, check_lora_targets, linear_modu
 from pipeline.plots import plot_loss_curves, plt
 from pipeline.policy_eval import check_sharpening_temperatures, sharpening_frontier, sharpening_temperatures_field, toy_gold_scorer
 from pipeline.recipes import parse_recipe, require_non_negative, require_positive, resolved_recipe
+from pipeline.resources import MemoryCheck
 from pipeline.reward_model import (
     context_length,
     encode_pairs,
@@ -566,7 +567,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         eval_dataset=eval_set,
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
-        callbacks=[interrupt],
+        callbacks=[interrupt, MemoryCheck(max_length, 2)],
     )
     counts = parameter_counts(trainer.model)
     logger.info(

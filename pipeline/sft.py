@@ -35,8 +35,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import resource
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +57,7 @@ from pipeline.models import check_lora_targets, linear_module_names, load_model,
 from pipeline.plots import plot_loss_curves
 from pipeline.policy_eval import trait_share, trait_value
 from pipeline.recipes import parse_recipe, require_positive, resolved_recipe
+from pipeline.resources import MemoryCheck, peak_memory_mb
 from pipeline.training import GracefulInterrupt
 
 logger = logging.getLogger("pipeline.sft")
@@ -406,14 +405,6 @@ def sample_and_score(model, tokenizer, prompts: list[str], args: SFTArguments, s
     return records, gold, traits
 
 
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak GPU memory allocated by torch on a GPU, else the process's peak resident set size."""
-    if device.type == "cuda":
-        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux, bytes on macOS
-    return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
-
-
 def mode_name(model_args: SFTModelArguments) -> str:
     return "qlora" if (model_args.load_in_4bit or model_args.load_in_8bit) else "lora" if model_args.use_peft else "full"
 
@@ -443,7 +434,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         samples, gold_before, traits_before = sample_and_score(model, tokenizer, prompts, args, training_args.seed, "before")
 
     interrupt = GracefulInterrupt()
-    trainer = build_trainer(model, tokenizer, train_set, eval_set, dataset_format, model_args, training_args, [interrupt])
+    trainer = build_trainer(
+        model, tokenizer, train_set, eval_set, dataset_format, model_args, training_args,
+        [interrupt, MemoryCheck(training_args.max_length)],
+    )
     counts = parameter_counts(trainer.model)
     logger.info(
         "%s fine-tuning: %d of %d parameters trainable (%.2f%%); %d train / %d eval examples (%s)",

@@ -85,6 +85,16 @@ def run_module(module: str, *args: str, cwd: Path | None = None, timeout: int = 
     )
 
 
+def free_port() -> int:
+    """A TCP port nobody listens on now: each two-process launch gets its own, so that launches of tests running
+    side by side (pytest -n) never meet on accelerate's default 29500."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def launch_two_processes(*args: str, timeout: int = 600):
     """`accelerate launch` with two CPU processes (recipes/accelerate/cpu2.yaml) of `args`, e.g. "-m", "pipeline.sft",
     "--config", FILE, as a user would; returns the CompletedProcess."""
@@ -93,7 +103,8 @@ def launch_two_processes(*args: str, timeout: int = 600):
     accelerate = Path(sys.executable).with_name("accelerate")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.run(
-        [str(accelerate), "launch", "--config_file", str(REPO / "recipes" / "accelerate" / "cpu2.yaml"), *args],
+        [str(accelerate), "launch", "--config_file", str(REPO / "recipes" / "accelerate" / "cpu2.yaml"),
+         "--main_process_port", str(free_port()), *args],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
     )
 

@@ -167,6 +167,24 @@ def no_weights(tmp: Path, model: Path):
     return ppo(tmp, path)
 
 
+def recipe_text(text: str):
+    """An sft recipe file whose whole text is `text` (not YAML, or YAML that is not a mapping)."""
+    def make(tmp: Path, model: Path):
+        module, argv, output_dir = sft(tmp, model)
+        Path(argv[1]).write_text(text)
+        return module, argv, output_dir
+    return make
+
+
+def broken_reward_model(tmp: Path, model: Path):
+    """PPO against a reward model whose weights were cut short (a copy interrupted half-way)."""
+    import shutil
+
+    path = Path(shutil.copytree(model, tmp / "models" / "broken_rm"))
+    (path / "model.safetensors").write_bytes((path / "model.safetensors").read_bytes()[:100])
+    return ppo(tmp, model, reward="model", reward_model_path=str(path))
+
+
 CASES = [
     # --- recipes: caught before any model or data is loaded
     Case("unknown-key", lambda t, m: sft(t, m, learnig_rate=1e-3), ("{recipe}", "unknown key 'learnig_rate'", "Did you mean 'learning_rate'")),
@@ -184,6 +202,9 @@ CASES = [
     Case("aux-alpha-out-of-range", lambda t, m: w2s(t, m, aux_alpha=1.5), ("{recipe}", "key 'aux_alpha' must be in [0, 1]")),
     Case("missing-stage-key", lambda t, m: without_stage_key(*sft(t, m)), ("{recipe}", "missing key 'stage'")),
     Case("duplicate-key", duplicate_key, ("{recipe}", "key 'max_steps' is written twice", "at lines")),
+    Case("recipe-not-yaml", recipe_text("stage: sft\nmax_steps: [2\n"), ("{recipe}", "invalid YAML at line 3")),
+    Case("recipe-not-a-mapping", recipe_text("- stage: sft\n- max_steps: 2\n"), ("{recipe}", "mapping")),
+    Case("recipe-binary", recipe_text("\x00\x01\x02 stage"), ("{recipe}",)),
     # --- data: file and line
     Case("empty-data-file", with_data(sft, "empty.jsonl", ""), ("{data}", "holds no records")),
     Case("malformed-json-line", with_data(reward, "pairs.jsonl", json.dumps(GOOD_PAIR) + "\n{\"prompt\": \"x\",\n"), ("{data}:2", "malformed JSON")),
@@ -193,6 +214,9 @@ CASES = [
     Case("not-utf8-jsonl", with_data(sft, "demos.jsonl", b'{"prompt": "a", "completion": "b"}\n{"prompt": "\xe9t\xe9", "completion": "c"}\n'), ("{data}:2", "not UTF-8")),
     Case("empty-text-file", with_data(pretrain, "corpus.txt", "\n\n\n"), ("{data}", "holds no text")),
     Case("every-pair-identical", with_data(dpo, "pairs.jsonl", [{**GOOD_PAIR, "rejected": GOOD_PAIR["chosen"]}] * 3), ("{data}", "chosen", "rejected")),
+    Case("json-line-not-an-object", with_data(dpo, "pairs.jsonl", json.dumps(GOOD_PAIR) + "\n[1, 2]\n"), ("{data}:2", "object")),
+    Case("binary-jsonl", with_data(reward, "pairs.jsonl", bytes(range(256)) * 4), ("{data}:1", "a binary file, not text")),
+    Case("binary-text", with_data(pretrain, "corpus.txt", b"some text\n\x00\x01\x02\x00"), ("{data}:2", "a binary file, not text")),
     Case("empty-prompt", with_data(reward, "pairs.jsonl", [{**GOOD_PAIR, "prompt": "  "}]), ("{data}:1", "empty prompt")),
     Case("sft-record-without-response", with_data(sft, "demos.jsonl", [{"prompt": "User: hi\nBot:", "completion": ""}] * 2), ("{data}", "no example has a non-empty response")),
     Case("w2s-record-without-label", with_data(w2s, "task.jsonl", [{"text": "a fine film", "label": 1}, {"text": "dull"}]), ("{data}:2", "missing column 'label'")),
@@ -201,6 +225,10 @@ CASES = [
          ("{data}", "not a readable gzip file", "cut short")),
     Case("gz-that-is-not-gzip", with_data(reward, "pairs.jsonl.gz", json.dumps(GOOD_PAIR) + "\n"), ("{data}", "not a readable gzip file")),
     Case("safetensors-cut-short", broken_copy("model.safetensors", lambda b: b[: len(b) // 2]), ("models/broken", "model.safetensors is corrupt or cut short")),
+    Case("safetensors-not-safetensors", broken_copy("model.safetensors", lambda b: b"version https://git-lfs.github.com/spec/v1\n"),
+         ("models/broken", "model.safetensors is corrupt or cut short")),
+    Case("reward-model-cut-short", broken_reward_model, ("models/broken_rm", "model.safetensors is corrupt or cut short")),
+    Case("config-json-empty", broken_copy("config.json", lambda b: b""), ("models/broken", "config.json")),
     Case("config-not-json", broken_copy("config.json", lambda b: b"{not json"), ("models/broken", "config.json")),
     Case("tokenizer-json-corrupt", broken_copy("tokenizer.json", lambda b: b[:40]), ("models/broken", "tokenizer")),
     Case("model-directory-without-weights", no_weights, ("models/empty is not a model folder", "no config.json")),
@@ -250,7 +278,7 @@ def test_bad_input_is_one_clear_message_and_changes_nothing(case: Case, tiny_mod
 
 
 def test_the_matrix_covers_every_area():
-    assert len(CASES) >= 30
+    assert len(CASES) >= 40
 
 
 def finished_output(tmp: Path, model: Path, capsys) -> tuple[str, list[str], Path]:

@@ -62,6 +62,24 @@ def test_same_recipe_is_already_finished_other_recipe_is_refused_force_replaces(
     assert read_manifest(out) is None and not (out / "metrics.json").exists()
 
 
+@pytest.mark.parametrize("damage", [lambda text: text[: len(text) // 2], lambda text: "[1, 2]", lambda text: "\udcff"])
+def test_a_damaged_manifest_or_run_marker_is_never_trusted(tmp_path, damage):
+    out = tmp_path / "out"
+    run = make_run(out)
+    run.start()
+    run.finish({}, {})
+    run._lock_handle.close()
+    manifest = out / MANIFEST
+    manifest.write_bytes(damage(manifest.read_text()).encode("utf-8", "surrogateescape"))
+    assert read_manifest(out) is None  # unfinished: the chain re-runs it
+    again = make_run(out)
+    assert again.start() is None  # re-run, not "already finished", not a traceback
+    assert not manifest.exists()  # the damaged manifest is gone before the run writes anything
+    again._lock_handle.close()
+    (out / IN_PROGRESS).write_text('{"stage": "pre')  # a damaged marker of an unfinished run
+    assert make_run(out).start() is None
+
+
 def _hold_lock(output: str, ready, release) -> None:
     run = make_run(Path(output))
     run.start()
@@ -83,13 +101,26 @@ def test_a_second_run_into_the_same_directory_at_the_same_time_is_refused(tmp_pa
         holder.join(30)
 
 
-def test_last_checkpoint_ignores_half_written_checkpoints(tmp_path):
-    for step, complete in ((10, True), (20, True), (30, False)):
-        checkpoint = tmp_path / f"checkpoint-{step}"
-        checkpoint.mkdir()
-        if complete:
-            (checkpoint / "trainer_state.json").write_text("{}")
+def write_checkpoint(folder: Path, *files: str) -> Path:
+    """A checkpoint folder holding `files` (by default all a resume needs), each a few placeholder bytes."""
+    folder.mkdir(parents=True)
+    for name in files or ("model.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json"):
+        (folder / name).write_text("{}")
+    return folder
+
+
+def test_last_checkpoint_passes_over_incomplete_checkpoints(tmp_path, caplog):
+    write_checkpoint(tmp_path / "checkpoint-10")
+    write_checkpoint(tmp_path / "checkpoint-20", "adapter_model.safetensors", "optimizer.pt", "trainer_state.json")
+    write_checkpoint(tmp_path / "checkpoint-30", "model.safetensors", "optimizer.pt")  # killed before its state
+    write_checkpoint(tmp_path / "checkpoint-40", "model.safetensors", "scheduler.pt", "trainer_state.json")  # no optimizer
+    write_checkpoint(tmp_path / "checkpoint-50", "optimizer.pt", "trainer_state.json")  # no weights
+    damaged = write_checkpoint(tmp_path / "checkpoint-60")
+    (damaged / "trainer_state.json").write_text('{"global_step": 6')  # cut short
     assert Path(last_checkpoint(tmp_path)).name == "checkpoint-20"
+    assert "checkpoint-40 is incomplete (no optimizer state)" in caplog.text
+    assert "checkpoint-50 is incomplete (no weights)" in caplog.text
+    assert "checkpoint-60 is incomplete (no readable trainer_state.json)" in caplog.text
     assert last_checkpoint(tmp_path / "missing") is None
 
 
@@ -111,8 +142,7 @@ def test_unfinished_run_of_another_recipe_is_not_resumed(tmp_path):
     out = tmp_path / "out"
     run = make_run(out, values={"seed": 1})
     run.start()
-    (out / "checkpoint-5").mkdir()
-    (out / "checkpoint-5" / "trainer_state.json").write_text("{}")
+    write_checkpoint(out / "checkpoint-5")
     run._lock_handle.close()
     with pytest.raises(RecipeError, match="unfinished run of a different recipe"):
         make_run(out, values={"seed": 9}).start()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, run_module
+from conftest import REPO, free_port, run_module
 from conftest import launch_two_processes as launch
 
 CPU2 = REPO / "recipes" / "accelerate" / "cpu2.yaml"
@@ -51,7 +51,7 @@ def test_chain_runner_launches_stages_through_accelerate(tmp_path):
                                            "output_dir": str(tmp_path / "runs" / "pretrain")})
     accelerate = Path(sys.executable).with_name("accelerate")
     result = run_module("pipeline", "run", str(folder), "--no-report",
-                        "--launcher", f"{accelerate} launch --config_file {CPU2}")
+                        "--launcher", f"{accelerate} launch --config_file {CPU2} --main_process_port {free_port()}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "x 2 processes" in result.stderr
     assert (tmp_path / "runs" / "pretrain" / "manifest.json").is_file()

@@ -155,3 +155,62 @@ def test_noisy_labellers_reach_the_reward_model_and_robust_dpo(biased_chain, tmp
     recipe = (runs / "dpo" / "recipe.yaml").read_text()
     assert "loss_type:\n- robust" in recipe or "loss_type: robust" in recipe or "- robust" in recipe
     assert "label_smoothing: 0.3" in recipe
+
+
+def snapshot(directory: Path) -> dict[str, str]:
+    import hashlib
+
+    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def figures(runs: Path) -> dict[str, float]:
+    """What a user reads off the chain: each stage's headline numbers."""
+    sft, reward, ppo, dpo = (metrics(runs, name) for name in ("sft", "reward", "ppo", "dpo"))
+    return {
+        "sft eval loss": sft["eval_loss"], "sft gold": sft["gold_reward_greedy"],
+        "reward accuracy": reward["heldout_accuracy"], "reward steps": reward["steps"],
+        "ppo gold": ppo["gold_reward_greedy_after"], "ppo steps": ppo["steps"],
+        "dpo gold": dpo["gold_reward_after"]["greedy"], "dpo steps": dpo["steps"],
+    }
+
+
+def check_no_output_looks_finished_without_its_files(runs: Path) -> None:
+    for manifest in runs.glob("*/manifest.json"):
+        listed = json.loads(manifest.read_text())["files"]
+        missing = [name for name in listed if not (manifest.parent / name).exists()]
+        assert not missing, f"{manifest.parent.name} has a manifest but lacks {missing}"
+
+
+@pytest.mark.slow
+def test_a_chain_killed_anywhere_and_rerun_ends_as_the_uninterrupted_chain(flawed_chain, pretrained, tmp_path):
+    """SIGKILL (no chance to clean up) at three points spread over the chain, each followed by the same command."""
+    import os
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO
+
+    runs, recipes = tmp_path / "runs", tmp_path / "recipes"
+    write_chain(recipes, runs, WORLD, pretrained)
+    inputs_before = snapshot(pretrained)
+    chain_seconds = sum(metrics(flawed_chain, name)["wall_time_s"] for name in ("sft", "reward", "ppo", "dpo"))
+    command = [sys.executable, "-m", "pipeline", "run", str(recipes), "--no-report"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    rng = random.Random(0)
+    # Each rerun resumes where the last one stopped, so kill times spread over what remains of the chain.
+    for fraction in sorted(rng.uniform(0.1, 0.9) for _ in range(3)):
+        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        time.sleep(5 + fraction * chain_seconds / 2)  # 5 s of imports, then a point inside the stages
+        os.killpg(process.pid, signal.SIGKILL)  # the runner and the stage it forked
+        process.wait(30)
+        check_no_output_looks_finished_without_its_files(runs)
+        assert snapshot(pretrained) == inputs_before
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-4000:]
+    check_no_output_looks_finished_without_its_files(runs)
+    assert snapshot(pretrained) == inputs_before
+    expected = figures(flawed_chain)
+    assert figures(runs) == {name: pytest.approx(value, abs=1e-3) for name, value in expected.items()}

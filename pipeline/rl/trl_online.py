@@ -29,7 +29,7 @@ from trl.trainer.utils import get_peft_config
 
 from pipeline.contract import write_json
 from pipeline.errors import RecipeError, UserError
-from pipeline.models import load_model, policy_parameter_groups
+from pipeline.models import adamw, load_model, policy_parameter_groups
 from pipeline.rl.evaluation import measure_policy, policy_metrics
 from pipeline.rl.scoring import GoldScorer, make_scorer
 from pipeline.training import GracefulInterrupt
@@ -118,7 +118,7 @@ def final_norm_optimizer(policy, config) -> torch.optim.Optimizer | None:
     if config.final_norm_learning_rate is None:
         return None
     groups = policy_parameter_groups(policy, config.learning_rate, config.final_norm_learning_rate)
-    return torch.optim.AdamW(groups, betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_epsilon, weight_decay=config.weight_decay)
+    return adamw(groups, config)
 
 
 def train_with_trl(args, model_args, config, tokenizer, prompt_sets, checkpoint: str | None, recipe) -> dict[str, Any] | None:

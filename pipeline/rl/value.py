@@ -21,6 +21,8 @@ import torch
 from torch import nn
 from transformers import AutoModel, PreTrainedModel
 
+from pipeline.models import readable_weights
+
 
 def position_ids_from(attention_mask: torch.Tensor) -> torch.Tensor:
     """Positions that skip left padding, exactly as `generate` computes them.
@@ -49,7 +51,8 @@ class ValueModel(nn.Module):
         Starting the critic from the reward model, head included, is InstructGPT's choice, kept by N+ details:
         its first value estimates are then the reward model's own guesses, not zeros.
         """
-        body = AutoModel.from_pretrained(name_or_path, use_safetensors=True, **kwargs)
+        with readable_weights(name_or_path):
+            body = AutoModel.from_pretrained(name_or_path, use_safetensors=True, **kwargs)
         if vocabulary_size is not None and body.get_input_embeddings().weight.shape[0] < vocabulary_size:
             body.resize_token_embeddings(vocabulary_size)  # the tokenizer's added pad token
         model = cls(body)
