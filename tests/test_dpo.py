@@ -13,7 +13,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2ForSequenceClassification
 
-from conftest import run_module, write_recipe
+from conftest import run_in_process, write_recipe
 from pipeline import dpo
 from pipeline.contract import read_manifest
 from pipeline.data.toy_world import ToyWorld
@@ -255,7 +255,7 @@ def test_bad_preference_records_name_file_and_line(tmp_path, sft_dir, bad_line, 
 def test_pairs_without_any_preference_are_refused_in_one_line(tmp_path, sft_dir):
     data = tmp_path / "ties.jsonl"
     data.write_text("".join(json.dumps({**GOOD, "rejected": GOOD["chosen"]}) + "\n" for _ in range(5)))
-    result = run_module("pipeline.dpo", "--config", str(recipe(tmp_path, sft_dir, dataset=str(data))))
+    result = run_in_process("pipeline.dpo", "--config", str(recipe(tmp_path, sft_dir, dataset=str(data))))
     assert result.returncode == 2
     assert "error:" in result.stderr and "no preference left to learn" in result.stderr
     assert "Traceback" not in result.stderr

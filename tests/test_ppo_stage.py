@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO, launch_two_processes, run_module, write_recipe
+from conftest import REPO, launch_two_processes, run_in_process, run_module, write_recipe
 from pipeline.errors import DataError, RecipeError
 
 torch.set_num_threads(1)
@@ -220,7 +220,7 @@ def test_prompts_over_the_limit_are_left_out_and_counted(tmp_path, tiny_sft):
 
 
 def test_command_line_error_is_one_line_without_traceback(tmp_path, tiny_sft):
-    result = run_module("pipeline.ppo", "--config", str(ppo_recipe(tmp_path, tiny_sft, kl_coef=-1)))
+    result = run_in_process("pipeline.ppo", "--config", str(ppo_recipe(tmp_path, tiny_sft, kl_coef=-1)))
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and "kl_coef" in result.stderr
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import REPO, SHARED_DATA, run_module
+from conftest import REPO, SHARED_DATA, run_in_process, run_module
 from pipeline.contract import IN_PROGRESS, MANIFEST, read_manifest
 from pipeline.decoding import generate
 
@@ -93,9 +93,9 @@ def _wait_for_checkpoint(out: Path, process: subprocess.Popen, step: int = 20, t
 
 @pytest.mark.slow
 def test_killed_run_leaves_no_manifest_and_resumes_to_the_same_result(tiny_pretrain_recipe):
-    longer = {"max_steps": 240, "save_steps": 40, "eval_steps": 120}
+    longer = {"max_steps": 160, "save_steps": 40, "eval_steps": 80}
     reference = tiny_pretrain_recipe("reference", **longer)
-    assert run_module("pipeline.pretrain", "--config", str(reference)).returncode == 0
+    assert run_in_process("pipeline.pretrain", "--config", str(reference)).returncode == 0
     recipe = tiny_pretrain_recipe("killed", **longer)
     out = Path(recipe.parent.parent / "runs" / "killed")
     process = _start(recipe)
@@ -156,7 +156,7 @@ def test_text_file_with_byte_level_bpe(tiny_pretrain_recipe):
 def test_malformed_jsonl_names_file_and_line(tiny_pretrain_recipe, tmp_path):
     data = tmp_path / "corpus.jsonl"
     data.write_text('{"text": "hello there"}\n{"text": "fine"}\n{"text": broken}\n')
-    result = run_module("pipeline.pretrain", "--config", str(tiny_pretrain_recipe("bad", dataset=str(data))))
+    result = run_in_process("pipeline.pretrain", "--config", str(tiny_pretrain_recipe("bad", dataset=str(data))))
     assert result.returncode == 2
     assert f"error: {data}:3: malformed JSON" in result.stderr
     assert "Traceback" not in result.stderr

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import SHARED_DATA, run_module, save_tiny_gpt2, write_recipe
+from conftest import SHARED_DATA, run_in_process, save_tiny_gpt2, write_recipe
 from pipeline.errors import DataError, RecipeError
 
 torch.set_num_threads(1)
@@ -378,7 +378,7 @@ def test_command_line_reports_bad_data_in_one_line(tiny_gpt2, tmp_path):
     with gzip.open(data, "wt") as handle:
         handle.write(json.dumps(GOOD) + "\n" + json.dumps({"prompt": "q", "chosen": 3, "rejected": "b"}) + "\n")
     recipe = reward_recipe(tmp_path, tiny_gpt2, dataset=str(data))
-    result = run_module("pipeline.reward", "--config", str(recipe))
+    result = run_in_process("pipeline.reward", "--config", str(recipe))
     assert result.returncode == 2
     assert f"error: {data}:2: field 'chosen' must be a string, got int" in result.stderr
     assert "Traceback" not in result.stderr

@@ -14,7 +14,7 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import REPO, launch_two_processes, run_module, write_recipe
+from conftest import REPO, launch_two_processes, run_in_process, write_recipe
 from pipeline.contract import read_manifest
 from pipeline.data.sft_formats import SIMPLE_CHAT_TEMPLATE
 from pipeline.data.toy_world import ToyWorld
@@ -338,7 +338,7 @@ def test_qlora_where_bitsandbytes_cannot_load_is_a_clear_error(sft_recipe, monke
 
 def test_bad_input_on_the_command_line_is_one_message_and_exit_status_2(sft_recipe, tmp_path):
     data = write_jsonl(tmp_path / "data.jsonl", [{"prompt": "a", "completion": " b"}, "{not json"])
-    result = run_module("pipeline.sft", "--config", str(sft_recipe("cli", dataset=str(data))))
+    result = run_in_process("pipeline.sft", "--config", str(sft_recipe("cli", dataset=str(data))))
     assert result.returncode == 2, result.stderr[-2000:]
     assert f"error: {data}:2: malformed JSON" in result.stderr and "Traceback" not in result.stderr
 
