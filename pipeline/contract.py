@@ -209,20 +209,24 @@ class StageRun:
         )
 
     def _check_apart_from_inputs(self) -> None:
-        """Refuse an output_dir that is, contains or lies inside a local path the recipe reads: replacing or
-        resuming it would write over the stage's own input (with --force, delete it before it is read)."""
-        output = self.output_dir.resolve()
-        for key in dict.fromkeys((*self.inputs, *READ_PATH_KEYS)):
-            value = self.recipe.values.get(key)
-            if not isinstance(value, str) or not value or not Path(value).exists():
-                continue
-            path = Path(value).resolve()
-            if path == output or output in path.parents or path in output.parents:
-                relation = "is" if path == output else "contains" if output in path.parents else "lies inside"
-                raise RecipeError(
-                    f"{self.recipe.path}: key 'output_dir' ({self.output_dir}) {relation} key '{key}' ({value}), which the "
-                    "stage reads: its outputs would overwrite its own input. Choose an output_dir apart from every input."
-                )
+        """Refuse an output_dir (or a cache_dir) that is, contains or lies inside a local path the recipe reads:
+        writing there would overwrite the stage's own input (with --force, delete it before it is read)."""
+        written = {"output_dir": str(self.output_dir)}
+        if isinstance(self.recipe.values.get("cache_dir"), str) and self.recipe.values["cache_dir"]:
+            written["cache_dir"] = self.recipe.values["cache_dir"]
+        for written_key, written_value in written.items():
+            output = Path(written_value).resolve()
+            for key in dict.fromkeys((*self.inputs, *READ_PATH_KEYS)):
+                value = self.recipe.values.get(key)
+                if not isinstance(value, str) or not value or not Path(value).exists():
+                    continue
+                path = Path(value).resolve()
+                if path == output or output in path.parents or path in output.parents:
+                    relation = "is" if path == output else "contains" if output in path.parents else "lies inside"
+                    raise RecipeError(
+                        f"{self.recipe.path}: key '{written_key}' ({written_value}) {relation} key '{key}' ({value}), which "
+                        f"the stage reads: what it writes would overwrite its own input. Choose a {written_key} apart from every input."
+                    )
 
     def _check_is_a_run(self) -> None:
         """--force replaces a run of this project (a manifest or an in-progress marker), never another folder."""

@@ -342,6 +342,16 @@ def test_an_output_dir_overlapping_an_input_is_refused_before_anything_is_touche
     assert {name: snapshot(tmp_path / name) for name in ("models", "runs")} == inputs
 
 
+def test_a_cache_dir_inside_an_input_is_refused_before_anything_is_written(tiny_model, tmp_path, capsys):
+    model = copy_of(tiny_model, tmp_path / "models" / "strong")
+    module, argv, output_dir = w2s(tmp_path, tiny_model, strong_model=str(model), cache_dir=str(model / "cache"))
+    before = snapshot(tmp_path / "models")
+    code, err = run_stage(module, argv, capsys)
+    check_one_clear_message(code, err, ("{recipe}", "key 'cache_dir'", "lies inside key 'strong_model'", "overwrite its own input"),
+                            recipe=argv[1])
+    assert snapshot(tmp_path / "models") == before and not output_dir.exists()
+
+
 def test_force_replaces_only_a_run_never_another_folder(tiny_model, tmp_path, capsys):
     module, argv, output_dir = sft(tmp_path, tiny_model)
     output_dir.mkdir(parents=True)

@@ -79,6 +79,16 @@ def test_the_stage_writes_its_table_soft_labels_model_and_manifest_and_reuses_it
     assert repeated["sub_runs_cached"] == 8
     assert repeated["per_seed"] == metrics["per_seed"]
 
+    # A damaged entry (cut short, or garbage) is never trusted: that sub-run trains again, to the same result.
+    entries = sorted(cache.glob("*/result.json"), key=lambda path: "model" in {p.name for p in path.parent.iterdir()})
+    entries[0].write_bytes(entries[0].read_bytes()[:20])
+    entries[1].write_bytes(b"\xff\xfe[1, 2]")
+    damaged = tiny_recipe(tmp_path / "damaged.yaml", tiny_models, tmp_path / "damaged", cache_dir=str(cache))
+    main(["--config", str(damaged)])
+    redone = json.loads((tmp_path / "damaged" / "metrics.json").read_text())
+    assert redone["sub_runs_cached"] == 6
+    assert redone["per_seed"] == metrics["per_seed"]
+
     # Changing only the aux-loss settings retrains only the logconf students: weak labels and ceilings are reused.
     changed = tiny_recipe(tmp_path / "changed.yaml", tiny_models, tmp_path / "changed", cache_dir=str(cache), aux_alpha=0.5, ramp="jump")
     main(["--config", str(changed)])

@@ -56,8 +56,8 @@ class ResultCache:
             return None
         try:
             return json.loads(path.read_text(encoding="utf-8"))["result"]
-        except (json.JSONDecodeError, KeyError):
-            logger.warning("ignoring a damaged cache entry %s", path)
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):  # cut short, garbage, or not our layout
+            logger.warning("ignoring a damaged cache entry %s: it is computed again", path)
             return None
 
     def put(self, key: str, config: dict[str, Any], result: dict[str, Any]) -> None:
