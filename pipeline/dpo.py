@@ -45,7 +45,7 @@ from pipeline.data.preferences import load_preferences
 from pipeline.data.toy_comparisons import check_policy_comparison_keys, own_sample_comparisons
 from pipeline.data.toy_world import ToyWorld, ToyWorldKeys, recipe_traits
 from pipeline.errors import DataError, RecipeError, run_cli
-from pipeline.models import fit_max_length, load_model, load_tokenizer
+from pipeline.models import fit_max_length, load_model, load_tokenizer, parameter_counts
 from pipeline.plots import plot_loss_curves  # also selects matplotlib's file-only backend
 from pipeline.policy_eval import (
     check_sharpening_temperatures,
@@ -64,7 +64,6 @@ from pipeline.sft import (  # the model is built, merged and counted as in SFT
     keep_adapters_in_fp32,
     merge_adapter,
     mode_name,
-    parameter_counts,
 )
 from pipeline.training import GracefulInterrupt
 

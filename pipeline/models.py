@@ -316,6 +316,12 @@ def adamw(groups: list[dict], config) -> torch.optim.AdamW:
 
 
 def parameter_counts(model: torch.nn.Module) -> dict[str, float]:
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    """Total and trainable parameters. bitsandbytes packs two 4-bit weights per stored byte, so a 4-bit tensor
+    counts its logical shape, not its storage."""
+    total = trainable = 0
+    for parameter in model.parameters():
+        quant_state = getattr(parameter, "quant_state", None)
+        count = quant_state.shape.numel() if quant_state is not None else parameter.numel()
+        total += count
+        trainable += count if parameter.requires_grad else 0
     return {"parameters": total, "trainable_parameters": trainable, "trainable_share": round(trainable / max(total, 1), 6)}

@@ -53,7 +53,7 @@ from pipeline.data.sft_formats import SIMPLE_CHAT_TEMPLATE, load_sft_dataset, to
 from pipeline.data.toy_world import ToyWorld, ToyWorldKeys, gold_reward, recipe_traits
 from pipeline.decoding import generate
 from pipeline.errors import DataError, UserError, run_cli
-from pipeline.models import check_lora_targets, linear_module_names, load_model, load_tokenizer
+from pipeline.models import check_lora_targets, linear_module_names, load_model, load_tokenizer, parameter_counts
 from pipeline.plots import plot_loss_curves
 from pipeline.policy_eval import trait_share, trait_value
 from pipeline.recipes import parse_recipe, require_positive, resolved_recipe
@@ -328,18 +328,6 @@ def build_trainer(
         keep_adapters_in_fp32(trainer.model)
     check_special_tokens(trainer.train_dataset, tokenizer, dataset_format, training_args.max_length)
     return trainer
-
-
-def parameter_counts(model: torch.nn.Module) -> dict[str, float]:
-    """Total and trainable parameters. bitsandbytes packs two 4-bit weights per stored byte, so a 4-bit
-    tensor counts its logical shape (pipeline.models.parameter_counts would count it half)."""
-    total = trainable = 0
-    for parameter in model.parameters():
-        quant_state = getattr(parameter, "quant_state", None)
-        count = quant_state.shape.numel() if quant_state is not None else parameter.numel()
-        total += count
-        trainable += count if parameter.requires_grad else 0
-    return {"parameters": total, "trainable_parameters": trainable, "trainable_share": round(trainable / max(total, 1), 6)}
 
 
 def keep_adapters_in_fp32(model: torch.nn.Module) -> None:
