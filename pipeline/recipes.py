@@ -145,6 +145,18 @@ def split_command_line(argv: Sequence[str]) -> tuple[str | None, dict[str, Any],
     return config, overrides, force
 
 
+def _as_recipe_keys(overrides: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
+    """Command-line spellings that `--help` (HfArgumentParser) shows, as recipe keys: `--report-to` for report_to,
+    and a bare `--no_merge_adapters` / `--no-merge-adapters` for `merge_adapters: false`."""
+    keys = {}
+    for key, value in overrides.items():
+        name = key.replace("-", "_")
+        if name not in fields and name.startswith("no_") and name[3:] in fields and value is True:
+            name, value = name[3:], False
+        keys[name] = value
+    return keys
+
+
 # --- type checking ---------------------------------------------------------------------------------
 
 
@@ -329,6 +341,13 @@ def parse_recipe(
         raise RecipeError(f"no recipe given: run `python -m pipeline.{stage} --config recipes/<experiment>/{stage}.yaml`.")
     path = Path(config)
     values = read_recipe_file(path)
+    fields = _field_types(dataclass_types)
+    overrides = _as_recipe_keys(overrides, fields)
+    unknown = [key for key in overrides if key not in fields and key != "stage"]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], list(fields), n=1)
+        hint = f" Did you mean '--{close[0]}'?" if close else f" Run `python -m pipeline.{stage} --help` for the options."
+        raise RecipeError(f"command line: unknown option '--{unknown[0]}' for stage '{stage}'.{hint}")
     values.update(overrides)
 
     recipe_stage = values.pop("stage", None)
@@ -340,8 +359,12 @@ def parse_recipe(
             f"run it with `python -m pipeline.{recipe_stage} --config {path}`."
         )
     recipe = Recipe(path=path, stage=stage, values=dict(values), force=force)
+    if values.get("resume_from_checkpoint") not in (None, False):
+        raise RecipeError(
+            f"{path}: key 'resume_from_checkpoint' is not used: a stage resumes by itself from the last complete "
+            "checkpoint in its output_dir. Remove the key; to start over, run with --force."
+        )
 
-    fields = _field_types(dataclass_types)
     unknown = [key for key in values if key not in fields]
     if unknown:
         key = unknown[0]

@@ -36,6 +36,26 @@ def test_command_line_overrides_win_and_keep_their_types(tmp_path):
     assert recipe.values["max_steps"] == 3
 
 
+def test_the_spellings_help_shows_work_on_the_command_line(tmp_path):
+    # HfArgumentParser's --help lists --report-to beside --report_to and --no_<flag> for booleans that default
+    # to true: what --help shows must be accepted.
+    _, training, recipe = parse(recipe_with(tmp_path), "--report-to", "none", "--no_remove_unused_columns", "--no-log-on-each-node")
+    assert training.report_to in ("none", ["none"]) or training.report_to == []
+    assert training.remove_unused_columns is False and training.log_on_each_node is False
+    assert recipe.values["remove_unused_columns"] is False
+
+
+def test_an_unknown_command_line_option_blames_the_command_line_not_the_recipe(tmp_path):
+    with pytest.raises(RecipeError, match=r"^command line: unknown option '--max_stepz'.*Did you mean '--max_steps'") as error:
+        parse(recipe_with(tmp_path), "--max_stepz", "3")
+    assert "recipe.yaml" not in str(error.value)
+
+
+def test_resume_from_checkpoint_is_refused_not_ignored(tmp_path):
+    with pytest.raises(RecipeError, match="'resume_from_checkpoint' is not used: a stage resumes by itself"):
+        parse(recipe_with(tmp_path, resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-10")))
+
+
 def test_yaml_scientific_notation_is_accepted_for_floats(tmp_path):
     # YAML 1.1 reads 1e-3 as a string; a recipe author should not have to know that.
     path = tmp_path / "r.yaml"
