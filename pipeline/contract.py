@@ -32,7 +32,6 @@ from pipeline.distributed import wait_for_everyone
 from pipeline.errors import RecipeError
 from pipeline.recipes import Recipe
 from pipeline.stages import stage_inputs
-from pipeline.resources import peak_memory_mb
 
 logger = logging.getLogger(__name__)
 
@@ -264,8 +263,10 @@ class StageRun:
         """Write recipe.yaml, metrics.json and, last and atomically, manifest.json."""
         if not self.is_main_process:
             return {}
+        from pipeline.resources import peak_memory  # here, not at the top: readers of manifests need no torch
+
         wall_time = time.time() - self.started_at
-        metrics = {"peak_memory_mb": peak_memory_mb(), **metrics, "wall_time_s": round(wall_time, 2)}
+        metrics = {**metrics, **peak_memory(), "wall_time_s": round(wall_time, 2)}
         write_atomic(self.output_dir / RESOLVED_RECIPE, yaml.safe_dump(resolved, sort_keys=False))
         write_json(self.output_dir / METRICS, metrics)
         files = sorted(p.name for p in self.output_dir.iterdir() if p.name not in (LOCK, IN_PROGRESS))

@@ -57,7 +57,7 @@ from pipeline.policy_eval import (
     toy_skill,
 )
 from pipeline.recipes import parse_recipe, require_non_negative, require_positive, resolved_recipe
-from pipeline.resources import MemoryCheck, peak_memory_mb
+from pipeline.resources import MemoryCheck
 from pipeline.sft import (  # the model is built, merged and counted as in SFT
     SFTModelArguments,
     build_model,
@@ -504,7 +504,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         "win_rate_vs_sft": summary["win_rate"],
         "policy_eval": summary,
         **counts,
-        "peak_memory_mb": peak_memory_mb(trainer.args.device),
         "data": data_report,
         "train_pairs": len(trainer.train_dataset),
         "eval_pairs": len(trainer.eval_dataset),

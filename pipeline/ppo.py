@@ -56,7 +56,7 @@ from pipeline.models import (
     saved_context_length,
 )
 from pipeline.recipes import parse_recipe, require_non_negative, require_positive, resolved_recipe
-from pipeline.resources import estimate_training_memory, peak_memory_mb, warn_if_too_big
+from pipeline.resources import estimate_training_memory, warn_if_too_big
 from pipeline.rl.advantages import generalized_advantage_estimation, kl_penalised_rewards, leave_one_out_baseline, masked_mean, masked_var, whiten
 from pipeline.rl.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.policy_eval import check_sharpening_temperatures, sharpening_temperatures_field
@@ -563,7 +563,6 @@ def training_metrics(log_history, config: PPOConfig, counts, prompt_sets: Prompt
         "time_split": {
             name: round(sum(e.get(f"time_{name}", 0.0) for e in log_history), 2) for name in ("generation", "forward", "scoring", "optimisation")
         },
-        "peak_memory_mb": peak_memory_mb(),
         "resumed_from": checkpoint,
     }
 

@@ -157,6 +157,15 @@ def _as_recipe_keys(overrides: dict[str, Any], fields: dict[str, Any]) -> dict[s
     return keys
 
 
+def _refuse_unknown(keys: list[str], fields: dict[str, Any], stage: str, where: str, noun: str, prefix: str) -> None:
+    """The first key no dataclass of the stage has, as one error naming `where` it came from and the closest key."""
+    unknown = [key for key in keys if key not in fields]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], list(fields), n=1)
+        hint = f" Did you mean '{prefix}{close[0]}'?" if close else f" Run `python -m pipeline.{stage} --help` for the {noun}s."
+        raise RecipeError(f"{where}: unknown {noun} '{prefix}{unknown[0]}' for stage '{stage}'.{hint}")
+
+
 # --- type checking ---------------------------------------------------------------------------------
 
 
@@ -343,11 +352,7 @@ def parse_recipe(
     values = read_recipe_file(path)
     fields = _field_types(dataclass_types)
     overrides = _as_recipe_keys(overrides, fields)
-    unknown = [key for key in overrides if key not in fields and key != "stage"]
-    if unknown:
-        close = difflib.get_close_matches(unknown[0], list(fields), n=1)
-        hint = f" Did you mean '--{close[0]}'?" if close else f" Run `python -m pipeline.{stage} --help` for the options."
-        raise RecipeError(f"command line: unknown option '--{unknown[0]}' for stage '{stage}'.{hint}")
+    _refuse_unknown([key for key in overrides if key != "stage"], fields, stage, "command line", "option", "--")
     values.update(overrides)
 
     recipe_stage = values.pop("stage", None)
@@ -365,12 +370,7 @@ def parse_recipe(
             "checkpoint in its output_dir. Remove the key; to start over, run with --force."
         )
 
-    unknown = [key for key in values if key not in fields]
-    if unknown:
-        key = unknown[0]
-        close = difflib.get_close_matches(key, list(fields), n=1)
-        hint = f" Did you mean '{close[0]}'?" if close else f" Run `python -m pipeline.{stage} --help` for the keys."
-        raise RecipeError(f"{path}: unknown key '{key}' for stage '{stage}'.{hint}")
+    _refuse_unknown(list(values), fields, stage, str(path), "key", "")
 
     per_type: dict[type, dict[str, Any]] = {dataclass_type: {} for dataclass_type in dataclass_types}
     for key, value in values.items():

@@ -1,5 +1,5 @@
 """Memory: an estimate of what a training run needs, checked against the machine before training starts, and
-the peak a run really used (recorded in every stage's metrics.json).
+the peak a run really used (recorded in every stage's metrics.json by pipeline.contract).
 
 The estimate is the usual back-of-the-envelope sum, written out because no library here offers it for an
 arbitrary config (accelerate's `estimate-memory` counts weights only):
@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import torch
 from transformers import TrainerCallback
+
+from pipeline.models import config_context_length
 
 logger = logging.getLogger(__name__)
 
@@ -109,15 +111,15 @@ class MemoryCheck(TrainerCallback):
         if model is None or not state.is_world_process_zero:
             return
         sequences = args.per_device_train_batch_size * self.sequences_per_example
-        config = model.config
-        length = self.length or getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None) or 512
+        length = self.length or config_context_length(model.config) or 512
         estimate = estimate_training_memory(model, sequences, length, args.gradient_checkpointing, args.bf16 or args.fp16)
         warn_if_too_big(estimate, args.device, f"training on batches of {sequences} x {length} tokens")
 
 
-def peak_memory_mb(device: torch.device | None = None) -> float:
-    """Peak GPU memory torch allocated on a GPU, else the process's peak resident set size (loading included)."""
-    if (device is None or device.type == "cuda") and torch.cuda.is_available() and torch.cuda.max_memory_allocated() > 0:
-        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+def peak_memory() -> dict[str, float | str]:
+    """The run's peak memory for metrics.json: what torch allocated on the GPU where one was used, else the
+    process's peak resident set size (loading, training and evaluation included), and which of the two it is."""
+    if torch.cuda.is_available() and torch.cuda.max_memory_allocated() > 0:
+        return {"peak_memory_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1), "peak_memory_kind": "cuda_max_allocated"}
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux, bytes on macOS
-    return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
+    return {"peak_memory_mb": round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1), "peak_memory_kind": "process_max_rss"}

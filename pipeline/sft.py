@@ -57,7 +57,7 @@ from pipeline.models import check_lora_targets, linear_module_names, load_model,
 from pipeline.plots import plot_loss_curves
 from pipeline.policy_eval import trait_share, trait_value
 from pipeline.recipes import parse_recipe, require_positive, resolved_recipe
-from pipeline.resources import MemoryCheck, peak_memory_mb
+from pipeline.resources import MemoryCheck
 from pipeline.training import GracefulInterrupt
 
 logger = logging.getLogger("pipeline.sft")
@@ -463,8 +463,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         "perplexity": round(math.exp(eval_metrics["eval_loss"]), 4),
         "steps": trainer.state.global_step,
         **counts,
-        "peak_memory_mb": peak_memory_mb(trainer.args.device),
-        "peak_memory_kind": "cuda_max_allocated" if trainer.args.device.type == "cuda" else "process_max_rss",
         "train_examples": len(trainer.train_dataset),
         "eval_examples": len(trainer.eval_dataset),
         "truncated_train_examples": lengths["truncated"],

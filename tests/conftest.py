@@ -85,6 +85,15 @@ def run_module(module: str, *args: str, cwd: Path | None = None, timeout: int = 
     )
 
 
+def snapshot(directory: Path) -> dict[str, str]:
+    """Every file under `directory` by its SHA-256 (empty when it does not exist): equal snapshots, untouched files."""
+    import hashlib
+
+    if not directory.exists():
+        return {}
+    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
 def run_in_process(module: str, *args: str):
     """`python -m module args...` without a new interpreter: the module's main through run_cli, as its __main__
     block runs it, with stdout and stderr captured; returns a CompletedProcess. For command-line checks that

@@ -10,7 +10,6 @@ their own; this file is the one place that shows the whole matrix.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import save_tiny_gpt2, write_recipe
+from conftest import save_tiny_gpt2, snapshot, write_recipe
 from pipeline.contract import LOCK, MANIFEST
 from pipeline.errors import EXIT_USER_ERROR, run_cli
 
@@ -250,12 +249,6 @@ def run_stage(module: str, argv: list[str], capsys) -> tuple[int, str]:
     with pytest.raises(SystemExit) as exit_info:
         run_cli(main, argv)
     return exit_info.value.code, capsys.readouterr().err
-
-
-def snapshot(directory: Path) -> dict[str, str]:
-    if not directory.exists():
-        return {}
-    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
 def check_one_clear_message(code: int, err: str, expected: tuple[str, ...], **names: str) -> None:

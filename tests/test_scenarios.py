@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY_PRETRAIN, run_module, write_recipe
+from conftest import TINY_PRETRAIN, run_module, snapshot, write_recipe
 from test_dpo import TINY_DPO
 from test_ppo_stage import TINY_PPO
 from test_sft import TINY_SFT
@@ -155,12 +155,6 @@ def test_noisy_labellers_reach_the_reward_model_and_robust_dpo(biased_chain, tmp
     recipe = (runs / "dpo" / "recipe.yaml").read_text()
     assert "loss_type:\n- robust" in recipe or "loss_type: robust" in recipe or "- robust" in recipe
     assert "label_smoothing: 0.3" in recipe
-
-
-def snapshot(directory: Path) -> dict[str, str]:
-    import hashlib
-
-    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
 def figures(runs: Path) -> dict[str, float]:

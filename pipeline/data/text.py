@@ -39,10 +39,9 @@ def _readable(path: Path) -> Iterator[None]:
         raise DataError(f"{path}: not a readable gzip file ({error}): cut short, or not gzip despite its name.") from None
 
 
-def _check_not_binary(path: Path, line_number: int, raw: bytes) -> None:
+def _binary_file(path: Path, line_number: int) -> DataError:
     """NUL never occurs in text: a file holding one is binary (an archive, a model, a pickle) whatever its name."""
-    if b"\x00" in raw:
-        raise DataError(f"{path}:{line_number}: a binary file, not text (a NUL byte); give a text or JSON Lines file.")
+    return DataError(f"{path}:{line_number}: a binary file, not text (a NUL byte); give a text or JSON Lines file.")
 
 
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -52,7 +51,8 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     # UnicodeDecodeError would come before the lines in front of the bad byte, with the wrong line number.
     with _readable(path), gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as handle:
         for line_number, raw in enumerate(handle, start=1):
-            _check_not_binary(path, line_number, raw)
+            if b"\x00" in raw:
+                raise _binary_file(path, line_number)
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as error:
@@ -103,7 +103,7 @@ def read_text_documents(path: str | Path, sample_by: str = "paragraph") -> list[
         line = error.object[: error.start].count(b"\n") + 1
         raise DataError(f"{path}:{line}: not UTF-8 text; re-encode the file as UTF-8.") from None
     if "\x00" in text:
-        _check_not_binary(path, text[: text.index("\x00")].count("\n") + 1, b"\x00")
+        raise _binary_file(path, text[: text.index("\x00")].count("\n") + 1)
     if sample_by == "document":
         documents = [text]
     elif sample_by == "line":
