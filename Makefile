@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test clean
+.PHONY: install demo test lint format clean
 
 install: $(STAMP)
 
@@ -25,6 +25,16 @@ demo: install
 # which a second thread barely speeds up; side by side they finish in about 60 % of the time of one process.
 test: install
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q --numprocesses auto --maxprocesses 8 --dist loadscope tests
+
+# Ruff, configured in pyproject.toml (line length 119, as TRL): the format and the lint rules CI checks.
+lint: install
+	$(PY) -m ruff format --check .
+	$(PY) -m ruff check .
+
+# Rewrites the files: the formatter, then the lint rules that fix themselves (import order, modern syntax).
+format: install
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
 
 clean:
 	rm -rf runs .pytest_cache

@@ -36,7 +36,9 @@ def default_model() -> str:
     for candidate in ("runs/toy/sft", "runs/toy/pretrain"):
         if (REPO / candidate / "manifest.json").is_file():
             return str(REPO / candidate)
-    raise SystemExit("no toy model: run `python -m pipeline run recipes/toy` (or the pretrain recipe) first, or pass --model")
+    raise SystemExit(
+        "no toy model: run `python -m pipeline run recipes/toy` (or the pretrain recipe) first, or pass --model"
+    )
 
 
 def synthetic_model(base: str, shape: str, directory: Path) -> str:
@@ -47,8 +49,14 @@ def synthetic_model(base: str, shape: str, directory: Path) -> str:
     layers, width = (int(x) for x in shape.lower().split("x"))
     tokenizer = AutoTokenizer.from_pretrained(base)
     config = GPT2Config(
-        vocab_size=len(tokenizer), n_positions=128, n_embd=width, n_layer=layers, n_head=max(1, width // 64),
-        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        vocab_size=len(tokenizer),
+        n_positions=128,
+        n_embd=width,
+        n_layer=layers,
+        n_head=max(1, width // 64),
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(0)
     GPT2LMHeadModel(config).save_pretrained(directory)
@@ -75,9 +83,16 @@ def recipe(args, model: str, output_dir: Path, lora: bool) -> dict:
     if args.value_model:
         values["value_model"] = args.value_model
     if lora:
-        values.update(use_peft=True, lora_r=args.lora_r, lora_alpha=2 * args.lora_r, lora_target_modules=["c_attn", "c_proj", "c_fc"])
+        values.update(
+            use_peft=True,
+            lora_r=args.lora_r,
+            lora_alpha=2 * args.lora_r,
+            lora_target_modules=["c_attn", "c_proj", "c_fc"],
+        )
         values["learning_rate"] = args.lora_learning_rate
-        values.pop("final_norm_learning_rate", None)  # the norm is frozen under LoRA (its base weights are the reference)
+        values.pop(
+            "final_norm_learning_rate", None
+        )  # the norm is frozen under LoRA (its base weights are the reference)
     return values
 
 
@@ -116,14 +131,24 @@ def counted_memory_mb(result: dict, policy_parameters: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=None, help="policy to start from (default: runs/toy/sft, else runs/toy/pretrain)")
-    parser.add_argument("--synthetic", default=None, help="LAYERSxWIDTH: benchmark a random GPT-2 of this shape instead")
-    parser.add_argument("--reward", default="gold", choices=("gold", "model"), help="gold (no reward model needed) or the recipe's RM")
+    parser.add_argument(
+        "--model", default=None, help="policy to start from (default: runs/toy/sft, else runs/toy/pretrain)"
+    )
+    parser.add_argument(
+        "--synthetic", default=None, help="LAYERSxWIDTH: benchmark a random GPT-2 of this shape instead"
+    )
+    parser.add_argument(
+        "--reward", default="gold", choices=("gold", "model"), help="gold (no reward model needed) or the recipe's RM"
+    )
     parser.add_argument("--steps", type=int, default=6, help="PPO steps per variant (the first is not measured)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--response-length", type=int, default=32)
-    parser.add_argument("--eval-prompts", type=int, default=32, help="held-out prompts measured before/after (kept small)")
-    parser.add_argument("--value-model", default=None, choices=("separate", "head"), help="critic (default: the recipe's)")
+    parser.add_argument(
+        "--eval-prompts", type=int, default=32, help="held-out prompts measured before/after (kept small)"
+    )
+    parser.add_argument(
+        "--value-model", default=None, choices=("separate", "head"), help="critic (default: the recipe's)"
+    )
     parser.add_argument("--lora-r", type=int, default=16)
     parser.add_argument("--lora-learning-rate", type=float, default=1e-3)
     parser.add_argument("--verbose", action="store_true", help="show the stage's log")
@@ -136,10 +161,14 @@ def main() -> None:
         model = args.model or default_model()
         if args.synthetic:
             model = synthetic_model(model, args.synthetic, workdir / "synthetic")
-        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
-              f"{'GPU ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}; model {model}")
-        print(f"toy PPO config (recipes/toy/ppo.yaml) with {args.batch_size} prompts per step, responses <= {args.response_length} "
-              f"tokens, reward {args.reward}, {args.steps} steps per variant\n")
+        print(
+            f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
+            f"{'GPU ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}; model {model}"
+        )
+        print(
+            f"toy PPO config (recipes/toy/ppo.yaml) with {args.batch_size} prompts per step, responses <= {args.response_length} "
+            f"tokens, reward {args.reward}, {args.steps} steps per variant\n"
+        )
         results = [run_variant(args, model, workdir, lora) for lora in (False, True)]
 
     policy_parameters = results[1]["parameters"] - results[1]["trainable_parameters"]  # LoRA run: the frozen policy
@@ -147,11 +176,15 @@ def main() -> None:
     print(header)
     for r in results:
         split = r["split"]
-        print(f"{r['variant']:<8} {r['samples_per_second']:>10.1f} {r['tokens_per_second']:>9.0f} {r['seconds_per_step']:>7.2f} "
-              f"{split['generation']:>11.0%} {split['forward']:>8.0%} {split['scoring']:>8.0%} {split['optimisation']:>13.0%} "
-              f"{r['peak_memory_mb']:>9.0f} {counted_memory_mb(r, policy_parameters):>11.1f} {r['trainable_parameters']:>10,}")
+        print(
+            f"{r['variant']:<8} {r['samples_per_second']:>10.1f} {r['tokens_per_second']:>9.0f} {r['seconds_per_step']:>7.2f} "
+            f"{split['generation']:>11.0%} {split['forward']:>8.0%} {split['scoring']:>8.0%} {split['optimisation']:>13.0%} "
+            f"{r['peak_memory_mb']:>9.0f} {counted_memory_mb(r, policy_parameters):>11.1f} {r['trainable_parameters']:>10,}"
+        )
     print("\npeak MB: process peak RSS on a CPU (includes Python + torch, ~0.5 GB), torch's peak allocated on a GPU;")
-    print("counted MB: fp32 weights (+ the reference copy without LoRA) + gradients and Adam moments of the trainable parameters.")
+    print(
+        "counted MB: fp32 weights (+ the reference copy without LoRA) + gradients and Adam moments of the trainable parameters."
+    )
 
 
 if __name__ == "__main__":

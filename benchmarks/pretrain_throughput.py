@@ -91,15 +91,23 @@ def run_stage(args, recipe: dict, workdir: Path) -> float:
     # the intervals after the warm-up cover exactly the measured window.
     window = [entry for entry in history if "tokens_per_second" in entry and entry["step"] > args.warmup]
     tokens_per_interval = args.log_every * args.batch_size * args.block_size
-    return len(window) * tokens_per_interval / sum(tokens_per_interval / entry["tokens_per_second"] for entry in window)
+    return (
+        len(window) * tokens_per_interval / sum(tokens_per_interval / entry["tokens_per_second"] for entry in window)
+    )
 
 
 def run_plain_loop(args, recipe: dict, compile_model: bool) -> tuple[float, float]:
     """The same training as a bare loop: same model builder, same blocks, same optimizer; (tokens/s, FLOP/token)."""
     from transformers import get_cosine_schedule_with_warmup
 
-    from pipeline.pretrain import PretrainArguments, build_model, build_tokenizer, flops_per_token, load_documents
-    from pipeline.pretrain import pack_into_blocks
+    from pipeline.pretrain import (
+        PretrainArguments,
+        build_model,
+        build_tokenizer,
+        flops_per_token,
+        load_documents,
+        pack_into_blocks,
+    )
 
     known = set(PretrainArguments.__dataclass_fields__) - {"path_fields"}
     stage_args = PretrainArguments(**{key: value for key, value in recipe.items() if key in known})
@@ -140,11 +148,17 @@ def main() -> None:
     parser.add_argument("--n-embd", type=int, default=384)
     parser.add_argument("--block-size", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--dropout", type=float, default=0.0, help="both runs: the model is built by the stage's builder")
+    parser.add_argument(
+        "--dropout", type=float, default=0.0, help="both runs: the model is built by the stage's builder"
+    )
     parser.add_argument("--steps", type=int, default=40, help="measured steps (after warm-up)")
-    parser.add_argument("--warmup", type=int, default=10, help="unmeasured first steps (compilation); a multiple of --log-every")
+    parser.add_argument(
+        "--warmup", type=int, default=10, help="unmeasured first steps (compilation); a multiple of --log-every"
+    )
     parser.add_argument("--log-every", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=3, help="alternating repetitions of loop and stage per compile mode")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="alternating repetitions of loop and stage per compile mode"
+    )
     parser.add_argument("--compile", choices=("no", "yes", "both"), default="both")
     args = parser.parse_args()
     if args.warmup % args.log_every:
@@ -156,7 +170,9 @@ def main() -> None:
     datasets.disable_progress_bars()
     transformers.logging.set_verbosity_error()
     logging.getLogger("pipeline").setLevel(logging.WARNING)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; data: {SHAKESPEARE if SHAKESPEARE.is_file() else 'toy world'}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; data: {SHAKESPEARE if SHAKESPEARE.is_file() else 'toy world'}"
+    )
     peak = measure_matmul_peak()
     print(f"fp32 matmul peak, measured once for both runs: {peak / 1e9:.1f} GFLOP/s\n")
 
@@ -173,18 +189,25 @@ def main() -> None:
                 rates["loop"].append(loop_rate)
                 torch._dynamo.reset()
                 rates["stage"].append(run_stage(args, recipe, Path(workdir)))
-                print(f"compile={compile_model} repeat {repeat + 1}: loop {rates['loop'][-1]:.0f}, stage {rates['stage'][-1]:.0f} tokens/s", flush=True)
+                print(
+                    f"compile={compile_model} repeat {repeat + 1}: loop {rates['loop'][-1]:.0f}, stage {rates['stage'][-1]:.0f} tokens/s",
+                    flush=True,
+                )
             results[compile_model] = rates
 
-    print(f"\nmodel: {args.n_layer} layers x {args.n_head} heads x {args.n_embd} wide, block {args.block_size}, batch {args.batch_size}, "
-          f"dropout {args.dropout}; {flops / 1e6:.1f} MFLOP/token; {args.steps} measured steps after {args.warmup}; "
-          f"median (range) over {args.repeats} alternating repetitions")
+    print(
+        f"\nmodel: {args.n_layer} layers x {args.n_head} heads x {args.n_embd} wide, block {args.block_size}, batch {args.batch_size}, "
+        f"dropout {args.dropout}; {flops / 1e6:.1f} MFLOP/token; {args.steps} measured steps after {args.warmup}; "
+        f"median (range) over {args.repeats} alternating repetitions"
+    )
     print(f"{'compile':<8} {'run':<7} {'tokens/s, median (range)':>30} {'MFU':>7} {'stage / loop':>24}")
     for compile_model, rates in results.items():
         ratios = [stage / loop for stage, loop in zip(rates["stage"], rates["loop"])]
         for name in ("loop", "stage"):
             mfu = statistics.median(rates[name]) * flops / peak
-            ratio = f"{statistics.median(ratios):.3f} ({min(ratios):.3f} .. {max(ratios):.3f})" if name == "stage" else ""
+            ratio = (
+                f"{statistics.median(ratios):.3f} ({min(ratios):.3f} .. {max(ratios):.3f})" if name == "stage" else ""
+            )
             print(f"{str(compile_model):<8} {name:<7} {summary(rates[name]):>30} {mfu:>7.1%} {ratio:>24}")
 
 

@@ -172,19 +172,31 @@ def run_direct(mode: str, model_dir: Path, data: Path, work: Path, values: dict)
     config = SFTConfig(output_dir=str(work / f"direct_{mode}"), **values)
     if mode == "qlora":
         compute = torch.bfloat16 if values["bf16"] else torch.float32
-        config.model_init_kwargs = {"quantization_config": BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute
-        )}
+        config.model_init_kwargs = {
+            "quantization_config": BitsAndBytesConfig(
+                load_in_4bit=True,
+                bnb_4bit_quant_type="nf4",
+                bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=compute,
+            )
+        }
     peft_config = None
     if mode != "full":
         peft_config = LoraConfig(
-            r=LORA["lora_r"], lora_alpha=LORA["lora_alpha"], lora_dropout=LORA["lora_dropout"],
-            target_modules=LORA["lora_target_modules"], task_type="CAUSAL_LM",
+            r=LORA["lora_r"],
+            lora_alpha=LORA["lora_alpha"],
+            lora_dropout=LORA["lora_dropout"],
+            target_modules=LORA["lora_target_modules"],
+            task_type="CAUSAL_LM",
         )
     timer = step_timer()
     trainer = SFTTrainer(
-        model=str(model_dir), args=config, train_dataset=dataset, processing_class=AutoTokenizer.from_pretrained(model_dir),
-        peft_config=peft_config, callbacks=[timer],
+        model=str(model_dir),
+        args=config,
+        train_dataset=dataset,
+        processing_class=AutoTokenizer.from_pretrained(model_dir),
+        peft_config=peft_config,
+        callbacks=[timer],
     )
     trainer.train()
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
@@ -202,7 +214,9 @@ def worker(runner: str, mode: str, model_dir: Path, data: Path, work: Path, valu
         "mode": mode,
         "train_peak_mb": round(timer.peak_mb, 1),
         "weights_mb": round(timer.weights_mb, 1),
-        "process_peak_mb": round(max(timer.before_train_peak_mb, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024), 1),
+        "process_peak_mb": round(
+            max(timer.before_train_peak_mb, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024), 1
+        ),
         "step_seconds": round(statistics.median(steady), 4),
         "step_cpu_seconds": round(statistics.median(steady_cpu), 4),
         "step_seconds_all": [round(t, 3) for t in timer.times],
@@ -222,8 +236,14 @@ def build_model_and_data(args: argparse.Namespace, work: Path) -> tuple[Path, Pa
 
     tokenizer = train_tokenizer([CHARSET], kind="char")
     config = GPT2Config(
-        vocab_size=50257, n_positions=1024, n_embd=args.n_embd, n_layer=args.n_layer, n_head=args.n_head,
-        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        vocab_size=50257,
+        n_positions=1024,
+        n_embd=args.n_embd,
+        n_layer=args.n_layer,
+        n_head=args.n_head,
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
     )
     model = GPT2LMHeadModel(config)
     model_dir = work / "model"
@@ -237,7 +257,12 @@ def build_model_and_data(args: argparse.Namespace, work: Path) -> tuple[Path, Pa
     with open(data, "w") as handle:
         for i in range(max(64, args.batch_size * (args.steps + 2))):
             body = "".join(letters[(i * 7 + j) % 26] for j in range(prompt_len))
-            handle.write(json.dumps({"prompt": f"User: {body}\nBot:", "completion": " " + letters[i % 26] * (completion_len - 1)}) + "\n")
+            handle.write(
+                json.dumps(
+                    {"prompt": f"User: {body}\nBot:", "completion": " " + letters[i % 26] * (completion_len - 1)}
+                )
+                + "\n"
+            )
     return model_dir, data
 
 
@@ -285,12 +310,14 @@ def main() -> None:
         for runner, mode in runs:
             started = time.time()
             command = [sys.executable, __file__, *sys.argv[1:], "--worker", runner, mode, str(work)]
-            process = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+            process = subprocess.run(
+                command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+            )
             lines = [line for line in process.stdout.splitlines() if line.startswith("RESULT ")]
             if process.returncode != 0 or not lines:
                 print(f"{runner} {mode}: failed (exit {process.returncode})\n{process.stderr[-3000:]}", flush=True)
                 continue
-            result = json.loads(lines[-1][len("RESULT "):])
+            result = json.loads(lines[-1][len("RESULT ") :])
             results.append(result)
             print(f"{runner:<7} {mode:<6} done in {time.time() - started:.0f} s: {json.dumps(result)}", flush=True)
         report(results, cuda)
@@ -321,7 +348,9 @@ def report(results: list[dict], cuda: bool) -> None:
             r = by[("stage", mode)]
             ratio = r["train_peak_mb"] / full["train_peak_mb"]
             goal = f" (goal <= 0.40: {'met' if ratio <= 0.4 else 'NOT met'})" if mode == "qlora" else ""
-            print(f"{mode} / full: training peak memory x{ratio:.2f}{goal}, step time x{r['step_seconds'] / full['step_seconds']:.2f}")
+            print(
+                f"{mode} / full: training peak memory x{ratio:.2f}{goal}, step time x{r['step_seconds'] / full['step_seconds']:.2f}"
+            )
     for (runner, mode), direct in by.items():
         if runner == "direct" and ("stage", mode) in by:
             stage = by[("stage", mode)]

@@ -35,19 +35,42 @@ sys.path.insert(0, str(REPO))
 
 #: Recipe values that switch off what the stage does besides training, so both sides time the same work.
 TRAINING_ONLY = {
-    "reward": {"toy_policy_prompts": 0, "best_of_n_prompts": 0, "extra_layers": 0, "train_sampling_strategy": "random"},
+    "reward": {
+        "toy_policy_prompts": 0,
+        "best_of_n_prompts": 0,
+        "extra_layers": 0,
+        "train_sampling_strategy": "random",
+    },
     "dpo": {"toy_policy_prompts": 0, "num_eval_prompts": 4, "sharpening_temperatures": [1.0]},
 }
 #: The config values both sides share (everything else is each trainer's default, the same on both sides).
-SHARED = ("per_device_train_batch_size", "learning_rate", "lr_scheduler_type", "warmup_steps", "weight_decay", "max_length",
-          "gradient_checkpointing", "beta", "loss_type", "loss_weights", "seed")
+SHARED = (
+    "per_device_train_batch_size",
+    "learning_rate",
+    "lr_scheduler_type",
+    "warmup_steps",
+    "weight_decay",
+    "max_length",
+    "gradient_checkpointing",
+    "beta",
+    "loss_type",
+    "loss_weights",
+    "seed",
+)
 
 
 def stage_recipe(stage: str, model: str, output_dir: Path, steps: int) -> dict:
     values = yaml.safe_load((REPO / "recipes" / "toy" / f"{stage}.yaml").read_text())
     values.update(TRAINING_ONLY[stage])
-    values.update(model_name_or_path=model, output_dir=str(output_dir), max_steps=steps, save_strategy="no",
-                  eval_strategy="no", logging_steps=steps, disable_tqdm=True)
+    values.update(
+        model_name_or_path=model,
+        output_dir=str(output_dir),
+        max_steps=steps,
+        save_strategy="no",
+        eval_strategy="no",
+        logging_steps=steps,
+        disable_tqdm=True,
+    )
     values.pop("reward_model_path", None)
     values.pop("save_steps", None)
     values.pop("save_total_limit", None)
@@ -84,14 +107,30 @@ def run_direct(stage: str, recipe: dict, workdir: Path) -> float:
     from trl import DPOConfig, DPOTrainer, RewardConfig, RewardTrainer
 
     tokenizer = AutoTokenizer.from_pretrained(recipe["model_name_or_path"])
-    common = {key: recipe[key] for key in SHARED if key in recipe and (stage == "dpo" or key not in ("beta", "loss_type", "loss_weights"))}
-    settings = dict(output_dir=str(workdir / f"direct_{stage}"), max_steps=recipe["max_steps"], save_strategy="no", report_to="none",
-                    use_cpu=True, bf16=False, disable_tqdm=True, logging_steps=recipe["max_steps"], dataloader_num_workers=0, **common)
+    common = {
+        key: recipe[key]
+        for key in SHARED
+        if key in recipe and (stage == "dpo" or key not in ("beta", "loss_type", "loss_weights"))
+    }
+    settings = dict(
+        output_dir=str(workdir / f"direct_{stage}"),
+        max_steps=recipe["max_steps"],
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        bf16=False,
+        disable_tqdm=True,
+        logging_steps=recipe["max_steps"],
+        dataloader_num_workers=0,
+        **common,
+    )
     pairs = toy_pairs(stage, recipe)
     if stage == "reward":
         model = AutoModelForSequenceClassification.from_pretrained(recipe["model_name_or_path"], num_labels=1)
         model.config.pad_token_id = tokenizer.pad_token_id
-        trainer = RewardTrainer(model=model, args=RewardConfig(**settings), train_dataset=pairs, processing_class=tokenizer)
+        trainer = RewardTrainer(
+            model=model, args=RewardConfig(**settings), train_dataset=pairs, processing_class=tokenizer
+        )
     else:
         model = AutoModelForCausalLM.from_pretrained(recipe["model_name_or_path"])
         trainer = DPOTrainer(model=model, args=DPOConfig(**settings), train_dataset=pairs, processing_class=tokenizer)
@@ -104,7 +143,9 @@ def run_direct(stage: str, recipe: dict, workdir: Path) -> float:
 def default_model() -> str:
     path = REPO / "runs" / "toy" / "sft"
     if not (path / "manifest.json").is_file():
-        raise SystemExit("no toy SFT model: run `make demo` (or python -m pipeline.sft --config recipes/toy/sft.yaml) first, or pass --model")
+        raise SystemExit(
+            "no toy SFT model: run `make demo` (or python -m pipeline.sft --config recipes/toy/sft.yaml) first, or pass --model"
+        )
     return str(path)
 
 
@@ -134,7 +175,10 @@ def main() -> None:
             for repeat in range(args.repeats):
                 rates["direct"].append(run_direct(stage, recipe, workdir))
                 rates["stage"].append(run_stage(stage, recipe, workdir))
-                print(f"{stage} repeat {repeat + 1}: direct {rates['direct'][-1]:.3f}, stage {rates['stage'][-1]:.3f} steps/s", flush=True)
+                print(
+                    f"{stage} repeat {repeat + 1}: direct {rates['direct'][-1]:.3f}, stage {rates['stage'][-1]:.3f} steps/s",
+                    flush=True,
+                )
             rows.append((stage, rates))
     print(f"\n{'stage':<8} {'direct steps/s':>22} {'stage steps/s':>22} {'stage / direct':>24}")
     for stage, rates in rows:

@@ -52,11 +52,19 @@ def format_kl_regularised(result: dict[str, Any]) -> str:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m eval.best_of_n", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m eval.best_of_n", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--policy", required=True, help="causal LM to sample from (e.g. runs/toy/sft)")
     parser.add_argument("--reward_model", required=True, help="reward stage output (e.g. runs/toy/reward)")
-    parser.add_argument("--dataset", default="toy", help="'toy' (prompts of the toy world, gold reward) or a preference file whose prompts are used")
-    parser.add_argument("--split", default="test", choices=["validation", "test"], help="toy world split of the prompts")
+    parser.add_argument(
+        "--dataset",
+        default="toy",
+        help="'toy' (prompts of the toy world, gold reward) or a preference file whose prompts are used",
+    )
+    parser.add_argument(
+        "--split", default="test", choices=["validation", "test"], help="toy world split of the prompts"
+    )
     parser.add_argument("--num_prompts", type=int, default=32)
     parser.add_argument("--n_max", type=int, default=64, help="samples per prompt; N runs over 1, 2, 4, ..., n_max")
     parser.add_argument("--strategy", default="temperature_1.0", choices=sorted(DEFAULT_STRATEGIES))
@@ -65,9 +73,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--toy_seed", type=int, default=0)
     parser.add_argument("--toy_max_digits", type=int, default=2)
-    parser.add_argument("--toy_skills", nargs="+", default=None, help="toy world skills (default: all; as in the recipes)")
     parser.add_argument(
-        "--output", default=None,
+        "--toy_skills", nargs="+", default=None, help="toy world skills (default: all; as in the recipes)"
+    )
+    parser.add_argument(
+        "--output",
+        default=None,
         help="JSON file to write (default: <reward_model>_best_of_n.json, beside the reward model's directory, "
         "which stays as its stage finished it); the PNG goes beside it",
     )
@@ -101,8 +112,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     policy = load_model(ModelConfig(model_name_or_path=args.policy, dtype="float32"), policy_tokenizer)
     reward_model, reward_tokenizer = load_reward_model(args.reward_model)
     result = best_of_n(
-        policy, policy_tokenizer, reward_model, reward_tokenizer, load_prompts(args), n_max=args.n_max,
-        strategy=args.strategy, max_new_tokens=args.max_new_tokens, seed=args.seed, batch_size=args.batch_size,
+        policy,
+        policy_tokenizer,
+        reward_model,
+        reward_tokenizer,
+        load_prompts(args),
+        n_max=args.n_max,
+        strategy=args.strategy,
+        max_new_tokens=args.max_new_tokens,
+        seed=args.seed,
+        batch_size=args.batch_size,
         toy=args.dataset == "toy",
     )
     result["policy"], result["reward_model"] = args.policy, args.reward_model
@@ -114,8 +133,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     print("\nKL-regularised optimum π* ∝ π·exp(r/β) on the same samples (what PPO at β could reach):")
     print(format_kl_regularised(result))
     if "policy_mean_gold" in result:
-        print(f"policy mean gold {result['policy_mean_gold']}; RM vs gold: Pearson {result['rm_gold_pearson']}, "
-              f"Spearman {result['rm_gold_spearman']} (within prompt {result['rm_gold_spearman_within_prompt']})")
+        print(
+            f"policy mean gold {result['policy_mean_gold']}; RM vs gold: Pearson {result['rm_gold_pearson']}, "
+            f"Spearman {result['rm_gold_spearman']} (within prompt {result['rm_gold_spearman_within_prompt']})"
+        )
     print(f"wrote {output} and {output.with_suffix('.png')}")
     return result
 

@@ -152,7 +152,9 @@ def discover(run_dirs: list[str | Path], depth: int = 2) -> RunSet:
     roots = [Path(directory) for directory in run_dirs]
     for root in roots:
         if not root.is_dir():
-            raise UserError(f"run directory {root} not found (expected e.g. runs/toy after `python -m pipeline run recipes/toy`).")
+            raise UserError(
+                f"run directory {root} not found (expected e.g. runs/toy after `python -m pipeline run recipes/toy`)."
+            )
     seen: set[Path] = set()
     outputs: list[StageOutput] = []
     for root in roots:

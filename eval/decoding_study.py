@@ -23,7 +23,9 @@ logger = logging.getLogger(__name__)
 STRATEGIES: tuple[str, ...] = tuple(DEFAULT_STRATEGIES)
 
 
-def samples_by_strategy(records: list[dict[str, Any]], strategies: Sequence[str]) -> dict[str, list[dict[str, Any]]] | None:
+def samples_by_strategy(
+    records: list[dict[str, Any]], strategies: Sequence[str]
+) -> dict[str, list[dict[str, Any]]] | None:
     """A stage's samples.json grouped by strategy, when it holds every strategy on the same prompts; else None.
 
     SFT writes samples before and after training (`when`); the last `when` is the trained model.
@@ -44,9 +46,14 @@ def samples_by_strategy(records: list[dict[str, Any]], strategies: Sequence[str]
 
 
 def generate_samples(model, tokenizer, prompts: list[str], strategies: Sequence[str], max_new_tokens: int, seed: int):
-    table = sample_table(model, tokenizer, prompts, strategies=list(strategies), max_new_tokens=max_new_tokens, seed=seed)
+    table = sample_table(
+        model, tokenizer, prompts, strategies=list(strategies), max_new_tokens=max_new_tokens, seed=seed
+    )
     return {
-        name: [{"strategy": name, "prompt": g.prompt, "text": g.text, "finished": g.finished, "token_ids": g.token_ids} for g in gens]
+        name: [
+            {"strategy": name, "prompt": g.prompt, "text": g.text, "finished": g.finished, "token_ids": g.token_ids}
+            for g in gens
+        ]
         for name, gens in table.items()
     }
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 
 @dataclass
@@ -37,7 +37,7 @@ class Code:
     text: str
 
 
-Block = Union[Paragraph, Table, Figure, Code]
+Block = Paragraph | Table | Figure | Code
 
 
 @dataclass
@@ -70,8 +70,8 @@ def cell(value: Any, digits: int = 4) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float):
-        return f"{value:,.0f}" if abs(value) >= 10 ** digits else f"{value:.{digits}g}"
-    if isinstance(value, int) and abs(value) >= 10 ** digits:
+        return f"{value:,.0f}" if abs(value) >= 10**digits else f"{value:.{digits}g}"
+    if isinstance(value, int) and abs(value) >= 10**digits:
         return f"{value:,}"
     return str(value)
 

@@ -70,7 +70,12 @@ def lines(
 
 
 def panels(
-    panels_series: Mapping[str, Mapping[str, Series]], path: Path, title: str, xlabel: str, columns: int = 3, logx: bool = False
+    panels_series: Mapping[str, Mapping[str, Series]],
+    path: Path,
+    title: str,
+    xlabel: str,
+    columns: int = 3,
+    logx: bool = False,
 ) -> Path | None:
     """Several small line plots (one per named panel, each with its series) in one figure."""
     panels_series = {name: s for name, s in panels_series.items() if any(len(xy[0]) for xy in s.values())}
@@ -115,8 +120,10 @@ def bars(
     positions = range(len(names))
     yerr = None
     if errors:
-        yerr = [[max(0.0, values[n] - errors[n][0]) if n in errors else 0 for n in names],
-                [max(0.0, errors[n][1] - values[n]) if n in errors else 0 for n in names]]
+        yerr = [
+            [max(0.0, values[n] - errors[n][0]) if n in errors else 0 for n in names],
+            [max(0.0, errors[n][1] - values[n]) if n in errors else 0 for n in names],
+        ]
     axis.bar(positions, heights, yerr=yerr, capsize=4, color="#4c72b0", alpha=0.85)
     for position, name in zip(positions, names):
         for value in (points or {}).get(name, []):
@@ -124,13 +131,17 @@ def bars(
                 axis.plot(position, value, "k.", markersize=6)
     if horizontal_line is not None:
         axis.axhline(horizontal_line, color="grey", linewidth=1)
-    axis.set_xticks(list(positions), names, rotation=20 if len(names) > 4 else 0, ha="right" if len(names) > 4 else "center")
+    axis.set_xticks(
+        list(positions), names, rotation=20 if len(names) > 4 else 0, ha="right" if len(names) > 4 else "center"
+    )
     axis.set(title=title, ylabel=ylabel)
     axis.grid(alpha=0.3, axis="y")
     return save(figure, path)
 
 
-def histograms(groups: Mapping[str, Sequence[float]], path: Path, title: str, xlabel: str, bins: int = 30) -> Path | None:
+def histograms(
+    groups: Mapping[str, Sequence[float]], path: Path, title: str, xlabel: str, bins: int = 30
+) -> Path | None:
     """Overlaid histograms of several groups of values on shared bins."""
     groups = {name: list(values) for name, values in groups.items() if len(values)}
     if not groups:
@@ -177,7 +188,10 @@ def grouped_bars(
 
 
 def gold_against_kl(
-    curves: Mapping[str, Mapping[str, Any]], dots: Mapping[str, tuple[float | None, float | None]], path: Path, title: str
+    curves: Mapping[str, Mapping[str, Any]],
+    dots: Mapping[str, tuple[float | None, float | None]],
+    path: Path,
+    title: str,
 ) -> Path | None:
     """The alignment picture: curves of free baselines and training paths (each {"kl", "gold", "labels", "style"};
     style frontier | line | dashed | path) and one dot per trained policy, gold reward against KL to the SFT model."""

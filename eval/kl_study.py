@@ -43,11 +43,21 @@ logger = logging.getLogger(__name__)
 SAMPLE_SIZES: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128)
 
 
-def sample_and_score(policy, ref, tokenizer, prompts: list[str], samples_per_prompt: int, max_new_tokens: int, seed: int) -> Scores:
+def sample_and_score(
+    policy, ref, tokenizer, prompts: list[str], samples_per_prompt: int, max_new_tokens: int, seed: int
+) -> Scores:
     """Responses sampled from `policy` at temperature 1 (each prompt `samples_per_prompt` times), scored
     under both models with the exact per-position KL."""
     repeated = [prompt for prompt in prompts for _ in range(samples_per_prompt)]
-    generations = generate(policy, tokenizer, repeated, strategy="temperature_1.0", max_new_tokens=max_new_tokens, seed=seed, batch_size=64)
+    generations = generate(
+        policy,
+        tokenizer,
+        repeated,
+        strategy="temperature_1.0",
+        max_new_tokens=max_new_tokens,
+        seed=seed,
+        batch_size=64,
+    )
     return score(policy, tokenizer, repeated, [g.token_ids for g in generations], ref_model=ref)
 
 
@@ -64,7 +74,10 @@ def per_sequence(scores: Scores) -> dict[str, np.ndarray]:
 def per_token(scores: Scores) -> dict[str, np.ndarray]:
     """Every real response token's k1/k2/k3 and exact KL at its position (flat arrays)."""
     mask = scores.mask.bool()
-    values = {name: value[mask].double().numpy() for name, value in kl_estimates(scores.logprobs, scores.ref_logprobs).items()}
+    values = {
+        name: value[mask].double().numpy()
+        for name, value in kl_estimates(scores.logprobs, scores.ref_logprobs).items()
+    }
     values["exact"] = scores.exact_kl[mask].double().numpy()
     return values
 
@@ -75,8 +88,13 @@ def _mean_se(values: np.ndarray) -> tuple[float, float]:
     return float(values.mean()), float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else math.nan
 
 
-def study(sequences: dict[str, np.ndarray], tokens: dict[str, np.ndarray] | None = None,
-          sample_sizes: tuple[int, ...] = SAMPLE_SIZES, resamples: int = 400, seed: int = 0) -> dict[str, Any]:
+def study(
+    sequences: dict[str, np.ndarray],
+    tokens: dict[str, np.ndarray] | None = None,
+    sample_sizes: tuple[int, ...] = SAMPLE_SIZES,
+    resamples: int = 400,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Bias and spread of each estimator (and of the exact per-trajectory sum) as the sample count grows."""
     exact = sequences["exact"]
     m = len(exact)
@@ -85,7 +103,13 @@ def study(sequences: dict[str, np.ndarray], tokens: dict[str, np.ndarray] | None
     sizes = [n for n in sample_sizes if n <= max(1, m // 2)]
     # Bootstrap (with replacement): the spread of an n-sample mean from the same distribution as the M samples.
     subsets = {n: rng.integers(0, m, size=(resamples, n)) for n in sizes}
-    result: dict[str, Any] = {"n_sequences": m, "truth": truth, "truth_se": truth_se, "sample_sizes": sizes, "estimators": {}}
+    result: dict[str, Any] = {
+        "n_sequences": m,
+        "truth": truth,
+        "truth_se": truth_se,
+        "sample_sizes": sizes,
+        "estimators": {},
+    }
     for name in (*ESTIMATORS, "exact"):
         values = sequences[name]
         paired_bias, paired_se = _mean_se(values - exact)
@@ -99,8 +123,11 @@ def study(sequences: dict[str, np.ndarray], tokens: dict[str, np.ndarray] | None
         }
         for n, index in subsets.items():
             means = values[index].mean(axis=1)
-            row["by_n"][n] = {"bias": float(means.mean() - truth), "std": float(means.std(ddof=1)),
-                              "rmse": float(np.sqrt(((means - truth) ** 2).mean()))}
+            row["by_n"][n] = {
+                "bias": float(means.mean() - truth),
+                "std": float(means.std(ddof=1)),
+                "rmse": float(np.sqrt(((means - truth) ** 2).mean())),
+            }
         if tokens is not None:
             row["per_token_bias"], row["per_token_bias_se"] = _mean_se(tokens[name] - tokens["exact"])
             row["per_token_std"] = float(tokens[name].std(ddof=1))
@@ -111,7 +138,9 @@ def study(sequences: dict[str, np.ndarray], tokens: dict[str, np.ndarray] | None
     return result
 
 
-def run(policy, ref, tokenizer, prompts: list[str], samples_per_prompt: int = 4, max_new_tokens: int = 24, seed: int = 0) -> dict[str, Any]:
+def run(
+    policy, ref, tokenizer, prompts: list[str], samples_per_prompt: int = 4, max_new_tokens: int = 24, seed: int = 0
+) -> dict[str, Any]:
     scores = sample_and_score(policy, ref, tokenizer, prompts, samples_per_prompt, max_new_tokens, seed)
     result = study(per_sequence(scores), per_token(scores), seed=seed)
     result["mean_response_tokens"] = float(scores.lengths.float().mean())

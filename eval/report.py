@@ -43,20 +43,65 @@ REPORT_VERSION = 1
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m eval.report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run_dirs", nargs="+", type=Path, help="run folders (e.g. runs/toy) or stage output directories")
-    parser.add_argument("--output", type=Path, default=None, help="where to write the report (default: the first RUN_DIR, or its parent if it is a stage output)")
+    parser = argparse.ArgumentParser(
+        prog="python -m eval.report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "run_dirs", nargs="+", type=Path, help="run folders (e.g. runs/toy) or stage output directories"
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help="where to write the report (default: the first RUN_DIR, or its parent if it is a stage output)",
+    )
     parser.add_argument("--no-studies", action="store_true", help="load no model: only what the stages measured")
     defaults = Options()
-    for name in ("decoding_prompts", "decoding_max_new_tokens", "kl_prompts",
-                 "kl_samples_per_prompt", "kl_max_new_tokens", "tokenizer_documents", "tokenizer_train_steps", "seed"):
-        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name), metavar="N",
-                            help=f"(default {getattr(defaults, name)})")
-    parser.add_argument("--skip", nargs="+", default=[], metavar="SECTION",
-                        choices=["overview", "training", "pretrain", "decoding", "tokenizers", "sft", "reward", "ppo", "dpo",
-                                 "comparison", "kl", "w2s"], help="leave these sections out (e.g. --skip tokenizers kl)")
-    parser.add_argument("--kl-pair", nargs=2, metavar=("POLICY", "REFERENCE"), default=None,
-                        help="stage output names for the KL study (default: PPO/DPO vs SFT, else SFT vs pretrain)")
+    for name in (
+        "decoding_prompts",
+        "decoding_max_new_tokens",
+        "kl_prompts",
+        "kl_samples_per_prompt",
+        "kl_max_new_tokens",
+        "tokenizer_documents",
+        "tokenizer_train_steps",
+        "seed",
+    ):
+        parser.add_argument(
+            f"--{name.replace('_', '-')}",
+            type=int,
+            default=getattr(defaults, name),
+            metavar="N",
+            help=f"(default {getattr(defaults, name)})",
+        )
+    parser.add_argument(
+        "--skip",
+        nargs="+",
+        default=[],
+        metavar="SECTION",
+        choices=[
+            "overview",
+            "training",
+            "pretrain",
+            "decoding",
+            "tokenizers",
+            "sft",
+            "reward",
+            "ppo",
+            "dpo",
+            "comparison",
+            "kl",
+            "w2s",
+        ],
+        help="leave these sections out (e.g. --skip tokenizers kl)",
+    )
+    parser.add_argument(
+        "--kl-pair",
+        nargs=2,
+        metavar=("POLICY", "REFERENCE"),
+        default=None,
+        help="stage output names for the KL study (default: PPO/DPO vs SFT, else SFT vs pretrain)",
+    )
     args = parser.parse_args(argv)
     for name in ("decoding_prompts", "kl_prompts", "kl_samples_per_prompt", "tokenizer_documents"):
         if getattr(args, name) < 1:
@@ -86,15 +131,24 @@ def build_sections(ctx: Context) -> tuple[list[Section], list[dict[str, str]]]:
             section = module.build(ctx)
         except UserError:
             raise
-        except Exception as error:  # a report is written at the end of a long chain: one bad output must not cost it all
+        except (
+            Exception
+        ) as error:  # a report is written at the end of a long chain: one bad output must not cost it all
             logger.warning("section %s failed:\n%s", name, traceback.format_exc())
             errors.append({"section": name, "error": f"{type(error).__name__}: {error}"})
             section = Section(f"error-{name}", f"{name} (failed)")
-            section.text(f"This section could not be built: `{type(error).__name__}: {error}` (the log has the traceback).")
+            section.text(
+                f"This section could not be built: `{type(error).__name__}: {error}` (the log has the traceback)."
+            )
         if section is not None:
             section.data.setdefault("seconds", round(time.perf_counter() - started, 2))
             sections.append(section)
-        logger.info("section %-12s %5.1f s (%.1f s of CPU)", name, time.perf_counter() - started, time.process_time() - cpu_started)
+        logger.info(
+            "section %-12s %5.1f s (%.1f s of CPU)",
+            name,
+            time.perf_counter() - started,
+            time.process_time() - cpu_started,
+        )
     return sections, errors
 
 
@@ -115,8 +169,10 @@ def jsonable(value: Any) -> Any:
 
 def about_section(ctx: Context, seconds: float, errors: list[dict[str, str]]) -> Section:
     section = Section("about", "About this report")
-    section.text(f"Built by `python -m eval.report {' '.join(str(d) for d in ctx.runs.run_dirs)}` in **{seconds:.1f} s** "
-                 f"(figures and numbers in report.json; PNGs in {ctx.figures_dir.name}/).")
+    section.text(
+        f"Built by `python -m eval.report {' '.join(str(d) for d in ctx.runs.run_dirs)}` in **{seconds:.1f} s** "
+        f"(figures and numbers in report.json; PNGs in {ctx.figures_dir.name}/)."
+    )
     section.table(["option", "value"], [[k, str(v)] for k, v in asdict(ctx.options).items()])
     if errors:
         section.text("Sections that failed: " + "; ".join(f"{e['section']}: {e['error']}" for e in errors))
@@ -137,12 +193,16 @@ def default_output(first: Path) -> Path:
     return first.parent if (first / MANIFEST).is_file() else first
 
 
-def build_report(run_dirs: Sequence[str | Path], output: str | Path | None = None, options: Options | None = None) -> dict[str, Any]:
+def build_report(
+    run_dirs: Sequence[str | Path], output: str | Path | None = None, options: Options | None = None
+) -> dict[str, Any]:
     """Build and write the report; returns report.json's content plus the written paths under `paths`."""
     started = time.perf_counter()
     runs = discover(list(run_dirs))
     if not runs.outputs:
-        raise UserError(f"no finished stage output (a directory with manifest.json) in {', '.join(str(d) for d in run_dirs)}.")
+        raise UserError(
+            f"no finished stage output (a directory with manifest.json) in {', '.join(str(d) for d in run_dirs)}."
+        )
     out_dir = Path(output) if output else default_output(Path(run_dirs[0]))
     out_dir.mkdir(parents=True, exist_ok=True)
     ctx = Context(runs, out_dir, options or Options())
@@ -158,7 +218,9 @@ def build_report(run_dirs: Sequence[str | Path], output: str | Path | None = Non
         "report_seconds": round(seconds, 2),
         "options": asdict(ctx.options),
         "packages": package_versions(),
-        "stages": {o.name: {"stage": o.stage, "path": str(o.path), "wall_time_s": o.wall_time_s} for o in runs.outputs},
+        "stages": {
+            o.name: {"stage": o.stage, "path": str(o.path), "wall_time_s": o.wall_time_s} for o in runs.outputs
+        },
         "missing_stages": runs.missing_stages(),
         "errors": errors,
         "sections": {section.id: section.data for section in sections},
@@ -173,8 +235,12 @@ def format_wall_times(report: dict[str, Any]) -> str:
     lines = [f"{'stage output':<22} {'stage':<15} {'wall time':>10} {'share':>6}"]
     for o in outputs:
         seconds = o["wall_time_s"] or 0.0
-        lines.append(f"{o['name']:<22} {o['stage']:<15} {seconds:>8.1f} s {100 * seconds / total if total else 0:>5.0f}%")
-    lines.append(f"{'total (stages)':<38} {total:>8.1f} s   ({total / 60:.1f} min; report {report['report_seconds']:.1f} s)")
+        lines.append(
+            f"{o['name']:<22} {o['stage']:<15} {seconds:>8.1f} s {100 * seconds / total if total else 0:>5.0f}%"
+        )
+    lines.append(
+        f"{'total (stages)':<38} {total:>8.1f} s   ({total / 60:.1f} min; report {report['report_seconds']:.1f} s)"
+    )
     return "\n".join(lines)
 
 

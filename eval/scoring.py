@@ -99,7 +99,9 @@ def _batch_logits(model: PreTrainedModel, prompts: list[list[int]], responses: l
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
     # The logit at column c predicts the token at c + 1: response token t sits at longest_prompt + t.
     logits = logits[:, longest_prompt - 1 : longest_prompt - 1 + longest_response].float()
-    response_mask = torch.tensor([[1.0] * len(r) + [0.0] * (longest_response - len(r)) for r in responses], device=device)
+    response_mask = torch.tensor(
+        [[1.0] * len(r) + [0.0] * (longest_response - len(r)) for r in responses], device=device
+    )
     targets = torch.tensor([r + [pad_id] * (longest_response - len(r)) for r in responses], device=device)
     return logits, response_mask, targets
 
@@ -123,7 +125,10 @@ def score(
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    if ref_model is not None and ref_model.get_output_embeddings().weight.shape[0] != model.get_output_embeddings().weight.shape[0]:
+    if (
+        ref_model is not None
+        and ref_model.get_output_embeddings().weight.shape[0] != model.get_output_embeddings().weight.shape[0]
+    ):
         raise UserError("the two models have different vocabularies: their KL needs the same tokenizer.")
     encoded = prompt_ids(tokenizer, prompts)
     logprobs, masks, ref_logprobs, exact = [], [], [], []

@@ -106,7 +106,12 @@ def aggregate(values: Sequence[Any]) -> dict[str, Any]:
     numbers = [number(value) for value in present if number(value) is not None]
     if not numbers:
         return {"median": None, "min": None, "max": None, "n": 0}
-    return {"median": round(statistics.median(numbers), 4), "min": round(min(numbers), 4), "max": round(max(numbers), 4), "n": len(numbers)}
+    return {
+        "median": round(statistics.median(numbers), 4),
+        "min": round(min(numbers), 4),
+        "max": round(max(numbers), 4),
+        "n": len(numbers),
+    }
 
 
 def headline_table(seed_runs: list[RunSet]) -> list[dict[str, Any]]:
@@ -120,7 +125,9 @@ def headline_table(seed_runs: list[RunSet]) -> list[dict[str, Any]]:
             values = [read(output.metrics) for output in outputs]
             if all(value is None for value in values):
                 continue
-            rows.append({"output": name, "stage": outputs[0].stage, "figure": figure, "values": values, **aggregate(values)})
+            rows.append(
+                {"output": name, "stage": outputs[0].stage, "figure": figure, "values": values, **aggregate(values)}
+            )
     return rows
 
 
@@ -131,7 +138,10 @@ def format_row(row: dict[str, Any]) -> list[str]:
         summary = "n/a"
     else:
         summary = f"{row['median']:.4g} ({row['min']:.4g} .. {row['max']:.4g})"
-    values = ["yes" if v is True else "no" if v is False else "n/a" if v is None else f"{number(v):.4g}" for v in row["values"]]
+    values = [
+        "yes" if v is True else "no" if v is False else "n/a" if v is None else f"{number(v):.4g}"
+        for v in row["values"]
+    ]
     return [row["output"], row["figure"], summary, " / ".join(values)]
 
 
@@ -143,12 +153,19 @@ def frontier_figure(seed_runs: list[RunSet], path: Path) -> Path | None:
     drawn = False
     for index, runs in enumerate(seed_runs):
         colour = f"C{index}"
-        points = [(output.stage, output.metrics.get("judgement") or {}, output.metrics.get("sharpening") or [])
-                  for output in runs.of_stage("ppo") + runs.of_stage("dpo")]
+        points = [
+            (output.stage, output.metrics.get("judgement") or {}, output.metrics.get("sharpening") or [])
+            for output in runs.of_stage("ppo") + runs.of_stage("dpo")
+        ]
         frontier = next((sharpening for _, _, sharpening in points if sharpening), [])
         if frontier:
-            axis.plot([p.get("kl_exact") for p in frontier], [p.get("gold_reward") for p in frontier], color=colour, linewidth=1.2,
-                      label=f"seed {index}: SFT at lower temperatures")
+            axis.plot(
+                [p.get("kl_exact") for p in frontier],
+                [p.get("gold_reward") for p in frontier],
+                color=colour,
+                linewidth=1.2,
+                label=f"seed {index}: SFT at lower temperatures",
+            )
         for stage, judgement, _ in points:
             x, y = number(judgement.get("kl_exact")), number(judgement.get("gold_sampled"))
             if x is not None and y is not None:
@@ -156,16 +173,31 @@ def frontier_figure(seed_runs: list[RunSet], path: Path) -> Path | None:
                 drawn = True
         reward = runs.main("reward")
         best_of = dig(reward.metrics, "best_of_n", str(BEST_OF)) if reward is not None else None
-        if isinstance(best_of, dict) and number(best_of.get("kl_nats")) is not None and number(best_of.get("gold")) is not None:
-            axis.scatter([best_of["kl_nats"]], [best_of["gold"]], color=colour, marker=markers["reward"], s=70, edgecolors="black", zorder=4)
+        if (
+            isinstance(best_of, dict)
+            and number(best_of.get("kl_nats")) is not None
+            and number(best_of.get("gold")) is not None
+        ):
+            axis.scatter(
+                [best_of["kl_nats"]],
+                [best_of["gold"]],
+                color=colour,
+                marker=markers["reward"],
+                s=70,
+                edgecolors="black",
+                zorder=4,
+            )
             drawn = True
     if not drawn:
         figures.plt.close(figure)
         return None
     for label, marker in (("PPO", "o"), ("DPO", "s"), (f"Best-of-{BEST_OF}", "^")):
         axis.scatter([], [], color="white", edgecolors="black", marker=marker, label=label)
-    axis.set(title=f"{len(seed_runs)} seeds: every policy against its seed's sharpening frontier",
-             xlabel="KL(policy ‖ SFT), nats per response", ylabel="gold reward (sampled responses)")
+    axis.set(
+        title=f"{len(seed_runs)} seeds: every policy against its seed's sharpening frontier",
+        xlabel="KL(policy ‖ SFT), nats per response",
+        ylabel="gold reward (sampled responses)",
+    )
     axis.grid(alpha=0.3)
     axis.legend(fontsize=7, loc="best")
     return figures.save(figure, path)
@@ -192,10 +224,18 @@ def build_seed_report(seed_dirs: Sequence[str | Path], output: str | Path) -> di
         "frontier on those prompts; PPO and DPO on their 256 evaluation prompts."
     )
     section.table(["output", "figure", "median (range)", "per seed"], [format_row(row) for row in rows])
-    section.figure(frontier_figure(seed_runs, out / "seeds_gold_vs_kl.png"), "gold reward against exact KL to the SFT model, every seed")
+    section.figure(
+        frontier_figure(seed_runs, out / "seeds_gold_vs_kl.png"),
+        "gold reward against exact KL to the SFT model, every seed",
+    )
     section.data = {"rows": rows}
     title = f"Seeds report: {', '.join(str(d) for d in seed_dirs)}"
-    report = {"title": title, "seed_dirs": [str(d) for d in seed_dirs], "generated_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "rows": rows}
+    report = {
+        "title": title,
+        "seed_dirs": [str(d) for d in seed_dirs],
+        "generated_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "rows": rows,
+    }
     write_atomic(out / "report.md", render_markdown(title, [section], out))
     write_atomic(out / "report.html", render_html(title, [section]))
     write_json(out / "report.json", report)
@@ -203,8 +243,12 @@ def build_seed_report(seed_dirs: Sequence[str | Path], output: str | Path) -> di
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m eval.seeds", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("seed_dirs", nargs="+", type=Path, help="one run folder per seed, e.g. runs/toy/seed0 runs/toy/seed1")
+    parser = argparse.ArgumentParser(
+        prog="python -m eval.seeds", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "seed_dirs", nargs="+", type=Path, help="one run folder per seed, e.g. runs/toy/seed0 runs/toy/seed1"
+    )
     parser.add_argument("--output", type=Path, required=True, help="where to write the report, e.g. runs/toy/seeds")
     args = parser.parse_args(argv)
     report = build_seed_report(args.seed_dirs, args.output)

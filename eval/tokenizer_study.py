@@ -39,7 +39,9 @@ KINDS: tuple[str, ...] = ("char", "word", "bpe")
 LAMBDAS: tuple[float, ...] = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99, 0.995, 0.999)
 
 
-def corpus_from_recipe(recipe: dict[str, Any], n_train: int, n_eval: int, seed: int = 0) -> tuple[list[str], list[str], str]:
+def corpus_from_recipe(
+    recipe: dict[str, Any], n_train: int, n_eval: int, seed: int = 0
+) -> tuple[list[str], list[str], str]:
     """Train and held-out documents like those the pretraining recipe trained on, and a description."""
     dataset = recipe.get("dataset", "toy")
     if dataset == "toy":
@@ -51,12 +53,18 @@ def corpus_from_recipe(recipe: dict[str, Any], n_train: int, n_eval: int, seed: 
     else:
         from pipeline.data.text import load_text_dataset
 
-        data = load_text_dataset(dataset, recipe.get("text_column", "text"), sample_by=recipe.get("text_sample_by", "paragraph"))
+        data = load_text_dataset(
+            dataset, recipe.get("text_column", "text"), sample_by=recipe.get("text_sample_by", "paragraph")
+        )
         documents = list(data.select(range(min(len(data), n_train + n_eval)))["text"])
         random.Random(seed).shuffle(documents)
         description = f"{dataset}"
     cut = max(1, len(documents) - n_eval)
-    return documents[:cut], documents[cut:], f"{description}: {cut} training and {len(documents) - cut} held-out documents"
+    return (
+        documents[:cut],
+        documents[cut:],
+        f"{description}: {cut} training and {len(documents) - cut} held-out documents",
+    )
 
 
 def _token_rows(tokenizer, documents: list[str]) -> list[list[int]]:
@@ -120,9 +128,20 @@ def gpt_bits(tokenizer, train: list[str], held_out: list[str], steps: int, seed:
     model = build_model(args, tokenizer)
     with tempfile.TemporaryDirectory() as scratch:
         training = TrainingArguments(
-            output_dir=scratch, max_steps=steps, learning_rate=3e-3, lr_scheduler_type="cosine", warmup_steps=0.1,
-            per_device_train_batch_size=32, use_cpu=True, bf16=False, report_to="none", save_strategy="no",
-            logging_strategy="no", disable_tqdm=True, seed=seed, dataloader_num_workers=0,
+            output_dir=scratch,
+            max_steps=steps,
+            learning_rate=3e-3,
+            lr_scheduler_type="cosine",
+            warmup_steps=0.1,
+            per_device_train_batch_size=32,
+            use_cpu=True,
+            bf16=False,
+            report_to="none",
+            save_strategy="no",
+            logging_strategy="no",
+            disable_tqdm=True,
+            seed=seed,
+            dataloader_num_workers=0,
         )
         Trainer(model=model, args=training, train_dataset=blocks, data_collator=default_data_collator).train()
     model.eval()
@@ -138,19 +157,28 @@ def gpt_bits(tokenizer, train: list[str], held_out: list[str], steps: int, seed:
     return {"bits_per_char": nats / math.log(2) / max(covered, 1), "steps": steps}
 
 
-def run(train: list[str], held_out: list[str], bpe_vocab_size: int = 512, train_steps: int = 0, seed: int = 0) -> dict[str, Any]:
+def run(
+    train: list[str], held_out: list[str], bpe_vocab_size: int = 512, train_steps: int = 0, seed: int = 0
+) -> dict[str, Any]:
     """The comparison as a dict: one row per tokenizer kind, and which bits/char model was used."""
     rows: dict[str, dict[str, Any]] = {}
     for kind in KINDS:
         started = time.perf_counter()
         tokenizer = train_tokenizer(train, kind=kind, vocab_size=bpe_vocab_size if kind == "bpe" else None)
         stats = tokenizer_stats(tokenizer, held_out)
-        row = {key: stats[key] for key in ("vocab_size", "tokens_per_char", "chars_per_token", "unk_rate", "roundtrip_rate")}
+        row = {
+            key: stats[key]
+            for key in ("vocab_size", "tokens_per_char", "chars_per_token", "unk_rate", "roundtrip_rate")
+        }
         row.update(count_model_bits(tokenizer, train, held_out))
         if train_steps > 0:
             row["count_model_bits_per_char"] = row["bits_per_char"]
             row.update(gpt_bits(tokenizer, train, held_out, train_steps, seed))
         row["seconds"] = round(time.perf_counter() - started, 2)
         rows[kind] = row
-    model = f"a 1-layer GPT (64 wide) trained {train_steps} steps per tokenizer" if train_steps > 0 else "an interpolated bigram count model"
+    model = (
+        f"a 1-layer GPT (64 wide) trained {train_steps} steps per tokenizer"
+        if train_steps > 0
+        else "an interpolated bigram count model"
+    )
     return {"kinds": rows, "bits_model": "gpt" if train_steps > 0 else "count", "bits_model_description": model}

@@ -86,14 +86,19 @@ def plug_in_kl(rewards: np.ndarray, n: int, texts: Sequence[Sequence[str]] | Non
 
 
 def best_of_n_table(
-    rewards: np.ndarray, gold: np.ndarray | None, texts: Sequence[Sequence[str]] | None = None, traits: Mapping[str, np.ndarray] | None = None
+    rewards: np.ndarray,
+    gold: np.ndarray | None,
+    texts: Sequence[Sequence[str]] | None = None,
+    traits: Mapping[str, np.ndarray] | None = None,
 ) -> list[dict[str, float]]:
     """One row per N: expected RM reward and gold reward of the RM's pick, the gold oracle, the KL (plug-in and bound),
     and for each trait (0/1 per sample; NaN on the prompts it does not apply to) the expected share of picks that have it."""
     rows = []
     for n in powers_of_two(rewards.shape[1]):
         row: dict[str, float] = {
-            "n": n, "kl_nats": round(plug_in_kl(rewards, n, texts), 4), "kl_bound_nats": round(math.log(n) - (n - 1) / n, 4),
+            "n": n,
+            "kl_nats": round(plug_in_kl(rewards, n, texts), 4),
+            "kl_bound_nats": round(math.log(n) - (n - 1) / n, 4),
             "reward": round(expected_best(rewards, rewards, n), 4),
         }
         if gold is not None:
@@ -109,7 +114,9 @@ def best_of_n_table(
 KL_REGULARISED_BETAS = (0.1, 0.2, 0.5, 1.0, 2.0)
 
 
-def kl_regularised_table(rewards: np.ndarray, gold: np.ndarray | None, betas: Sequence[float] = KL_REGULARISED_BETAS) -> list[dict[str, float]]:
+def kl_regularised_table(
+    rewards: np.ndarray, gold: np.ndarray | None, betas: Sequence[float] = KL_REGULARISED_BETAS
+) -> list[dict[str, float]]:
     """The policy that KL-regularised RL (PPO's objective, E[r] − β·KL) would reach, estimated from the samples.
 
     Its optimum is π*(y|x) ∝ π(y|x)·exp(r(x, y)/β) (Ziegler et al. 2019; the derivation DPO starts from).
@@ -118,6 +125,7 @@ def kl_regularised_table(rewards: np.ndarray, gold: np.ndarray | None, betas: Se
     samples the small-β rows are Best-of-n, not the true optimum). Written here: no library computes it.
     "gold_oracle" tilts by the gold reward at the same β: the ceiling for a perfect reward model.
     """
+
     def tilted(select_by: np.ndarray, beta: float) -> tuple[np.ndarray, float]:
         logits = select_by / beta
         weights = np.exp(logits - logits.max(axis=1, keepdims=True))
@@ -129,11 +137,18 @@ def kl_regularised_table(rewards: np.ndarray, gold: np.ndarray | None, betas: Se
     rows = []
     for beta in betas:
         weights, kl = tilted(rewards, beta)
-        row: dict[str, float] = {"beta": beta, "kl_nats": round(kl, 4), "reward": round(float((weights * rewards).sum(axis=1).mean()), 4)}
+        row: dict[str, float] = {
+            "beta": beta,
+            "kl_nats": round(kl, 4),
+            "reward": round(float((weights * rewards).sum(axis=1).mean()), 4),
+        }
         if gold is not None:
             row["gold"] = round(float((weights * gold).sum(axis=1).mean()), 4)
             oracle, oracle_kl = tilted(gold, beta)
-            row["gold_oracle"], row["gold_oracle_kl_nats"] = round(float((oracle * gold).sum(axis=1).mean()), 4), round(oracle_kl, 4)
+            row["gold_oracle"], row["gold_oracle_kl_nats"] = (
+                round(float((oracle * gold).sum(axis=1).mean()), 4),
+                round(oracle_kl, 4),
+            )
         rows.append(row)
     return rows
 
@@ -190,7 +205,13 @@ def best_of_n(
     powers_of_two(n_max)
     repeated = [prompt for prompt in prompts for _ in range(n_max)]
     samples = generate(
-        policy, policy_tokenizer, repeated, strategy=strategy, max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size
+        policy,
+        policy_tokenizer,
+        repeated,
+        strategy=strategy,
+        max_new_tokens=max_new_tokens,
+        seed=seed,
+        batch_size=batch_size,
     )
     texts, finished = [s.text for s in samples], [s.finished for s in samples]
     rewards = np.array(
@@ -209,14 +230,18 @@ def best_of_n(
     if toy:
         from pipeline.data.toy_world import gold_reward
 
-        gold = np.array([gold_reward(p, t, finished=f) for p, t, f in zip(repeated, texts, finished)]).reshape(rewards.shape)
+        gold = np.array([gold_reward(p, t, finished=f) for p, t, f in zip(repeated, texts, finished)]).reshape(
+            rewards.shape
+        )
         result["policy_mean_gold"] = round(float(gold.mean()), 4)
         result.update(rm_versus_gold(rewards, gold))
     trait_values = {
         name: np.array([trait_value(test, p, t) for p, t in zip(repeated, texts)], dtype=float).reshape(rewards.shape)
         for name, test in (traits or {}).items()
     }
-    result["table"] = best_of_n_table(rewards, gold, [texts[p * n_max : (p + 1) * n_max] for p in range(len(prompts))], trait_values)
+    result["table"] = best_of_n_table(
+        rewards, gold, [texts[p * n_max : (p + 1) * n_max] for p in range(len(prompts))], trait_values
+    )
     result["kl_regularised"] = kl_regularised_table(rewards, gold)
     result["examples"] = [
         {
@@ -267,7 +292,9 @@ def plot_best_of_n(result: dict[str, Any], path: str | Path) -> Path:
         axis.set_xticks(ns, [str(n) for n in ns])
         axis.set_xlabel("N (samples per prompt)")
         axis.grid(alpha=0.3)
-    figure.suptitle(f"Best-of-N: {result['prompts']} prompts, {result['samples_per_prompt']} samples each ({result['strategy']})")
+    figure.suptitle(
+        f"Best-of-N: {result['prompts']} prompts, {result['samples_per_prompt']} samples each ({result['strategy']})"
+    )
     figure.tight_layout()
     path = Path(path)
     figure.savefig(path, dpi=120)

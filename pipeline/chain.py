@@ -110,7 +110,8 @@ def order_by_dependencies(stages: list[PlannedStage]) -> list[PlannedStage]:
         stage.depends_on = [
             producer.name
             for directory, producer in producers.items()
-            if producer is not stage and _mentions({k: v for k, v in stage.values.items() if k != "output_dir"}, directory)
+            if producer is not stage
+            and _mentions({k: v for k, v in stage.values.items() if k != "output_dir"}, directory)
         ]
     ordered, done = [], set()
     remaining = list(stages)
@@ -212,7 +213,9 @@ def run_stage_process(command: list[str], launcher: str | None) -> int:
     return process.exitcode if process.exitcode is not None else 1
 
 
-def run_chain(folder: Path, force: bool = False, dry_run: bool = False, launcher: str | None = None) -> list[PlannedStage]:
+def run_chain(
+    folder: Path, force: bool = False, dry_run: bool = False, launcher: str | None = None
+) -> list[PlannedStage]:
     stages = plan(folder, force=force)
     print(format_plan(stages), flush=True)
     if dry_run:
@@ -311,7 +314,9 @@ def _write_if_changed(path: Path, header: str, values: dict) -> None:
         write_atomic(path, text)
 
 
-def run_seeds(folder: Path, seeds: int, force: bool = False, dry_run: bool = False, launcher: str | None = None) -> list[list[PlannedStage]]:
+def run_seeds(
+    folder: Path, seeds: int, force: bool = False, dry_run: bool = False, launcher: str | None = None
+) -> list[list[PlannedStage]]:
     """Run the folder's chain once per seed (see the module doc); returns each seed's stages."""
     if seeds < 1:
         raise UserError(f"--seeds must be at least 1, got {seeds}.")

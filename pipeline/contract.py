@@ -41,7 +41,14 @@ RESOLVED_RECIPE = "recipe.yaml"
 IN_PROGRESS = "run.json"
 LOCK = ".lock"
 #: Recipe keys that may name a local path a stage reads, besides its registry inputs (pipeline.stages).
-READ_PATH_KEYS = ("reward_model_path", "ref_model_name_or_path", "value_model_path", "eval_dataset", "strong_model", "weak_model")
+READ_PATH_KEYS = (
+    "reward_model_path",
+    "ref_model_name_or_path",
+    "value_model_path",
+    "eval_dataset",
+    "strong_model",
+    "weak_model",
+)
 PACKAGES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "tokenizers", "evaluate", "bitsandbytes")
 
 
@@ -328,10 +335,10 @@ def checkpoint_missing(path: Path) -> str | None:
     if _read_json_object(path / "trainer_state.json") is None:
         return "no readable trainer_state.json"
     names = [entry.name for entry in path.iterdir()]
-    if not any(name.endswith((".safetensors", ".bin")) or name.startswith(("pytorch_model", "global_step")) for name in names):
+    if not any(
+        name.endswith((".safetensors", ".bin")) or name.startswith(("pytorch_model", "global_step")) for name in names
+    ):
         return "no weights"
     if not any(name.startswith(("optimizer", "global_step")) for name in names):
         return "no optimizer state"
     return None
-
-

@@ -170,9 +170,7 @@ def generate(
             # Left padding by hand: independent of the tokenizer's padding_side and works for
             # tokenizers without a pad token.
             input_ids = torch.tensor([[pad_id] * (longest - len(r)) + r for r in ids], device=device)
-            attention_mask = torch.tensor(
-                [[0] * (longest - len(r)) + [1] * len(r) for r in ids], device=device
-            )
+            attention_mask = torch.tensor([[0] * (longest - len(r)) + [1] * len(r) for r in ids], device=device)
             output = model.generate(
                 input_ids=input_ids, attention_mask=attention_mask, generation_config=generation_config
             )
@@ -233,6 +231,7 @@ def format_sample_table(table: Mapping[str, list[Generation]]) -> str:
         d1, d2, rep = distinct_n(texts, 1), distinct_n(texts, 2), repetition_rate(texts)
         lines.append(f"| {name} | {d1:.3f} | {d2:.3f} | {rep:.3f} |")
     return "\n".join(lines) + "\n"
+
 
 # --------------------------------------------------------------------------------------------
 # Diversity metrics (pure functions, whitespace tokens)

@@ -73,8 +73,21 @@ logger = logging.getLogger("pipeline.dpo")
 # after the model is loaded). sigmoid = DPO; ipo = IPO (β is its τ); hinge = SLiC; robust = rDPO (uses
 # label_smoothing); exo_pair = EXO (needs label_smoothing > 0); sft = the NLL of the chosen response, to mix in.
 LOSS_TYPES = (
-    "sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot", "aot_unpaired",
-    "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm",
+    "sigmoid",
+    "hinge",
+    "ipo",
+    "exo_pair",
+    "nca_pair",
+    "robust",
+    "bco_pair",
+    "sppo_hard",
+    "aot",
+    "aot_unpaired",
+    "apo_zero",
+    "apo_down",
+    "discopop",
+    "sft",
+    "sigmoid_norm",
 )
 #: The losses of TRL's DPOTrainer that read `label_smoothing` (checked against TRL 1.16's source).
 SMOOTHED_LOSS_TYPES = ("robust", "exo_pair", "aot", "aot_unpaired")
@@ -84,39 +97,66 @@ SMOOTHED_LOSS_TYPES = ("robust", "exo_pair", "aot", "aot_unpaired")
 class DPOArguments(ToyWorldKeys):
     """What to train on and how to evaluate (optimisation and the loss: DPOTrainingConfig; model: ModelConfig)."""
 
-    path_fields: ClassVar[dict[str, str]] = {"dataset": "dataset", "eval_dataset": "dataset", "reward_model_path": "model"}
+    path_fields: ClassVar[dict[str, str]] = {
+        "dataset": "dataset",
+        "eval_dataset": "dataset",
+        "reward_model_path": "model",
+    }
 
     dataset: str = field(
         default="toy",
-        metadata={"help": "'toy' (the toy world's pairs), a .jsonl(.gz) file (prompt/chosen/rejected or HH transcripts), or a hub data set"},
+        metadata={
+            "help": "'toy' (the toy world's pairs), a .jsonl(.gz) file (prompt/chosen/rejected or HH transcripts), or a hub data set"
+        },
     )
     dataset_split: str = field(default="train", metadata={"help": "hub data set split to train on"})
     eval_dataset: str | None = field(
-        default=None, metadata={"help": "held-out pairs from another file or hub data set (default: hold out eval_fraction of dataset)"}
+        default=None,
+        metadata={
+            "help": "held-out pairs from another file or hub data set (default: hold out eval_fraction of dataset)"
+        },
     )
     eval_split: str = field(default="test", metadata={"help": "hub split of eval_dataset"})
-    eval_fraction: float = field(default=0.05, metadata={"help": "share of the pairs held out when there is no eval_dataset"})
+    eval_fraction: float = field(
+        default=0.05, metadata={"help": "share of the pairs held out when there is no eval_dataset"}
+    )
     max_train_pairs: int | None = field(default=None, metadata={"help": "train on at most this many pairs"})
     max_eval_pairs: int | None = field(default=512, metadata={"help": "evaluate on at most this many held-out pairs"})
-    toy_pairs: int = field(default=2000, metadata={"help": "toy world: training pairs to generate (before deduplication)"})
-    toy_eval_pairs: int = field(default=256, metadata={"help": "toy world: held-out pairs (eval split: unseen additions)"})
+    toy_pairs: int = field(
+        default=2000, metadata={"help": "toy world: training pairs to generate (before deduplication)"}
+    )
+    toy_eval_pairs: int = field(
+        default=256, metadata={"help": "toy world: held-out pairs (eval split: unseen additions)"}
+    )
     toy_policy_prompts: int = field(
         default=0,
-        metadata={"help": "toy world: also train on comparisons of the SFT model's own samples for this many train prompts, "
-                  "labelled by the gold reward (0: off); with toy_pairs: 0 only on those"},
+        metadata={
+            "help": "toy world: also train on comparisons of the SFT model's own samples for this many train prompts, "
+            "labelled by the gold reward (0: off); with toy_pairs: 0 only on those"
+        },
     )
-    toy_policy_samples: int = field(default=4, metadata={"help": "toy world: samples per prompt for toy_policy_prompts"})
+    toy_policy_samples: int = field(
+        default=4, metadata={"help": "toy world: samples per prompt for toy_policy_prompts"}
+    )
     max_prompt_length: int | None = field(
         default=None,
-        metadata={"help": "prompts longer than this many tokens keep their last ones (the latest turns); null: no limit"},
+        metadata={
+            "help": "prompts longer than this many tokens keep their last ones (the latest turns); null: no limit"
+        },
     )
-    merge_adapters: bool = field(default=True, metadata={"help": "LoRA/QLoRA: also write the merged full model into output_dir"})
+    merge_adapters: bool = field(
+        default=True, metadata={"help": "LoRA/QLoRA: also write the merged full model into output_dir"}
+    )
 
     reward_model_path: str | None = field(
         default=None, metadata={"help": "a reward model (output of the reward stage) to compute win rates with"}
     )
-    num_eval_prompts: int = field(default=128, metadata={"help": "held-out prompts on which the policy is compared with SFT"})
-    eval_temperature: float = field(default=1.0, metadata={"help": "sampling temperature of the comparison (and of its KL)"})
+    num_eval_prompts: int = field(
+        default=128, metadata={"help": "held-out prompts on which the policy is compared with SFT"}
+    )
+    eval_temperature: float = field(
+        default=1.0, metadata={"help": "sampling temperature of the comparison (and of its KL)"}
+    )
     sample_max_new_tokens: int = field(default=48, metadata={"help": "length limit of generated responses"})
     generation_batch_size: int = field(default=64, metadata={"help": "prompts per generate call in the comparison"})
     sharpening_temperatures: list[float] = sharpening_temperatures_field()
@@ -175,7 +215,9 @@ class DPOTrainingConfig(DPOConfig):
         if unknown:
             raise ValueError(f"key 'loss_type': unknown loss '{unknown[0]}'; choose from {', '.join(LOSS_TYPES)}")
         if self.loss_weights is not None and len(self.loss_weights) != len(loss_types):
-            raise ValueError(f"key 'loss_weights' needs one weight per loss_type: {len(self.loss_weights)} for {loss_types}")
+            raise ValueError(
+                f"key 'loss_weights' needs one weight per loss_type: {len(self.loss_weights)} for {loss_types}"
+            )
         if self.beta <= 0:
             raise ValueError(f"key 'beta' must be > 0, got {self.beta}")
         if not 0.0 <= self.label_smoothing < 0.5:
@@ -201,17 +243,27 @@ RECIPE_TYPES = (DPOArguments, DPOModelArguments, DPOTrainingConfig)
 
 
 def add_own_sample_comparisons(
-    train: datasets.Dataset | None, args: DPOArguments, model_args: DPOModelArguments, tokenizer, training_args: DPOTrainingConfig
+    train: datasets.Dataset | None,
+    args: DPOArguments,
+    model_args: DPOModelArguments,
+    tokenizer,
+    training_args: DPOTrainingConfig,
 ) -> tuple[datasets.Dataset, dict[str, int]]:
     """`train` plus comparisons of the SFT model's own samples (pipeline.data.toy_comparisons): on-policy pairs,
     so that DPO pushes down the mistakes this model makes rather than only the hand-made ones."""
-    sft_model = load_model(dataclasses.replace(model_args, use_peft=False, load_in_4bit=False), tokenizer).to(training_args.device)
+    sft_model = load_model(dataclasses.replace(model_args, use_peft=False, load_in_4bit=False), tokenizer).to(
+        training_args.device
+    )
     sampling = {"do_sample": True, "temperature": args.eval_temperature, "top_k": 0, "top_p": 1.0}
-    extra, counts = own_sample_comparisons(sft_model, tokenizer, args, sampling, args.sample_max_new_tokens, training_args.seed + 1)
+    extra, counts = own_sample_comparisons(
+        sft_model, tokenizer, args, sampling, args.sample_max_new_tokens, training_args.seed + 1
+    )
     del sft_model
     if extra is None:
         if train is None:
-            raise DataError("the SFT model's samples never differ in gold reward: no comparisons to train on (toy_pairs: 0)")
+            raise DataError(
+                "the SFT model's samples never differ in gold reward: no comparisons to train on (toy_pairs: 0)"
+            )
         return train, counts
     combined = extra if train is None else datasets.concatenate_datasets([train, extra.cast(train.features)])
     return combined.shuffle(seed=training_args.seed), counts
@@ -220,8 +272,12 @@ def add_own_sample_comparisons(
 def load_pairs(args: DPOArguments, seed: int) -> tuple[datasets.Dataset, datasets.Dataset, dict[str, Any]]:
     """(train, held-out, what loading did). The toy world has its own eval split (unseen additions)."""
     if args.dataset == "toy":
-        train, stats = load_preferences("toy", "train", toy_pairs=args.toy_pairs, toy=args) if args.toy_pairs else (None, None)
-        held_out, held_out_stats = load_preferences("toy", args.toy_eval_split, toy_pairs=args.toy_eval_pairs, toy=args)
+        train, stats = (
+            load_preferences("toy", "train", toy_pairs=args.toy_pairs, toy=args) if args.toy_pairs else (None, None)
+        )
+        held_out, held_out_stats = load_preferences(
+            "toy", args.toy_eval_split, toy_pairs=args.toy_eval_pairs, toy=args
+        )
     elif args.eval_dataset:
         train, stats = load_preferences(args.dataset, args.dataset_split, max_pairs=args.max_train_pairs)
         held_out, held_out_stats = load_preferences(args.eval_dataset, args.eval_split, max_pairs=args.max_eval_pairs)
@@ -235,11 +291,16 @@ def load_pairs(args: DPOArguments, seed: int) -> tuple[datasets.Dataset, dataset
         train = train.select(range(min(args.max_train_pairs, len(train))))
     if args.max_eval_pairs:
         held_out = held_out.select(range(min(args.max_eval_pairs, len(held_out))))
-    report = {"train": stats.as_dict() if stats else {}, **({"eval": held_out_stats.as_dict()} if held_out_stats else {})}
+    report = {
+        "train": stats.as_dict() if stats else {},
+        **({"eval": held_out_stats.as_dict()} if held_out_stats else {}),
+    }
     return train, held_out, report
 
 
-def shorten_prompts(dataset: datasets.Dataset, tokenizer, max_prompt_length: int | None, name: str) -> tuple[datasets.Dataset, int]:
+def shorten_prompts(
+    dataset: datasets.Dataset, tokenizer, max_prompt_length: int | None, name: str
+) -> tuple[datasets.Dataset, int]:
     """Keep the last `max_prompt_length` tokens of longer prompts (in a dialogue, the latest turns matter most).
 
     TRL 1.16 has no max_prompt_length: it truncates prompt + response to max_length from the end, which cuts
@@ -258,7 +319,13 @@ def shorten_prompts(dataset: datasets.Dataset, tokenizer, max_prompt_length: int
             example["prompt"] = tokenizer.decode(ids[-max_prompt_length:])
         return example
 
-    logger.warning("%s: %d of %d prompts are longer than max_prompt_length=%d tokens and keep only their end", name, shortened, len(dataset), max_prompt_length)
+    logger.warning(
+        "%s: %d of %d prompts are longer than max_prompt_length=%d tokens and keep only their end",
+        name,
+        shortened,
+        len(dataset),
+        max_prompt_length,
+    )
     return dataset.map(shorten, desc="shortening prompts"), shortened
 
 
@@ -281,20 +348,35 @@ def count_long_pairs(dataset: datasets.Dataset, tokenizer, max_length: int | Non
     if max_length is not None:
         counts["dropped"] = sum(length >= max_length for length in prompt_lengths)
     if counts["truncated"]:
-        logger.warning("%s: %d of %d pairs are longer than max_length=%d tokens (longest %d): their responses are cut to fit",
-                       name, counts["truncated"], len(dataset), max_length, longest)
+        logger.warning(
+            "%s: %d of %d pairs are longer than max_length=%d tokens (longest %d): their responses are cut to fit",
+            name,
+            counts["truncated"],
+            len(dataset),
+            max_length,
+            longest,
+        )
     if counts["dropped"]:
-        logger.warning("%s: %d of %d pairs have a prompt of max_length=%d tokens or more and are left out (set max_prompt_length)",
-                       name, counts["dropped"], len(dataset), max_length)
+        logger.warning(
+            "%s: %d of %d pairs have a prompt of max_length=%d tokens or more and are left out (set max_prompt_length)",
+            name,
+            counts["dropped"],
+            len(dataset),
+            max_length,
+        )
     if counts["dropped"] == len(dataset):
-        raise DataError(f"{name}: every pair's prompt is at least max_length={max_length} tokens: raise max_length or set max_prompt_length.")
+        raise DataError(
+            f"{name}: every pair's prompt is at least max_length={max_length} tokens: raise max_length or set max_prompt_length."
+        )
     return counts
 
 
 # --- models -------------------------------------------------------------------------------------------------
 
 
-def load_reference(model_args: DPOModelArguments, tokenizer, training_args: DPOTrainingConfig) -> PreTrainedModel | None:
+def load_reference(
+    model_args: DPOModelArguments, tokenizer, training_args: DPOTrainingConfig
+) -> PreTrainedModel | None:
     """The frozen SFT model for full fine-tuning, loaded from its saved path like the policy.
 
     None with LoRA/QLoRA (TRL takes the reference from the policy with its adapters disabled: no second copy)
@@ -335,12 +417,18 @@ def build_trainer(
 
 def check_combination(model_args: DPOModelArguments, training_args: DPOTrainingConfig, recipe_path: Path) -> None:
     if training_args.sync_ref_model and model_args.use_peft:
-        raise RecipeError(f"{recipe_path}: sync_ref_model (TR-DPO) needs a separate reference model: it does not work with use_peft.")
+        raise RecipeError(
+            f"{recipe_path}: sync_ref_model (TR-DPO) needs a separate reference model: it does not work with use_peft."
+        )
     if training_args.sync_ref_model and training_args.precompute_ref_log_probs:
-        raise RecipeError(f"{recipe_path}: sync_ref_model and precompute_ref_log_probs exclude each other (the reference changes).")
+        raise RecipeError(
+            f"{recipe_path}: sync_ref_model and precompute_ref_log_probs exclude each other (the reference changes)."
+        )
 
 
-def policy_and_reference(trainer: DPOTrainer, model_args: DPOModelArguments, merged: PreTrainedModel | None, tokenizer):
+def policy_and_reference(
+    trainer: DPOTrainer, model_args: DPOModelArguments, merged: PreTrainedModel | None, tokenizer
+):
     """What to compare after training: the saved policy, and the SFT model (None = adapters disabled)."""
     if merged is not None and (model_args.load_in_4bit or model_args.load_in_8bit):
         # QLoRA: the 4-bit base is only a training device; compare the saved full-precision model with the SFT model.
@@ -359,7 +447,6 @@ def policy_and_reference(trainer: DPOTrainer, model_args: DPOModelArguments, mer
 def evaluation_prompts(args: DPOArguments, held_out: datasets.Dataset) -> list[str]:
     """Held-out toy prompts (gold reward), else the distinct prompts of the held-out pairs."""
     if args.dataset == "toy":
-
         return ToyWorld.from_recipe(args).prompts(args.num_eval_prompts, split=args.toy_eval_split)
     return list(dict.fromkeys(held_out["prompt"]))[: args.num_eval_prompts]
 
@@ -375,7 +462,9 @@ def held_out_numbers(metrics: dict[str, float], prefix: str) -> dict[str, float]
         "logp_rejected": "logps/rejected",
         "loss": "loss",
     }
-    return {short: round(metrics[f"{prefix}_{key}"], 4) for short, key in names.items() if f"{prefix}_{key}" in metrics}
+    return {
+        short: round(metrics[f"{prefix}_{key}"], 4) for short, key in names.items() if f"{prefix}_{key}" in metrics
+    }
 
 
 def final_evaluation(trainer: DPOTrainer) -> dict[str, float]:
@@ -396,9 +485,15 @@ def plot_dpo_curves(log_history: list[dict[str, Any]], path: Path, title: str) -
             ("logps/chosen", logps_axis, "chosen", "C2"),
             ("logps/rejected", logps_axis, "rejected", "C3"),
         ):
-            points = [(entry["step"], entry[prefix + key]) for entry in log_history if prefix + key in entry and "step" in entry]
+            points = [
+                (entry["step"], entry[prefix + key])
+                for entry in log_history
+                if prefix + key in entry and "step" in entry
+            ]
             if points:
-                axis.plot(*zip(*points), style, color=colour, label=f"{label} ({'held-out' if prefix else 'train batches'})")
+                axis.plot(
+                    *zip(*points), style, color=colour, label=f"{label} ({'held-out' if prefix else 'train batches'})"
+                )
     rewards_axis.set_title("implicit reward β·log(π/π_ref): chosen − rejected")
     rewards_axis.set_ylabel("margin (nats·β) / accuracy")
     logps_axis.set_title("log-probability of the responses (as in the loss)")
@@ -421,7 +516,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     args, model_args, training_args, recipe = parse_recipe(RECIPE_TYPES, argv, "dpo", __doc__)
     check_combination(model_args, training_args, recipe.path)
     training_args.max_length = fit_max_length(
-        model_args.model_name_or_path, training_args.max_length, recipe.path, "max_length" in recipe.values, training_args.trust_remote_code
+        model_args.model_name_or_path,
+        training_args.max_length,
+        recipe.path,
+        "max_length" in recipe.values,
+        training_args.trust_remote_code,
     )
     output_dir = Path(training_args.output_dir)
     opened = open_stage_run(recipe, "dpo", output_dir, training_args.seed, training_args.should_save)
@@ -433,7 +532,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     train_set, held_out, data_report = load_pairs(args, training_args.seed)
     tokenizer = load_tokenizer(model_args.model_name_or_path, trust_remote_code=training_args.trust_remote_code)
     if args.toy_policy_prompts:
-        train_set, data_report["policy_comparisons"] = add_own_sample_comparisons(train_set, args, model_args, tokenizer, training_args)
+        train_set, data_report["policy_comparisons"] = add_own_sample_comparisons(
+            train_set, args, model_args, tokenizer, training_args
+        )
     train_set, shortened = shorten_prompts(train_set, tokenizer, args.max_prompt_length, "train")
     held_out, _ = shorten_prompts(held_out, tokenizer, args.max_prompt_length, "eval")
     lengths = count_long_pairs(train_set, tokenizer, training_args.max_length, "train")
@@ -441,14 +542,24 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     interrupt = GracefulInterrupt()
     trainer = build_trainer(
-        model_args, training_args, train_set, held_out, tokenizer, callbacks=[interrupt, MemoryCheck(training_args.max_length, 2)]
+        model_args,
+        training_args,
+        train_set,
+        held_out,
+        tokenizer,
+        callbacks=[interrupt, MemoryCheck(training_args.max_length, 2)],
     )
     counts = parameter_counts(trainer.model)
     logger.info(
         "DPO (%s, loss %s, beta %g): %d of %d parameters trainable; reference: %s; %d train / %d held-out pairs",
-        mode_name(model_args), "+".join(training_args.loss_type), training_args.beta, counts["trainable_parameters"],
-        counts["parameters"], "the policy with adapters disabled" if trainer.ref_model is None else "a frozen copy of the SFT model",
-        len(trainer.train_dataset), len(trainer.eval_dataset),
+        mode_name(model_args),
+        "+".join(training_args.loss_type),
+        training_args.beta,
+        counts["trainable_parameters"],
+        counts["parameters"],
+        "the policy with adapters disabled" if trainer.ref_model is None else "a frozen copy of the SFT model",
+        len(trainer.train_dataset),
+        len(trainer.eval_dataset),
     )
     before_raw = trainer.evaluate()
     before = held_out_numbers(before_raw, "eval")
@@ -468,19 +579,36 @@ def main(argv: Sequence[str] | None = None) -> None:
             merged.to(trainer.args.device)
 
     policy, sft_model = policy_and_reference(trainer, model_args, merged, tokenizer)
-    scorer = reward_model_scorer(args.reward_model_path, device=trainer.args.device) if args.reward_model_path else None
+    scorer = (
+        reward_model_scorer(args.reward_model_path, device=trainer.args.device) if args.reward_model_path else None
+    )
     comparison = evaluate_policy(
-        policy, tokenizer, evaluation_prompts(args, held_out), reference=sft_model,
-        gold=toy_gold_scorer if args.dataset == "toy" else None, scorer=scorer,
-        temperature=args.eval_temperature, max_new_tokens=args.sample_max_new_tokens,
-        seed=training_args.seed, batch_size=args.generation_batch_size, group_of=toy_skill if args.dataset == "toy" else None,
+        policy,
+        tokenizer,
+        evaluation_prompts(args, held_out),
+        reference=sft_model,
+        gold=toy_gold_scorer if args.dataset == "toy" else None,
+        scorer=scorer,
+        temperature=args.eval_temperature,
+        max_new_tokens=args.sample_max_new_tokens,
+        seed=training_args.seed,
+        batch_size=args.generation_batch_size,
+        group_of=toy_skill if args.dataset == "toy" else None,
         sharpening_temperatures=args.sharpening_temperatures,
         traits=recipe_traits(args),
     )
     write_json(output_dir / "samples.json", comparison.samples)
     write_json(output_dir / "log_history.json", trainer.state.log_history)
-    plot_loss_curves(trainer.state.log_history, output_dir / "loss_curve.png", f"DPO ({'+'.join(training_args.loss_type)}): {recipe.path}")
-    plot_dpo_curves(trainer.state.log_history, output_dir / "dpo_curves.png", f"DPO ({'+'.join(training_args.loss_type)}, β={training_args.beta}): {recipe.path}")
+    plot_loss_curves(
+        trainer.state.log_history,
+        output_dir / "loss_curve.png",
+        f"DPO ({'+'.join(training_args.loss_type)}): {recipe.path}",
+    )
+    plot_dpo_curves(
+        trainer.state.log_history,
+        output_dir / "dpo_curves.png",
+        f"DPO ({'+'.join(training_args.loss_type)}, β={training_args.beta}): {recipe.path}",
+    )
 
     summary = comparison.summary
     steps_run = trainer.state.global_step - (int(Path(checkpoint).name.split("-")[1]) if checkpoint else 0)
@@ -489,7 +617,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         "loss_type": list(training_args.loss_type),
         "loss_weights": training_args.loss_weights,
         "beta": training_args.beta,
-        "reference": "policy with adapters disabled" if trainer.ref_model is None and model_args.use_peft else "frozen copy of the SFT model",
+        "reference": "policy with adapters disabled"
+        if trainer.ref_model is None and model_args.use_peft
+        else "frozen copy of the SFT model",
         "train_loss": round(train_result.training_loss, 4),
         "steps": trainer.state.global_step,
         # Held-out pairs, after training (the implicit reward is 0 before: the policy is the reference).
@@ -521,7 +651,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         metrics["gold_reward_sampled"] = metrics["gold_reward_after"]["sampled"]
         metrics["gold_reward_greedy"] = metrics["gold_reward_after"]["greedy"]
         metrics["gold_reward_gain"] = {
-            s: round(metrics["gold_reward_after"][s] - metrics["gold_reward_before"][s], 4) for s in ("greedy", "sampled")
+            s: round(metrics["gold_reward_after"][s] - metrics["gold_reward_before"][s], 4)
+            for s in ("greedy", "sampled")
         }
         metrics["gold_reward_by_skill"] = {
             when: {s: summary[model][s]["gold_reward_by_group"] for s in ("greedy", "sampled")}
@@ -535,13 +666,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     logger.info(
         "held-out implicit reward accuracy %s, margin %s; chosen log-prob %s -> %s; KL to SFT (k3) %s nats; win rates %s; "
         "outputs in %s",
-        after.get("implicit_reward_accuracy"), after.get("implicit_reward_margin"), before.get("logp_chosen"),
-        after.get("logp_chosen"), metrics["kl_to_sft"]["k3"], metrics["win_rate_vs_sft"], output_dir,
+        after.get("implicit_reward_accuracy"),
+        after.get("implicit_reward_margin"),
+        before.get("logp_chosen"),
+        after.get("logp_chosen"),
+        metrics["kl_to_sft"]["k3"],
+        metrics["win_rate_vs_sft"],
+        output_dir,
     )
     if args.dataset == "toy":
-        logger.info("gold reward sampled %s -> %s, greedy %s -> %s; %s", metrics["gold_reward_before"]["sampled"],
-                    metrics["gold_reward_after"]["sampled"], metrics["gold_reward_before"]["greedy"], metrics["gold_reward_after"]["greedy"],
-                    (metrics.get("judgement") or {}).get("reason", "no sharpening frontier measured"))
+        logger.info(
+            "gold reward sampled %s -> %s, greedy %s -> %s; %s",
+            metrics["gold_reward_before"]["sampled"],
+            metrics["gold_reward_after"]["sampled"],
+            metrics["gold_reward_before"]["greedy"],
+            metrics["gold_reward_after"]["greedy"],
+            (metrics.get("judgement") or {}).get("reason", "no sharpening frontier measured"),
+        )
+
 
 if __name__ == "__main__":
     run_cli(main)

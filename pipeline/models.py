@@ -35,7 +35,9 @@ def readable_weights(name: str) -> Iterator[None]:
     try:
         yield
     except SafetensorError as error:
-        raise UserError(f"{name}: model.safetensors is corrupt or cut short ({error}); run the stage that wrote it again.") from None
+        raise UserError(
+            f"{name}: model.safetensors is corrupt or cut short ({error}); run the stage that wrote it again."
+        ) from None
 
 
 def _check_exists(name_or_path: str) -> None:
@@ -60,7 +62,9 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, padding_s
         if "trust_remote_code" in str(error):
             raise UserError(remote_code_message(name_or_path)) from None
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UserError(f"could not load a tokenizer from {name_or_path} (tokenizer.json missing?): {first_line}") from None
+        raise UserError(
+            f"could not load a tokenizer from {name_or_path} (tokenizer.json missing?): {first_line}"
+        ) from None
     if tokenizer.eos_token is None:
         raise UserError(f"the tokenizer of {name_or_path} has no EOS token; the pipeline needs one to end responses.")
     if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
@@ -89,7 +93,11 @@ def saved_context_length(name_or_path: str, trust_remote_code: bool = False) -> 
 
 
 def fit_max_length(
-    name_or_path: str, max_length: int | None, recipe_path: Path | str, set_by_recipe: bool, trust_remote_code: bool = False
+    name_or_path: str,
+    max_length: int | None,
+    recipe_path: Path | str,
+    set_by_recipe: bool,
+    trust_remote_code: bool = False,
 ) -> int | None:
     """`max_length` that fits the model's context, read before any model or data is loaded: a recipe's own value
     beyond the context is a recipe error (instead of an IndexError in the position embeddings mid-training); a
@@ -98,8 +106,15 @@ def fit_max_length(
     if limit is None or max_length <= limit:
         return max_length
     if set_by_recipe:
-        raise RecipeError(f"{recipe_path}: key 'max_length' ({max_length}) exceeds the context length of {name_or_path} ({limit} tokens).")
-    logger.info("max_length lowered from its default %d to the context length of %s (%d tokens)", max_length, name_or_path, limit)
+        raise RecipeError(
+            f"{recipe_path}: key 'max_length' ({max_length}) exceeds the context length of {name_or_path} ({limit} tokens)."
+        )
+    logger.info(
+        "max_length lowered from its default %d to the context length of %s (%d tokens)",
+        max_length,
+        name_or_path,
+        limit,
+    )
     return limit
 
 
@@ -127,9 +142,13 @@ def quantization_config(model_args: ModelConfig):
     try:
         import bitsandbytes  # noqa: F401
     except Exception as error:  # ImportError, or a broken native library
-        raise UserError(f"QLoRA needs bitsandbytes, which cannot be loaded here: {error}. pip install bitsandbytes>=0.46") from None
+        raise UserError(
+            f"QLoRA needs bitsandbytes, which cannot be loaded here: {error}. pip install bitsandbytes>=0.46"
+        ) from None
     config = get_quantization_config(model_args)
-    config.bnb_4bit_compute_dtype = torch_dtype(model_args.dtype) if model_args.dtype not in (None, "auto") else torch.float32
+    config.bnb_4bit_compute_dtype = (
+        torch_dtype(model_args.dtype) if model_args.dtype not in (None, "auto") else torch.float32
+    )
     return config
 
 
@@ -193,7 +212,9 @@ def add_identity_blocks(model: PreTrainedModel, count: int, seed: int = 0) -> No
     body = getattr(model, "transformer", None)
     blocks = getattr(body, "h", None)
     if not isinstance(blocks, torch.nn.ModuleList) or not hasattr(model.config, "n_layer"):
-        raise UserError(f"extra_layers needs a GPT-2-style model (transformer.h blocks); {type(model).__name__} has none.")
+        raise UserError(
+            f"extra_layers needs a GPT-2-style model (transformer.h blocks); {type(model).__name__} has none."
+        )
     from transformers.pytorch_utils import Conv1D
 
     template = blocks[-1]
@@ -204,7 +225,9 @@ def add_identity_blocks(model: PreTrainedModel, count: int, seed: int = 0) -> No
         for module in block.modules():
             if isinstance(module, (torch.nn.Linear, Conv1D)):
                 with torch.no_grad():
-                    module.weight.copy_(torch.randn(module.weight.shape, generator=generator) * model.config.initializer_range)
+                    module.weight.copy_(
+                        torch.randn(module.weight.shape, generator=generator) * model.config.initializer_range
+                    )
                     if module.bias is not None:
                         module.bias.zero_()
         with torch.no_grad():
@@ -255,7 +278,9 @@ def linear_module_names(model: torch.nn.Module) -> list[str]:
     """Names (last component) of the layers LoRA can adapt: Linear and GPT-2's Conv1D."""
     from transformers.pytorch_utils import Conv1D
 
-    names = {name.split(".")[-1] for name, module in model.named_modules() if isinstance(module, (torch.nn.Linear, Conv1D))}
+    names = {
+        name.split(".")[-1] for name, module in model.named_modules() if isinstance(module, (torch.nn.Linear, Conv1D))
+    }
     return sorted(names)
 
 
@@ -280,15 +305,20 @@ def final_norm(model: torch.nn.Module) -> tuple[str, torch.nn.Module]:
     bias by 1/T is sampling at temperature T.
     """
     norms = [
-        (name, module) for name, module in model.named_modules()
+        (name, module)
+        for name, module in model.named_modules()
         if isinstance(module, torch.nn.LayerNorm) or type(module).__name__.endswith("Norm")
     ]
     if not norms:
-        raise UserError(f"{type(model).__name__} has no normalisation layer (LayerNorm or *Norm module) to find a final norm in.")
+        raise UserError(
+            f"{type(model).__name__} has no normalisation layer (LayerNorm or *Norm module) to find a final norm in."
+        )
     return norms[-1]
 
 
-def policy_parameter_groups(policy: torch.nn.Module, learning_rate: float, final_norm_learning_rate: float | None = None) -> list[dict]:
+def policy_parameter_groups(
+    policy: torch.nn.Module, learning_rate: float, final_norm_learning_rate: float | None = None
+) -> list[dict]:
     """Optimizer groups of a policy's trainable weights: all at `learning_rate`, or the final norm apart at
     `final_norm_learning_rate` (without weight decay, as transformers' Trainer spares norms)."""
     trainable = [p for p in policy.parameters() if p.requires_grad]
@@ -297,8 +327,15 @@ def policy_parameter_groups(policy: torch.nn.Module, learning_rate: float, final
     name, norm = final_norm(policy)
     norm_ids = {id(p) for p in norm.parameters() if p.requires_grad}
     if not norm_ids:
-        raise UserError(f"key 'final_norm_learning_rate': the policy's final norm ({name}) is frozen (LoRA?); it needs full fine-tuning.")
-    logger.info("final norm %s at learning rate %g, the rest of the policy at %g", name, final_norm_learning_rate, learning_rate)
+        raise UserError(
+            f"key 'final_norm_learning_rate': the policy's final norm ({name}) is frozen (LoRA?); it needs full fine-tuning."
+        )
+    logger.info(
+        "final norm %s at learning rate %g, the rest of the policy at %g",
+        name,
+        final_norm_learning_rate,
+        learning_rate,
+    )
     return [
         {"params": [p for p in trainable if id(p) not in norm_ids], "lr": learning_rate},
         {"params": [p for p in trainable if id(p) in norm_ids], "lr": final_norm_learning_rate, "weight_decay": 0.0},
@@ -311,7 +348,11 @@ def adamw(groups: list[dict], config) -> torch.optim.AdamW:
     params = [p for group in groups for p in group["params"]]
     fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda", "xpu", "mps") for p in params)
     return torch.optim.AdamW(
-        groups, betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_epsilon, weight_decay=config.weight_decay, fused=fused
+        groups,
+        betas=(config.adam_beta1, config.adam_beta2),
+        eps=config.adam_epsilon,
+        weight_decay=config.weight_decay,
+        fused=fused,
     )
 
 
@@ -324,4 +365,8 @@ def parameter_counts(model: torch.nn.Module) -> dict[str, float]:
         count = quant_state.shape.numel() if quant_state is not None else parameter.numel()
         total += count
         trainable += count if parameter.requires_grad else 0
-    return {"parameters": total, "trainable_parameters": trainable, "trainable_share": round(trainable / max(total, 1), 6)}
+    return {
+        "parameters": total,
+        "trainable_parameters": trainable,
+        "trainable_share": round(trainable / max(total, 1), 6),
+    }

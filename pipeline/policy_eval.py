@@ -70,8 +70,10 @@ def sharpening_temperatures_field() -> Any:
     """The recipe key `sharpening_temperatures` of the stages that judge a policy, declared once."""
     return field(
         default_factory=lambda: list(SHARPENING_TEMPERATURES),
-        metadata={"help": "temperatures at which the SFT model is sampled to draw the sharpening frontier, the free baseline a "
-                  "policy is judged against (1.0 = its own samples; [] skips it)"},
+        metadata={
+            "help": "temperatures at which the SFT model is sampled to draw the sharpening frontier, the free baseline a "
+            "policy is judged against (1.0 = its own samples; [] skips it)"
+        },
     )
 
 
@@ -141,12 +143,27 @@ def evaluate_policy(
     samples: list[dict[str, Any]] = []
     frontier: list[dict[str, Any]] = []
     if mine:
-        samples = _policy_records(policy, reference, tokenizer, mine, gold, scorer, temperature, max_new_tokens, seed, batch_size)
+        samples = _policy_records(
+            policy, reference, tokenizer, mine, gold, scorer, temperature, max_new_tokens, seed, batch_size
+        )
         if sharpening_temperatures:
-            at_one = [r for r in samples if r["model"] == "reference" and r["strategy"] == "sampled"] if temperature == 1.0 else []
+            at_one = (
+                [r for r in samples if r["model"] == "reference" and r["strategy"] == "sampled"]
+                if temperature == 1.0
+                else []
+            )
             with _reference(policy, reference) as ref_model:
                 frontier = _frontier_records(
-                    ref_model, tokenizer, mine, sharpening_temperatures, at_one, gold, scorer, max_new_tokens, seed, batch_size
+                    ref_model,
+                    tokenizer,
+                    mine,
+                    sharpening_temperatures,
+                    at_one,
+                    gold,
+                    scorer,
+                    max_new_tokens,
+                    seed,
+                    batch_size,
                 )
         for record in samples + frontier:
             record["index"] = indexed[record.pop("position")][0]
@@ -178,21 +195,34 @@ def sharpening_frontier(
 ) -> list[dict[str, Any]]:
     """The reference sampled at each temperature: mean gold, reward-model score, trait shares and exact KL to the
     reference at temperature 1 (one point per temperature, ordered by KL). What a user gets for free, without training."""
-    records = _frontier_records(reference, tokenizer, list(prompts), temperatures, [], gold, scorer, max_new_tokens, seed, batch_size)
+    records = _frontier_records(
+        reference, tokenizer, list(prompts), temperatures, [], gold, scorer, max_new_tokens, seed, batch_size
+    )
     return summarize_frontier(_mark_traits(records, traits), tuple(traits or ()))
 
 
 def summarize(
-    samples: Sequence[dict[str, Any]], prompts: int, temperature: float, max_new_tokens: int, seed: int,
-    group_of: Callable[[str], str] | None = None, traits: Sequence[str] = (),
+    samples: Sequence[dict[str, Any]],
+    prompts: int,
+    temperature: float,
+    max_new_tokens: int,
+    seed: int,
+    group_of: Callable[[str], str] | None = None,
+    traits: Sequence[str] = (),
 ) -> dict[str, Any]:
     """The summary of evaluate_policy from its per-completion records (plain JSON); `traits` are averaged like scores."""
+
     def rows(model: str, strategy: str) -> list[dict[str, Any]]:
         return [r for r in samples if r["model"] == model and r["strategy"] == strategy]
 
     keys = [key for key in ("gold_reward", "reward_model") if samples and key in samples[0]]
     trait_keys = [name for name in traits if samples and name in samples[0]]
-    summary: dict[str, Any] = {"prompts": prompts, "temperature": temperature, "max_new_tokens": max_new_tokens, "seed": seed}
+    summary: dict[str, Any] = {
+        "prompts": prompts,
+        "temperature": temperature,
+        "max_new_tokens": max_new_tokens,
+        "seed": seed,
+    }
     for model in ("policy", "reference"):
         summary[model] = {}
         for strategy in STRATEGIES:
@@ -203,16 +233,23 @@ def summarize(
             entry["response_tokens"] = _round(_mean([float(r["tokens"]) for r in records]))
             if group_of:
                 for key in keys:
-                    entry[f"{key}_by_group"] = _group_means([r[key] for r in records], [r["prompt"] for r in records], group_of)
+                    entry[f"{key}_by_group"] = _group_means(
+                        [r[key] for r in records], [r["prompt"] for r in records], group_of
+                    )
             summary[model][strategy] = entry
     sampled = rows("policy", "sampled")
     summary["kl"] = {
-        name: {"mean": _round(_mean([r[f"kl_{name}"] for r in sampled])), "stderr": _round(_stderr([r[f"kl_{name}"] for r in sampled]))}
+        name: {
+            "mean": _round(_mean([r[f"kl_{name}"] for r in sampled])),
+            "stderr": _round(_stderr([r[f"kl_{name}"] for r in sampled])),
+        }
         for name in KL_ESTIMATORS
     }
     summary["win_rate"] = {
         key: {
-            strategy: _round(win_rate([r[key] for r in rows("policy", strategy)], [r[key] for r in rows("reference", strategy)]))
+            strategy: _round(
+                win_rate([r[key] for r in rows("policy", strategy)], [r[key] for r in rows("reference", strategy)])
+            )
             for strategy in STRATEGIES
         }
         for key in keys
@@ -225,7 +262,11 @@ def judged_metrics(summary: dict[str, Any]) -> dict[str, Any]:
     verdict against the sharpening frontier and the frontier itself."""
     metrics = trait_metrics(summary)
     if "judgement" in summary:
-        metrics.update(beats_sharpening=summary["judgement"]["beats_sharpening"], judgement=summary["judgement"], sharpening=summary["sharpening"])
+        metrics.update(
+            beats_sharpening=summary["judgement"]["beats_sharpening"],
+            judgement=summary["judgement"],
+            sharpening=summary["sharpening"],
+        )
     return metrics
 
 
@@ -244,8 +285,11 @@ def summarize_frontier(records: Sequence[dict[str, Any]], traits: Sequence[str] 
     points = []
     for temperature in sorted({r["temperature"] for r in records}, reverse=True):
         group = [r for r in records if r["temperature"] == temperature]
-        point: dict[str, Any] = {"temperature": temperature, "kl_exact": _round(_mean([r["kl_exact"] for r in group])),
-                                 "kl_stderr": _round(_stderr([r["kl_exact"] for r in group]))}
+        point: dict[str, Any] = {
+            "temperature": temperature,
+            "kl_exact": _round(_mean([r["kl_exact"] for r in group])),
+            "kl_stderr": _round(_stderr([r["kl_exact"] for r in group])),
+        }
         for key in ("gold_reward", "reward_model"):
             if key in group[0]:
                 point[key] = _round(_mean([r[key] for r in group]))
@@ -264,7 +308,9 @@ def frontier_gold_at(frontier: Sequence[dict[str, Any]], kl: float, key: str = "
     Beyond the frontier's last point it stays at the best value reached: a policy that spends more KL than the
     lowest temperature measured must still beat what that temperature gives.
     """
-    points = sorted((p["kl_exact"], p[key]) for p in frontier if p.get(key) is not None and math.isfinite(p["kl_exact"]))
+    points = sorted(
+        (p["kl_exact"], p[key]) for p in frontier if p.get(key) is not None and math.isfinite(p["kl_exact"])
+    )
     if not points:
         return None
     envelope, best = [], -math.inf
@@ -337,7 +383,9 @@ def trait_share(values: Iterable[float | None]) -> float | None:
 def _mark_traits(records: list[dict[str, Any]], traits: Mapping[str, Trait] | None) -> list[dict[str, Any]]:
     """Each record gains 1.0, 0.0 or None per trait (trait_value), averaged later with trait_share."""
     for record in records:
-        record.update({name: trait_value(test, record["prompt"], record["text"]) for name, test in (traits or {}).items()})
+        record.update(
+            {name: trait_value(test, record["prompt"], record["text"]) for name, test in (traits or {}).items()}
+        )
     return records
 
 
@@ -346,7 +394,11 @@ def _sampling(temperature: float) -> dict[str, Any]:
 
 
 def _scores(generations: Sequence[Generation], gold: Scorer | None, scorer: Scorer | None) -> dict[str, list[float]]:
-    prompts, texts, finished = [g.prompt for g in generations], [g.text for g in generations], [g.finished for g in generations]
+    prompts, texts, finished = (
+        [g.prompt for g in generations],
+        [g.text for g in generations],
+        [g.finished for g in generations],
+    )
     scores = {}
     if gold is not None:
         scores["gold_reward"] = [float(v) for v in gold(prompts, texts, finished)]
@@ -355,21 +407,38 @@ def _scores(generations: Sequence[Generation], gold: Scorer | None, scorer: Scor
     return scores
 
 
-def _records(model: str, strategy: str, generations: Sequence[Generation], scores: dict[str, list[float]]) -> list[dict[str, Any]]:
+def _records(
+    model: str, strategy: str, generations: Sequence[Generation], scores: dict[str, list[float]]
+) -> list[dict[str, Any]]:
     return [
-        {"model": model, "strategy": strategy, "position": i, "prompt": g.prompt, "text": g.text, "finished": g.finished,
-         "tokens": len(g.token_ids), **{key: _round(values[i]) for key, values in scores.items()}}
+        {
+            "model": model,
+            "strategy": strategy,
+            "position": i,
+            "prompt": g.prompt,
+            "text": g.text,
+            "finished": g.finished,
+            "tokens": len(g.token_ids),
+            **{key: _round(values[i]) for key, values in scores.items()},
+        }
         for i, g in enumerate(generations)
     ]
 
 
-def _policy_records(policy, reference, tokenizer, prompts, gold, scorer, temperature, max_new_tokens, seed, batch_size) -> list[dict[str, Any]]:
+def _policy_records(
+    policy, reference, tokenizer, prompts, gold, scorer, temperature, max_new_tokens, seed, batch_size
+) -> list[dict[str, Any]]:
     strategies = {"greedy": "greedy", "sampled": _sampling(temperature)}
     records: list[dict[str, Any]] = []
-    for name, model_context in (("policy", contextlib.nullcontext(policy)), ("reference", _reference(policy, reference))):
+    for name, model_context in (
+        ("policy", contextlib.nullcontext(policy)),
+        ("reference", _reference(policy, reference)),
+    ):
         with model_context as model:
             for strategy, spec in strategies.items():
-                batch = generate(model, tokenizer, prompts, spec, max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size)
+                batch = generate(
+                    model, tokenizer, prompts, spec, max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size
+                )
                 rows = _records(name, strategy, batch, _scores(batch, gold, scorer))
                 if name == "policy" and strategy == "sampled":
                     kls = sequence_kls(policy, reference, tokenizer, batch, temperature, max_new_tokens, batch_size)
@@ -379,7 +448,9 @@ def _policy_records(policy, reference, tokenizer, prompts, gold, scorer, tempera
     return records
 
 
-def _frontier_records(reference, tokenizer, prompts, temperatures, at_one, gold, scorer, max_new_tokens, seed, batch_size) -> list[dict[str, Any]]:
+def _frontier_records(
+    reference, tokenizer, prompts, temperatures, at_one, gold, scorer, max_new_tokens, seed, batch_size
+) -> list[dict[str, Any]]:
     """The reference's samples at each temperature, scored, with the exact KL of the tempered reference to itself.
 
     `at_one`: the reference's records sampled at temperature 1 with the same prompts and seed, if already made (their
@@ -387,11 +458,24 @@ def _frontier_records(reference, tokenizer, prompts, temperatures, at_one, gold,
     records = []
     for temperature in temperatures:
         if temperature == 1.0 and at_one:
-            records += [{**{k: v for k, v in row.items() if not k.startswith("kl_")}, "temperature": 1.0, "kl_exact": 0.0} for row in at_one]
+            records += [
+                {**{k: v for k, v in row.items() if not k.startswith("kl_")}, "temperature": 1.0, "kl_exact": 0.0}
+                for row in at_one
+            ]
             continue
-        batch = generate(reference, tokenizer, prompts, _sampling(temperature), max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size)
+        batch = generate(
+            reference,
+            tokenizer,
+            prompts,
+            _sampling(temperature),
+            max_new_tokens=max_new_tokens,
+            seed=seed,
+            batch_size=batch_size,
+        )
         kls = tempered_kls(reference, tokenizer, batch, temperature, max_new_tokens, batch_size)
-        for row, kl in zip(_records("reference", f"temperature_{temperature}", batch, _scores(batch, gold, scorer)), kls):
+        for row, kl in zip(
+            _records("reference", f"temperature_{temperature}", batch, _scores(batch, gold, scorer)), kls
+        ):
             row.update({"temperature": temperature, "kl_exact": _round(kl)})
             records.append(row)
     return records
@@ -414,7 +498,9 @@ def sequence_kls(
     """
     kls: dict[str, list[float]] = {name: [] for name in KL_ESTIMATORS}
     for start in range(0, len(generations), batch_size):
-        input_ids, attention_mask, response_mask = _pack(tokenizer, generations[start : start + batch_size], policy, max_new_tokens)
+        input_ids, attention_mask, response_mask = _pack(
+            tokenizer, generations[start : start + batch_size], policy, max_new_tokens
+        )
         policy_logits = _next_token_logits(policy, input_ids, attention_mask) / temperature
         with _reference(policy, reference) as ref_model:
             ref_logits = _next_token_logits(ref_model, input_ids, attention_mask) / temperature
@@ -429,14 +515,20 @@ def sequence_kls(
 
 @torch.no_grad()
 def tempered_kls(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, generations: Sequence[Generation], temperature: float,
-    max_new_tokens: int = 48, batch_size: int = 32,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    generations: Sequence[Generation],
+    temperature: float,
+    max_new_tokens: int = 48,
+    batch_size: int = 32,
 ) -> list[float]:
     """KL(model at `temperature` ‖ model at 1) of each whole response sampled at `temperature`, exactly: the
     full next-token KL summed along the response (one forward pass; the two distributions share the logits)."""
     kls: list[float] = []
     for start in range(0, len(generations), batch_size):
-        input_ids, attention_mask, response_mask = _pack(tokenizer, generations[start : start + batch_size], model, max_new_tokens)
+        input_ids, attention_mask, response_mask = _pack(
+            tokenizer, generations[start : start + batch_size], model, max_new_tokens
+        )
         logits = _next_token_logits(model, input_ids, attention_mask)
         kls += sequence_kl(exact_kl(logits / temperature, logits), response_mask).tolist()
     return kls
@@ -450,7 +542,9 @@ def _reference(policy: PreTrainedModel, reference: PreTrainedModel | None) -> co
     if reference is not None:
         return contextlib.nullcontext(reference)
     if not hasattr(policy, "disable_adapter"):
-        raise ValueError("evaluate_policy: give a reference model, or a PEFT policy whose disabled adapters are the reference")
+        raise ValueError(
+            "evaluate_policy: give a reference model, or a PEFT policy whose disabled adapters are the reference"
+        )
     return _adapters_disabled(policy)
 
 
@@ -469,7 +563,7 @@ def _pack(tokenizer, generations: Sequence[Generation], model, max_new_tokens: i
     for generation in generations:
         prompt_ids = tokenizer(generation.prompt, add_special_tokens=False)["input_ids"] or [start_id]
         if positions is not None:
-            prompt_ids = prompt_ids[-(positions - max_new_tokens):]
+            prompt_ids = prompt_ids[-(positions - max_new_tokens) :]
         rows.append(prompt_ids + list(generation.token_ids))
         response_starts.append(len(prompt_ids))
     width = max(len(row) for row in rows)

@@ -55,11 +55,18 @@ from pipeline.models import (
     policy_parameter_groups,
     saved_context_length,
 )
+from pipeline.policy_eval import check_sharpening_temperatures, sharpening_temperatures_field
 from pipeline.recipes import parse_recipe, require_non_negative, require_positive, resolved_recipe
 from pipeline.resources import estimate_training_memory, warn_if_too_big
-from pipeline.rl.advantages import generalized_advantage_estimation, kl_penalised_rewards, leave_one_out_baseline, masked_mean, masked_var, whiten
+from pipeline.rl.advantages import (
+    generalized_advantage_estimation,
+    kl_penalised_rewards,
+    leave_one_out_baseline,
+    masked_mean,
+    masked_var,
+    whiten,
+)
 from pipeline.rl.checkpoint import load_checkpoint, save_checkpoint
-from pipeline.policy_eval import check_sharpening_temperatures, sharpening_temperatures_field
 from pipeline.rl.evaluation import measure_policy, policy_metrics
 from pipeline.rl.kl_control import make_kl_controller
 from pipeline.rl.losses import explained_variance
@@ -82,41 +89,62 @@ class PPOArguments(ToyWorldKeys):
     """Where prompts, rewards and the critic come from, and what is measured."""
 
     path_fields: ClassVar[dict[str, str]] = {
-        "dataset": "dataset", "reward_model_path": "model", "value_model_path": "model", "ptx_dataset": "dataset",
+        "dataset": "dataset",
+        "reward_model_path": "model",
+        "value_model_path": "model",
+        "ptx_dataset": "dataset",
     }
 
     dataset: str = field(
         default="toy",
-        metadata={"help": "'toy' (toy-world prompts), a .jsonl file with `prompt` (or preference pairs / HH transcripts), or a hub data set"},
+        metadata={
+            "help": "'toy' (toy-world prompts), a .jsonl file with `prompt` (or preference pairs / HH transcripts), or a hub data set"
+        },
     )
     dataset_split: str = field(default="train", metadata={"help": "split of a hub data set"})
     max_prompts: int | None = field(default=None, metadata={"help": "use at most this many training prompts"})
     toy_prompts: int = field(default=4096, metadata={"help": "toy world: training prompts (train split)"})
-    num_eval_prompts: int = field(default=256, metadata={"help": "held-out prompts on which the policy is compared with the SFT model"})
+    num_eval_prompts: int = field(
+        default=256, metadata={"help": "held-out prompts on which the policy is compared with the SFT model"}
+    )
     eval_batch_size: int = field(default=128, metadata={"help": "prompts per batch when measuring"})
     sharpening_temperatures: list[float] = sharpening_temperatures_field()
 
     reward: Literal["model", "gold"] = field(
-        default="model", metadata={"help": "'model': the reward model at reward_model_path; 'gold': the toy world's programmatic reward"}
+        default="model",
+        metadata={
+            "help": "'model': the reward model at reward_model_path; 'gold': the toy world's programmatic reward"
+        },
     )
-    reward_model_path: str | None = field(default=None, metadata={"help": "the reward stage's output_dir (sequence classifier)"})
+    reward_model_path: str | None = field(
+        default=None, metadata={"help": "the reward stage's output_dir (sequence classifier)"}
+    )
     value_model: Literal["separate", "head"] = field(
         default="separate", metadata={"help": "critic: a separate value model, or a value head on the policy"}
     )
     value_model_path: str | None = field(
-        default=None, metadata={"help": "body of the separate critic (default: the reward model if it shares the policy's tokenizer, else the SFT model)"}
+        default=None,
+        metadata={
+            "help": "body of the separate critic (default: the reward model if it shares the policy's tokenizer, else the SFT model)"
+        },
     )
-    ptx_dataset: str | None = field(default=None, metadata={"help": "PPO-ptx text: 'toy' (toy pretraining corpus) or a .txt/.jsonl file"})
+    ptx_dataset: str | None = field(
+        default=None, metadata={"help": "PPO-ptx text: 'toy' (toy pretraining corpus) or a .txt/.jsonl file"}
+    )
     ptx_batch_size: int = field(default=8, metadata={"help": "PPO-ptx documents per micro-batch"})
     ptx_max_length: int = field(default=128, metadata={"help": "PPO-ptx: tokens per document (longer ones are cut)"})
 
     def __post_init__(self) -> None:
-        require_positive(self, "toy_prompts", "num_eval_prompts", "eval_batch_size", "ptx_batch_size", "ptx_max_length")
+        require_positive(
+            self, "toy_prompts", "num_eval_prompts", "eval_batch_size", "ptx_batch_size", "ptx_max_length"
+        )
         require_positive(self, "max_prompts", allow_none=True)
         super().__post_init__()
         check_sharpening_temperatures(self.sharpening_temperatures)
         if self.reward == "model" and not self.reward_model_path:
-            raise ValueError("key 'reward_model_path' is missing: reward: model needs the reward stage's output_dir (or set reward: gold)")
+            raise ValueError(
+                "key 'reward_model_path' is missing: reward: model needs the reward stage's output_dir (or set reward: gold)"
+            )
         if self.reward == "gold" and self.dataset != "toy":
             raise ValueError("key 'reward': gold is the toy world's programmatic reward and needs dataset: toy")
 
@@ -144,23 +172,37 @@ class PPOConfig:
 
     output_dir: str = field(default="runs/ppo", metadata={"help": "where the stage writes its outputs"})
     algorithm: Literal["ppo", "grpo", "rloo"] = field(
-        default="ppo", metadata={"help": "'ppo' (this project's), or TRL's 'grpo' / 'rloo' with the same reward and reference"}
+        default="ppo",
+        metadata={"help": "'ppo' (this project's), or TRL's 'grpo' / 'rloo' with the same reward and reference"},
     )
     seed: int = 42
     max_steps: int = field(default=100, metadata={"help": "PPO steps (rollout batch + update)"})
     per_device_train_batch_size: int = field(default=64, metadata={"help": "prompts (episodes) per step and process"})
-    num_mini_batches: int = field(default=4, metadata={"help": "optimizer steps per PPO epoch (the batch is split into these)"})
-    gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-batches per mini-batch (memory only: the gradient is the same)"})
+    num_mini_batches: int = field(
+        default=4, metadata={"help": "optimizer steps per PPO epoch (the batch is split into these)"}
+    )
+    gradient_accumulation_steps: int = field(
+        default=1, metadata={"help": "micro-batches per mini-batch (memory only: the gradient is the same)"}
+    )
     ppo_epochs: int = field(default=4, metadata={"help": "passes over each rollout batch"})
-    forward_batch_size: int | None = field(default=None, metadata={"help": "rows per no-grad forward pass at rollout (default: all)"})
+    forward_batch_size: int | None = field(
+        default=None, metadata={"help": "rows per no-grad forward pass at rollout (default: all)"}
+    )
 
     learning_rate: float = 1e-5
-    value_learning_rate: float | None = field(default=None, metadata={"help": "learning rate of the critic (default: learning_rate)"})
+    value_learning_rate: float | None = field(
+        default=None, metadata={"help": "learning rate of the critic (default: learning_rate)"}
+    )
     final_norm_learning_rate: float | None = field(
         default=None,
-        metadata={"help": "learning rate of the policy's last norm layer (GPT-2's ln_f), whose gain sets the temperature of every logit (default: learning_rate; full fine-tuning only)"},
+        metadata={
+            "help": "learning rate of the policy's last norm layer (GPT-2's ln_f), whose gain sets the temperature of every logit (default: learning_rate; full fine-tuning only)"
+        },
     )
-    lr_scheduler_type: str = field(default="linear", metadata={"help": "transformers scheduler name (linear decays to 0, as lm-human-preferences does)"})
+    lr_scheduler_type: str = field(
+        default="linear",
+        metadata={"help": "transformers scheduler name (linear decays to 0, as lm-human-preferences does)"},
+    )
     warmup_steps: float = field(default=0.0, metadata={"help": "optimizer steps of warm-up (< 1: a share of them)"})
     weight_decay: float = 0.0
     adam_beta1: float = 0.9
@@ -170,20 +212,33 @@ class PPOConfig:
 
     response_length: int = field(default=53, metadata={"help": "largest number of new tokens per response"})
     max_prompt_length: int = field(default=512, metadata={"help": "longer prompts are left out (and counted)"})
-    temperature: float = field(default=1.0, metadata={"help": "sampling temperature; also divides the logits when log-probs are recomputed"})
-    missing_eos_penalty: float | None = field(
-        default=1.0, metadata={"help": "subtracted from the score of a response that hit the length limit without EOS (null: none)"}
+    temperature: float = field(
+        default=1.0, metadata={"help": "sampling temperature; also divides the logits when log-probs are recomputed"}
     )
-    kl_coef: float = field(default=0.05, metadata={"help": "β of the per-token penalty −β·KL_t (the initial β when target_kl is set)"})
+    missing_eos_penalty: float | None = field(
+        default=1.0,
+        metadata={
+            "help": "subtracted from the score of a response that hit the length limit without EOS (null: none)"
+        },
+    )
+    kl_coef: float = field(
+        default=0.05, metadata={"help": "β of the per-token penalty −β·KL_t (the initial β when target_kl is set)"}
+    )
     kl_estimator: Literal["k1", "k2", "k3", "exact"] = field(
         default="k1",
-        metadata={"help": "per-token KL in the reward: k1 = log π/π_ref (Ziegler et al.), k2, k3 (>= 0), or exact (over the vocabulary at each state); all are logged"},
+        metadata={
+            "help": "per-token KL in the reward: k1 = log π/π_ref (Ziegler et al.), k2, k3 (>= 0), or exact (over the vocabulary at each state); all are logged"
+        },
     )
     kl_in_loss: bool = field(
         default=False,
-        metadata={"help": "with kl_estimator: exact, also differentiate each state's exact KL directly (a loss term), not only through the returns"},
+        metadata={
+            "help": "with kl_estimator: exact, also differentiate each state's exact KL directly (a loss term), not only through the returns"
+        },
     )
-    target_kl: float | None = field(default=None, metadata={"help": "adaptive β towards this mean per-sequence KL (null: fixed β)"})
+    target_kl: float | None = field(
+        default=None, metadata={"help": "adaptive β towards this mean per-sequence KL (null: fixed β)"}
+    )
     kl_horizon: int = field(default=10000, metadata={"help": "adaptive β: episodes over which β moves by at most 20%"})
     gamma: float = field(default=1.0, metadata={"help": "discount"})
     lam: float = field(default=0.95, metadata={"help": "GAE λ"})
@@ -191,14 +246,22 @@ class PPOConfig:
     cliprange: float = field(default=0.2, metadata={"help": "ε of the clipped policy ratio"})
     cliprange_value: float = field(default=0.2, metadata={"help": "ε_v of the clipped value loss"})
     vf_coef: float = field(default=0.1, metadata={"help": "weight of the value loss"})
-    entropy_coef: float = field(default=0.0, metadata={"help": "weight of an entropy bonus (0: none, as in InstructGPT)"})
+    entropy_coef: float = field(
+        default=0.0, metadata={"help": "weight of an entropy bonus (0: none, as in InstructGPT)"}
+    )
     ptx_coef: float = field(default=0.0, metadata={"help": "γ_ptx of PPO-ptx: + γ_ptx · mean log π(x) on ptx_dataset"})
     num_generations: int = field(default=4, metadata={"help": "grpo/rloo: responses per prompt (the group)"})
     critic_warmup_steps: int = field(
-        default=0, metadata={"help": "ppo: first steps that fit only the critic on the SFT model's rollouts (the policy stays frozen)"}
+        default=0,
+        metadata={
+            "help": "ppo: first steps that fit only the critic on the SFT model's rollouts (the policy stays frozen)"
+        },
     )
     samples_per_prompt: int = field(
-        default=1, metadata={"help": "ppo: responses per prompt in a rollout batch; > 1 subtracts from each score the mean score of the others (leave-one-out baseline)"}
+        default=1,
+        metadata={
+            "help": "ppo: responses per prompt in a rollout batch; > 1 subtracts from each score the mean score of the others (leave-one-out baseline)"
+        },
     )
 
     logging_steps: int = 1
@@ -207,13 +270,26 @@ class PPOConfig:
     use_cpu: bool = False
     bf16: bool = field(default=False, metadata={"help": "bf16 mixed precision (GPUs; slow on most CPUs)"})
     fp16: bool = field(default=False, metadata={"help": "fp16 mixed precision (older GPUs)"})
-    tf32: bool | None = field(default=None, metadata={"help": "allow TF32 matmuls on Ampere+ GPUs (null: torch's default)"})
+    tf32: bool | None = field(
+        default=None, metadata={"help": "allow TF32 matmuls on Ampere+ GPUs (null: torch's default)"}
+    )
     gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         if self.kl_coef < 0:
-            raise ValueError(f"key 'kl_coef' must be >= 0, got {self.kl_coef}: a negative β would reward moving away from the SFT model")
-        require_positive(self, "max_steps", "num_mini_batches", "ppo_epochs", "response_length", "max_prompt_length", "num_generations", "save_steps")
+            raise ValueError(
+                f"key 'kl_coef' must be >= 0, got {self.kl_coef}: a negative β would reward moving away from the SFT model"
+            )
+        require_positive(
+            self,
+            "max_steps",
+            "num_mini_batches",
+            "ppo_epochs",
+            "response_length",
+            "max_prompt_length",
+            "num_generations",
+            "save_steps",
+        )
         require_positive(self, "temperature", "cliprange", "cliprange_value")
         for key in ("gamma", "lam"):
             if not 0.0 <= getattr(self, key) <= 1.0:
@@ -227,7 +303,9 @@ class PPOConfig:
         if self.kl_in_loss and self.kl_estimator != "exact":
             raise ValueError("key 'kl_in_loss' differentiates the exact per-state KL: set kl_estimator: exact")
         if self.critic_warmup_steps >= self.max_steps:
-            raise ValueError(f"key 'critic_warmup_steps' ({self.critic_warmup_steps}) must be below max_steps ({self.max_steps}): the policy would never train")
+            raise ValueError(
+                f"key 'critic_warmup_steps' ({self.critic_warmup_steps}) must be below max_steps ({self.max_steps}): the policy would never train"
+            )
         if self.per_device_train_batch_size % self.samples_per_prompt:
             raise ValueError(
                 f"key 'per_device_train_batch_size' ({self.per_device_train_batch_size}) must be a multiple of samples_per_prompt ({self.samples_per_prompt})"
@@ -259,7 +337,9 @@ def same_tokenizer(path: str, tokenizer) -> bool:
     return other.get_vocab() == tokenizer.get_vocab()
 
 
-def build_models(args: PPOArguments, model_args: PPOModelArguments, config: PPOConfig, tokenizer) -> tuple[ActorCritic, Reference]:
+def build_models(
+    args: PPOArguments, model_args: PPOModelArguments, config: PPOConfig, tokenizer
+) -> tuple[ActorCritic, Reference]:
     """Policy (+ LoRA), frozen reference and critic, all starting from the SFT model (or the RM for the critic)."""
     policy = load_model(model_args, tokenizer)
     if model_args.use_peft:
@@ -286,7 +366,9 @@ def build_models(args: PPOArguments, model_args: PPOModelArguments, config: PPOC
             use_rm = args.reward == "model" and same_tokenizer(args.reward_model_path, tokenizer)
             path = args.reward_model_path if use_rm else model_args.model_name_or_path
         elif not same_tokenizer(path, tokenizer):
-            raise UserError(f"value_model_path {path}: its tokenizer differs from the policy's; the critic reads the policy's tokens.")
+            raise UserError(
+                f"value_model_path {path}: its tokenizer differs from the policy's; the critic reads the policy's tokens."
+            )
         critic = ValueModel.from_pretrained(path, vocabulary_size=len(tokenizer))
         logger.info("critic: a separate value model with the body of %s", path)
     return ActorCritic(policy, critic), reference
@@ -305,11 +387,18 @@ def build_optimizer(actor_critic: ActorCritic, config: PPOConfig):
     """
     critic = actor_critic.value_head if actor_critic.value_head is not None else actor_critic.critic
     groups = policy_parameter_groups(actor_critic.policy, config.learning_rate, config.final_norm_learning_rate)
-    groups.append({"params": [p for p in critic.parameters() if p.requires_grad], "lr": config.value_learning_rate or config.learning_rate})
+    groups.append(
+        {
+            "params": [p for p in critic.parameters() if p.requires_grad],
+            "lr": config.value_learning_rate or config.learning_rate,
+        }
+    )
     optimizer = adamw(groups, config)
     total = config.max_steps * config.ppo_epochs * config.num_mini_batches
     warmup = int(config.warmup_steps * total) if 0 < config.warmup_steps < 1 else int(config.warmup_steps)
-    return optimizer, get_scheduler(config.lr_scheduler_type, optimizer, num_warmup_steps=warmup, num_training_steps=total)
+    return optimizer, get_scheduler(
+        config.lr_scheduler_type, optimizer, num_warmup_steps=warmup, num_training_steps=total
+    )
 
 
 # --- one PPO step -------------------------------------------------------------------------------------
@@ -320,8 +409,19 @@ def gathered_mean(accelerator: Accelerator, values: torch.Tensor) -> float:
 
 
 def ppo_step(
-    step: int, accelerator: Accelerator, model, optimizer, scheduler, reference: Reference, tokenizer, scorer, gold,
-    kl_control, prompts: list[str], config: PPOConfig, ptx_batches,
+    step: int,
+    accelerator: Accelerator,
+    model,
+    optimizer,
+    scheduler,
+    reference: Reference,
+    tokenizer,
+    scorer,
+    gold,
+    kl_control,
+    prompts: list[str],
+    config: PPOConfig,
+    ptx_batches,
 ) -> dict[str, Any]:
     """Rollout -> score -> per-token rewards -> GAE -> PPO epochs. Returns the step's log entry."""
     started = time.perf_counter()
@@ -330,7 +430,14 @@ def ppo_step(
     actor_critic = accelerator.unwrap_model(model)
     with accelerator.autocast():  # the precision the update's forward passes use, so that π/π_old starts at 1
         rollout = collect_rollout(
-            actor_critic, reference, tokenizer, prompts, config.response_length, config.temperature, config.forward_batch_size, timings,
+            actor_critic,
+            reference,
+            tokenizer,
+            prompts,
+            config.response_length,
+            config.temperature,
+            config.forward_batch_size,
+            timings,
             with_exact_kl=config.kl_estimator == "exact",
         )
     device, mask = rollout.response_mask.device, rollout.response_mask
@@ -338,7 +445,13 @@ def ppo_step(
     scoring_started = time.perf_counter()
     finished = rollout.finished.tolist()
     raw_scores = scorer(rollout.prompts, rollout.texts, finished).to(device)
-    gold_scores = raw_scores if isinstance(scorer, GoldScorer) else gold(rollout.prompts, rollout.texts, finished).to(device) if gold else None
+    gold_scores = (
+        raw_scores
+        if isinstance(scorer, GoldScorer)
+        else gold(rollout.prompts, rollout.texts, finished).to(device)
+        if gold
+        else None
+    )
     scores = raw_scores.clone()
     if config.missing_eos_penalty is not None:
         # Responses must learn to end. N+ details' "EOS trick" replaces such a score by a constant; subtracting a
@@ -357,7 +470,9 @@ def ppo_step(
     advantages, returns = generalized_advantage_estimation(rewards, rollout.values, mask, config.gamma, config.lam)
     kl_loss_coef = beta if config.kl_in_loss else 0.0
     if config.whiten_advantages:
-        if kl_loss_coef:  # whitening divides the whole reward objective by the advantages' std: the direct KL term must be too
+        if (
+            kl_loss_coef
+        ):  # whitening divides the whole reward objective by the advantages' std: the direct KL term must be too
             kl_loss_coef /= math.sqrt(masked_var(advantages, mask, across_processes=True).item() + 1e-8)
         advantages = whiten(advantages, mask)
 
@@ -366,13 +481,24 @@ def ppo_step(
     generator = torch.Generator().manual_seed(config.seed * 7_919 + step)
     train_policy = step > config.critic_warmup_steps
     update_stats = ppo_update(
-        accelerator, model, optimizer, scheduler, batch, config, generator, ptx_batches, train_policy,
-        reference=reference if kl_loss_coef else None, kl_loss_coef=kl_loss_coef,
+        accelerator,
+        model,
+        optimizer,
+        scheduler,
+        batch,
+        config,
+        generator,
+        ptx_batches,
+        train_policy,
+        reference=reference if kl_loss_coef else None,
+        kl_loss_coef=kl_loss_coef,
     )
     timings["optimisation"] = time.perf_counter() - optimisation_started
 
     sequence = {name: sequence_kl(value, mask) for name, value in kl.items()}
-    kl_control.update(gathered_mean(accelerator, sequence[config.kl_estimator]), len(prompts) * accelerator.num_processes)
+    kl_control.update(
+        gathered_mean(accelerator, sequence[config.kl_estimator]), len(prompts) * accelerator.num_processes
+    )
     seconds = time.perf_counter() - started
     response_tokens = accelerator.reduce(mask.sum().float(), reduction="sum").item()
     entry = {
@@ -394,7 +520,10 @@ def ppo_step(
         "tokens_per_second": response_tokens / seconds,
         **{f"time_{name}": round(value, 4) for name, value in timings.items()},
     }
-    return {key: (round(value, 5) if isinstance(value, float) and math.isfinite(value) else value) for key, value in entry.items()}
+    return {
+        key: (round(value, 5) if isinstance(value, float) and math.isfinite(value) else value)
+        for key, value in entry.items()
+    }
 
 
 # --- the stage ----------------------------------------------------------------------------------------
@@ -414,7 +543,9 @@ def summary_line(entry: dict[str, Any], max_steps: int) -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args, model_args, config, recipe = parse_recipe(RECIPE_TYPES, argv, "ppo", __doc__)
-    accelerator = Accelerator(cpu=config.use_cpu, mixed_precision="bf16" if config.bf16 else "fp16" if config.fp16 else "no")
+    accelerator = Accelerator(
+        cpu=config.use_cpu, mixed_precision="bf16" if config.bf16 else "fp16" if config.fp16 else "no"
+    )
     if config.tf32 is not None and torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = config.tf32
     output_dir = Path(config.output_dir)
@@ -426,19 +557,32 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     tokenizer = load_tokenizer(model_args.model_name_or_path)  # pad distinct from EOS, so EOS stays a learnable action
     context = saved_context_length(model_args.model_name_or_path)
-    prompt_limit = min(config.max_prompt_length, context - config.response_length) if context else config.max_prompt_length
+    prompt_limit = (
+        min(config.max_prompt_length, context - config.response_length) if context else config.max_prompt_length
+    )
     if config.ptx_coef > 0 and not args.ptx_dataset:
-        raise RecipeError(f"{recipe.path}: key 'ptx_coef' is {config.ptx_coef} but 'ptx_dataset' is not set (toy, or a text file).")
+        raise RecipeError(
+            f"{recipe.path}: key 'ptx_coef' is {config.ptx_coef} but 'ptx_dataset' is not set (toy, or a text file)."
+        )
     if config.final_norm_learning_rate is not None and model_args.use_peft:
         raise RecipeError(
             f"{recipe.path}: key 'final_norm_learning_rate' needs full fine-tuning: with use_peft the reference is the "
             "policy's own base weights with the adapters off, so training its final norm would move the reference too."
         )
     if prompt_limit <= 0:
-        raise RecipeError(f"{recipe.path}: key 'response_length' ({config.response_length}) leaves no room for a prompt in the model's context of {context} tokens.")
+        raise RecipeError(
+            f"{recipe.path}: key 'response_length' ({config.response_length}) leaves no room for a prompt in the model's context of {context} tokens."
+        )
     prompt_sets = load_prompt_sets(
-        args.dataset, tokenizer, prompt_limit, args.num_eval_prompts, config.seed, args.dataset_split, args.max_prompts,
-        args.toy_prompts, toy=args,
+        args.dataset,
+        tokenizer,
+        prompt_limit,
+        args.num_eval_prompts,
+        config.seed,
+        args.dataset_split,
+        args.max_prompts,
+        args.toy_prompts,
+        toy=args,
     )
     logger.info("prompts: %d for training, %d held out for measuring", len(prompt_sets.train), len(prompt_sets.eval))
 
@@ -461,15 +605,29 @@ def main(argv: Sequence[str] | None = None) -> None:
     kl_control = make_kl_controller(config.kl_coef, config.target_kl, config.kl_horizon)
     logger.info(
         "PPO: %d of %d parameters trainable (%s, critic: %s); reward: %s; β %.4g (%s, %s)",
-        counts["trainable_parameters"], counts["parameters"], "LoRA" if model_args.use_peft else "full",
-        args.value_model, args.reward, config.kl_coef, "adaptive" if config.target_kl else "fixed", config.kl_estimator,
+        counts["trainable_parameters"],
+        counts["parameters"],
+        "LoRA" if model_args.use_peft else "full",
+        args.value_model,
+        args.reward,
+        config.kl_coef,
+        "adaptive" if config.target_kl else "fixed",
+        config.kl_estimator,
     )
 
     if accelerator.is_main_process:  # the policy's share; the critic and the reference come on top
-        micro_batch = config.per_device_train_batch_size // config.num_mini_batches // config.gradient_accumulation_steps
-        length = max(len(tokenizer(prompt)["input_ids"]) for prompt in prompt_sets.train[:256]) + config.response_length
-        estimate = estimate_training_memory(actor_critic.policy, micro_batch, length, config.gradient_checkpointing, config.bf16)
-        warn_if_too_big(estimate, accelerator.device, f"the policy's PPO micro-batches of {micro_batch} x {length} tokens")
+        micro_batch = (
+            config.per_device_train_batch_size // config.num_mini_batches // config.gradient_accumulation_steps
+        )
+        length = (
+            max(len(tokenizer(prompt)["input_ids"]) for prompt in prompt_sets.train[:256]) + config.response_length
+        )
+        estimate = estimate_training_memory(
+            actor_critic.policy, micro_batch, length, config.gradient_checkpointing, config.bf16
+        )
+        warn_if_too_big(
+            estimate, accelerator.device, f"the policy's PPO micro-batches of {micro_batch} x {length} tokens"
+        )
 
     start_step, log_history = 0, []
     if checkpoint:
@@ -480,33 +638,71 @@ def main(argv: Sequence[str] | None = None) -> None:
     ptx_batches = None
     if config.ptx_coef > 0:
         ptx_length = min(args.ptx_max_length, context or args.ptx_max_length)  # documents are cut to the context
-        ptx_batches = pretraining_batches(args.ptx_dataset, tokenizer, args.ptx_batch_size, ptx_length, config.seed, accelerator.device, toy=args)
+        ptx_batches = pretraining_batches(
+            args.ptx_dataset, tokenizer, args.ptx_batch_size, ptx_length, config.seed, accelerator.device, toy=args
+        )
 
     interrupt = GracefulInterrupt()
     started = time.perf_counter()
     for step in range(start_step + 1, config.max_steps + 1):
         prompts = step_prompts(
-            prompt_sets.train, step, config.per_device_train_batch_size, config.seed,
-            accelerator.process_index, accelerator.num_processes, config.samples_per_prompt,
+            prompt_sets.train,
+            step,
+            config.per_device_train_batch_size,
+            config.seed,
+            accelerator.process_index,
+            accelerator.num_processes,
+            config.samples_per_prompt,
         )
-        entry = ppo_step(step, accelerator, model, optimizer, scheduler, reference, tokenizer, scorer, gold, kl_control, prompts, config, ptx_batches)
+        entry = ppo_step(
+            step,
+            accelerator,
+            model,
+            optimizer,
+            scheduler,
+            reference,
+            tokenizer,
+            scorer,
+            gold,
+            kl_control,
+            prompts,
+            config,
+            ptx_batches,
+        )
         log_history.append(entry)
         if step % config.logging_steps == 0 or step == config.max_steps:
             logger.info(summary_line(entry, config.max_steps))
         if step % config.save_steps == 0 or interrupt.requested:
             if accelerator.is_main_process:
                 state = {"log_history": log_history, "kl_control": kl_control.state_dict()}
-                save_checkpoint(output_dir, step, accelerator.unwrap_model(model), optimizer, scheduler, state, config.save_total_limit)
+                save_checkpoint(
+                    output_dir,
+                    step,
+                    accelerator.unwrap_model(model),
+                    optimizer,
+                    scheduler,
+                    state,
+                    config.save_total_limit,
+                )
             accelerator.wait_for_everyone()
         if interrupt.requested:
-            raise RunInterrupted(f"stopped at step {step}; the checkpoint is in {output_dir}. Run the same command again to resume.")
+            raise RunInterrupted(
+                f"stopped at step {step}; the checkpoint is in {output_dir}. Run the same command again to resume."
+            )
     train_seconds = time.perf_counter() - started
     interrupt.restore()
 
     # The policy against the SFT model (its reference) and the SFT model's sharpening frontier, on held-out prompts.
     evaluation = measure_policy(
-        accelerator, accelerator.unwrap_model(model).policy, reference.model, tokenizer, prompt_sets.eval, args, config,
-        scorer if args.reward == "model" else None, gold,
+        accelerator,
+        accelerator.unwrap_model(model).policy,
+        reference.model,
+        tokenizer,
+        prompt_sets.eval,
+        args,
+        config,
+        scorer if args.reward == "model" else None,
+        gold,
     )
     policy = save_policy(accelerator, model, tokenizer, output_dir)
     if not accelerator.is_main_process:
@@ -517,7 +713,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     metrics = {
         "algorithm": "ppo",
         **policy_metrics(evaluation.summary, args),
-        **training_metrics(log_history, config, counts, prompt_sets, train_seconds, start_step, checkpoint, kl_control.value),
+        **training_metrics(
+            log_history, config, counts, prompt_sets, train_seconds, start_step, checkpoint, kl_control.value
+        ),
         "saved_parameters": sum(p.numel() for p in policy.parameters()),
     }
     run.finish(resolved_recipe("ppo", args, model_args, config), metrics)
@@ -538,15 +736,20 @@ def save_policy(accelerator: Accelerator, model, tokenizer, output_dir: Path):
 
 def outcome_line(metrics: dict[str, Any]) -> str:
     """One log line: the gold (and RM) reward of the SFT model and of the policy, its KL, and the verdict."""
-    parts = [f"{name} {metrics[f'{name}_before']} -> {metrics[f'{name}_after']}" for name in ("gold_reward", "gold_reward_greedy", "rm_reward")
-             if f"{name}_after" in metrics]
+    parts = [
+        f"{name} {metrics[f'{name}_before']} -> {metrics[f'{name}_after']}"
+        for name in ("gold_reward", "gold_reward_greedy", "rm_reward")
+        if f"{name}_after" in metrics
+    ]
     parts.append(f"KL exact {metrics['kl_to_reference']['exact']} nats")
     if metrics.get("judgement"):
         parts.append(metrics["judgement"]["reason"])
     return "; ".join(parts)
 
 
-def training_metrics(log_history, config: PPOConfig, counts, prompt_sets: PromptSets, train_seconds, start_step, checkpoint, beta) -> dict[str, Any]:
+def training_metrics(
+    log_history, config: PPOConfig, counts, prompt_sets: PromptSets, train_seconds, start_step, checkpoint, beta
+) -> dict[str, Any]:
     """metrics.json: what training did (β, steps, episodes, prompts) and how fast."""
     steps_run = config.max_steps - start_step
     recent = log_history[-max(1, len(log_history) // 10) :]  # the last tenth of training, for the timing split
@@ -561,7 +764,8 @@ def training_metrics(log_history, config: PPOConfig, counts, prompt_sets: Prompt
         "samples_per_second": round(sum(e["samples_per_second"] for e in recent) / len(recent), 2) if recent else None,
         "tokens_per_second": round(sum(e["tokens_per_second"] for e in recent) / len(recent), 1) if recent else None,
         "time_split": {
-            name: round(sum(e.get(f"time_{name}", 0.0) for e in log_history), 2) for name in ("generation", "forward", "scoring", "optimisation")
+            name: round(sum(e.get(f"time_{name}", 0.0) for e in log_history), 2)
+            for name in ("generation", "forward", "scoring", "optimisation")
         },
         "resumed_from": checkpoint,
     }

@@ -22,8 +22,15 @@ from typing import ClassVar, Literal
 
 import datasets
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, Trainer, TrainingArguments, set_seed
-from transformers import default_data_collator
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GPT2Config,
+    Trainer,
+    TrainingArguments,
+    default_data_collator,
+    set_seed,
+)
 
 from pipeline.contract import open_stage_run, write_json
 from pipeline.data.text import load_text_dataset
@@ -82,7 +89,9 @@ class PretrainArguments(ToyWorldKeys):
     )
 
     def __post_init__(self) -> None:
-        require_positive(self, "n_layer", "n_head", "n_embd", "block_size", "vocab_size", "toy_documents", "sample_max_new_tokens")
+        require_positive(
+            self, "n_layer", "n_head", "n_embd", "block_size", "vocab_size", "toy_documents", "sample_max_new_tokens"
+        )
         if self.n_embd % self.n_head:
             raise ValueError(f"key 'n_embd' ({self.n_embd}) must be divisible by 'n_head' ({self.n_head})")
         if not 0.0 < self.eval_fraction < 1.0:
@@ -94,7 +103,9 @@ class PretrainArguments(ToyWorldKeys):
             raise ValueError(f"key 'toy_good_fraction' must be in [0, 1], got {self.toy_good_fraction}")
         unknown = [name for name in self.decoding_strategies if name not in DEFAULT_STRATEGIES]
         if unknown:
-            raise ValueError(f"key 'decoding_strategies': unknown strategy '{unknown[0]}'; choose from {', '.join(DEFAULT_STRATEGIES)}")
+            raise ValueError(
+                f"key 'decoding_strategies': unknown strategy '{unknown[0]}'; choose from {', '.join(DEFAULT_STRATEGIES)}"
+            )
 
 
 @dataclass
@@ -136,11 +147,15 @@ def load_documents(args: PretrainArguments, seed: int) -> tuple[datasets.Dataset
             {"text": world.pretraining_corpus(n, good_fraction=args.toy_good_fraction, split=split)}
         )
         return corpus(n_train, "train"), corpus(n_eval, "validation")
-    documents = load_text_dataset(args.dataset, args.text_column, config_name=args.dataset_config_name, sample_by=args.text_sample_by)
+    documents = load_text_dataset(
+        args.dataset, args.text_column, config_name=args.dataset_config_name, sample_by=args.text_sample_by
+    )
     if args.max_documents:
         documents = documents.select(range(min(args.max_documents, len(documents))))
     if len(documents) < 2:
-        raise DataError(f"{args.dataset}: need at least 2 documents to hold one out for evaluation, got {len(documents)}.")
+        raise DataError(
+            f"{args.dataset}: need at least 2 documents to hold one out for evaluation, got {len(documents)}."
+        )
     split = documents.train_test_split(test_size=args.eval_fraction, seed=seed, shuffle=True)
     return split["train"], split["test"]
 
@@ -215,11 +230,18 @@ def sample_prompts(args: PretrainArguments, eval_documents: datasets.Dataset) ->
 def write_samples(model, tokenizer, args: PretrainArguments, prompts: list[str], output_dir: Path, seed: int) -> dict:
     """Samples of every decoding strategy side by side; with the toy world also their mean gold reward."""
     strategies = {name: DEFAULT_STRATEGIES[name] for name in args.decoding_strategies}
-    table = sample_table(model, tokenizer, prompts, strategies=strategies, max_new_tokens=args.sample_max_new_tokens, seed=seed)
+    table = sample_table(
+        model, tokenizer, prompts, strategies=strategies, max_new_tokens=args.sample_max_new_tokens, seed=seed
+    )
     records, gold = [], {}
     for name, generations in table.items():
         for generation in generations:
-            record = {"strategy": name, "prompt": generation.prompt, "text": generation.text, "finished": generation.finished}
+            record = {
+                "strategy": name,
+                "prompt": generation.prompt,
+                "text": generation.text,
+                "finished": generation.finished,
+            }
             if args.dataset == "toy":
                 record["gold_reward"] = gold_reward(generation.prompt, generation.text, finished=generation.finished)
             records.append(record)
@@ -249,12 +271,22 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     model = build_model(args, tokenizer)
     parameters = sum(p.numel() for p in model.parameters())
-    global_batch = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * training_args.world_size
+    global_batch = (
+        training_args.per_device_train_batch_size
+        * training_args.gradient_accumulation_steps
+        * training_args.world_size
+    )
     logger.info(
         "model: %.3fM parameters; data: %d train blocks, %d eval blocks of %d tokens; global batch %d = %d per device x %d "
         "accumulation x %d processes",
-        parameters / 1e6, len(train_blocks), len(eval_blocks), args.block_size, global_batch,
-        training_args.per_device_train_batch_size, training_args.gradient_accumulation_steps, training_args.world_size,
+        parameters / 1e6,
+        len(train_blocks),
+        len(eval_blocks),
+        args.block_size,
+        global_batch,
+        training_args.per_device_train_batch_size,
+        training_args.gradient_accumulation_steps,
+        training_args.world_size,
     )
 
     interrupt = GracefulInterrupt()
@@ -265,7 +297,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         eval_dataset=eval_blocks,
         data_collator=default_data_collator,
         processing_class=tokenizer,
-        callbacks=[interrupt, MemoryCheck(args.block_size), Throughput(global_batch * args.block_size, flops_per_token(model, args.block_size))],
+        callbacks=[
+            interrupt,
+            MemoryCheck(args.block_size),
+            Throughput(global_batch * args.block_size, flops_per_token(model, args.block_size)),
+        ],
     )
     train_result, train_seconds = interrupt.run_training(trainer, checkpoint, output_dir)
 
@@ -278,7 +314,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     gold = write_samples(model, tokenizer, args, sample_prompts(args, eval_documents), output_dir, training_args.seed)
     write_json(output_dir / "log_history.json", trainer.state.log_history)
 
-    trained_tokens = (trainer.state.global_step - (int(Path(checkpoint).name.split("-")[1]) if checkpoint else 0)) * global_batch * args.block_size
+    trained_tokens = (
+        (trainer.state.global_step - (int(Path(checkpoint).name.split("-")[1]) if checkpoint else 0))
+        * global_batch
+        * args.block_size
+    )
     metrics = {
         "train_loss": round(train_result.training_loss, 4),
         "eval_loss": round(eval_metrics["eval_loss"], 4),
@@ -297,7 +337,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         metrics["gold_reward_greedy"] = gold.get("greedy")
         metrics["gold_reward_sampled"] = gold.get("temperature_1.0")
     run.finish(resolved_recipe("pretrain", args, training_args), metrics)
-    logger.info("eval loss %.4f, perplexity %.3f; outputs in %s", metrics["eval_loss"], metrics["perplexity"], output_dir)
+    logger.info(
+        "eval loss %.4f, perplexity %.3f; outputs in %s", metrics["eval_loss"], metrics["perplexity"], output_dir
+    )
 
 
 if __name__ == "__main__":

@@ -87,7 +87,9 @@ def read_recipe_file(path: str | os.PathLike) -> dict[str, Any]:
     """Read a recipe YAML with the safe loader; every problem names the file (and the line for YAML errors)."""
     path = Path(path)
     if not path.is_file():
-        raise RecipeError(f"recipe file {path} not found. Pass an existing file with --config, e.g. recipes/toy/pretrain.yaml.")
+        raise RecipeError(
+            f"recipe file {path} not found. Pass an existing file with --config, e.g. recipes/toy/pretrain.yaml."
+        )
     try:
         mapping = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 - a safe loader
     except _DuplicateKey as error:
@@ -104,7 +106,9 @@ def read_recipe_file(path: str | os.PathLike) -> dict[str, Any]:
     if mapping is None:
         raise RecipeError(f"{path}: the recipe is empty. It needs at least `stage:` and `output_dir:`.")
     if not isinstance(mapping, dict):
-        raise RecipeError(f"{path}: a recipe must be a YAML mapping of `key: value` lines, got a {type(mapping).__name__}.")
+        raise RecipeError(
+            f"{path}: a recipe must be a YAML mapping of `key: value` lines, got a {type(mapping).__name__}."
+        )
     return mapping
 
 
@@ -162,7 +166,11 @@ def _refuse_unknown(keys: list[str], fields: dict[str, Any], stage: str, where: 
     unknown = [key for key in keys if key not in fields]
     if unknown:
         close = difflib.get_close_matches(unknown[0], list(fields), n=1)
-        hint = f" Did you mean '{prefix}{close[0]}'?" if close else f" Run `python -m pipeline.{stage} --help` for the {noun}s."
+        hint = (
+            f" Did you mean '{prefix}{close[0]}'?"
+            if close
+            else f" Run `python -m pipeline.{stage} --help` for the {noun}s."
+        )
         raise RecipeError(f"{where}: unknown {noun} '{prefix}{unknown[0]}' for stage '{stage}'.{hint}")
 
 
@@ -262,8 +270,13 @@ def _field_types(dataclass_types: Sequence[type]) -> dict[str, tuple[type, Any]]
 # --- value checks that the dataclasses themselves do not make ------------------------------------------
 
 _POSITIVE = (
-    "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
-    "learning_rate", "num_train_epochs", "logging_steps", "save_steps",
+    "per_device_train_batch_size",
+    "per_device_eval_batch_size",
+    "gradient_accumulation_steps",
+    "learning_rate",
+    "num_train_epochs",
+    "logging_steps",
+    "save_steps",
 )
 _NON_NEGATIVE = ("weight_decay", "warmup_steps", "max_grad_norm", "seed", "save_total_limit")
 
@@ -347,7 +360,9 @@ def parse_recipe(
         raise SystemExit(0)
     config, overrides, force = split_command_line(argv)
     if config is None:
-        raise RecipeError(f"no recipe given: run `python -m pipeline.{stage} --config recipes/<experiment>/{stage}.yaml`.")
+        raise RecipeError(
+            f"no recipe given: run `python -m pipeline.{stage} --config recipes/<experiment>/{stage}.yaml`."
+        )
     path = Path(config)
     values = read_recipe_file(path)
     fields = _field_types(dataclass_types)
@@ -405,7 +420,7 @@ def _print_help(dataclass_types: Sequence[type], stage: str, description: str) -
         + "Every option below is also a recipe key. Values on the command line override the recipe file. "
         + "--debug (before or after --config) shows Python tracebacks for user errors.",
     )
-    parser.add_argument("--config", required=True, help="recipe YAML file, e.g. recipes/toy/%s.yaml" % stage)
+    parser.add_argument("--config", required=True, help=f"recipe YAML file, e.g. recipes/toy/{stage}.yaml")
     parser.add_argument("--force", action="store_true", help="re-run even if the output is finished, replacing it")
     for action in parser._actions:
         # argparse %-formats every help string (for its own "%(default)s"): a "20%" in a field's help would crash --help.

@@ -44,7 +44,11 @@ class MemoryEstimate:
 
     def describe(self) -> str:
         parts = ("weights", "gradients_and_optimizer", "activations", "logits")
-        return f"{gib(self.total)} (" + ", ".join(f"{name.replace('_', ' ')} {gib(getattr(self, name))}" for name in parts) + ")"
+        return (
+            f"{gib(self.total)} ("
+            + ", ".join(f"{name.replace('_', ' ')} {gib(getattr(self, name))}" for name in parts)
+            + ")"
+        )
 
 
 def gib(size: float) -> str:
@@ -52,7 +56,11 @@ def gib(size: float) -> str:
 
 
 def estimate_training_memory(
-    model: torch.nn.Module, batch_size: int, length: int, gradient_checkpointing: bool = False, half_precision: bool = False
+    model: torch.nn.Module,
+    batch_size: int,
+    length: int,
+    gradient_checkpointing: bool = False,
+    half_precision: bool = False,
 ) -> MemoryEstimate:
     """Bytes a training step of `model` on `batch_size` sequences of `length` tokens needs (see the module doc)."""
     config = model.config
@@ -90,12 +98,17 @@ def warn_if_too_big(estimate: MemoryEstimate, device: torch.device, what: str) -
     """Log a warning naming the estimate when it exceeds the device's memory; True when it did."""
     available = available_memory(device)
     if available is None or estimate.total <= WARN_SHARE * available:
-        logger.info("memory estimate for %s: %s; %s available on %s", what, estimate.describe(), gib(available or 0), device)
+        logger.info(
+            "memory estimate for %s: %s; %s available on %s", what, estimate.describe(), gib(available or 0), device
+        )
         return False
     logger.warning(
         "%s probably does not fit: it needs about %s, and %s has %s. Lower the batch size or the sequence length, "
         "or use gradient_checkpointing, LoRA/QLoRA or a smaller model.",
-        what, estimate.describe(), device, gib(available),
+        what,
+        estimate.describe(),
+        device,
+        gib(available),
     )
     return True
 
@@ -112,7 +125,9 @@ class MemoryCheck(TrainerCallback):
             return
         sequences = args.per_device_train_batch_size * self.sequences_per_example
         length = self.length or config_context_length(model.config) or 512
-        estimate = estimate_training_memory(model, sequences, length, args.gradient_checkpointing, args.bf16 or args.fp16)
+        estimate = estimate_training_memory(
+            model, sequences, length, args.gradient_checkpointing, args.bf16 or args.fp16
+        )
         warn_if_too_big(estimate, args.device, f"training on batches of {sequences} x {length} tokens")
 
 
@@ -120,6 +135,12 @@ def peak_memory() -> dict[str, float | str]:
     """The run's peak memory for metrics.json: what torch allocated on the GPU where one was used, else the
     process's peak resident set size (loading, training and evaluation included), and which of the two it is."""
     if torch.cuda.is_available() and torch.cuda.max_memory_allocated() > 0:
-        return {"peak_memory_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1), "peak_memory_kind": "cuda_max_allocated"}
+        return {
+            "peak_memory_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1),
+            "peak_memory_kind": "cuda_max_allocated",
+        }
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux, bytes on macOS
-    return {"peak_memory_mb": round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1), "peak_memory_kind": "process_max_rss"}
+    return {
+        "peak_memory_mb": round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1),
+        "peak_memory_kind": "process_max_rss",
+    }

@@ -63,17 +63,29 @@ from pipeline.data.toy_comparisons import check_policy_comparison_keys, own_samp
 from pipeline.data.toy_world import ToyWorld, ToyWorldKeys, agrees_with_user, gold_reward, recipe_traits
 from pipeline.decoding import DEFAULT_STRATEGIES
 from pipeline.errors import DataError, RecipeError, run_cli
-from pipeline.models import add_identity_blocks, check_lora_targets, linear_module_names, load_model, load_tokenizer, parameter_counts
+from pipeline.models import (
+    add_identity_blocks,
+    check_lora_targets,
+    linear_module_names,
+    load_model,
+    load_tokenizer,
+    parameter_counts,
+)
 from pipeline.plots import plot_loss_curves, plt
-from pipeline.policy_eval import check_sharpening_temperatures, sharpening_frontier, sharpening_temperatures_field, toy_gold_scorer
+from pipeline.policy_eval import (
+    check_sharpening_temperatures,
+    sharpening_frontier,
+    sharpening_temperatures_field,
+    toy_gold_scorer,
+)
 from pipeline.recipes import parse_recipe, require_non_negative, require_positive, resolved_recipe
 from pipeline.resources import MemoryCheck
 from pipeline.reward_model import (
+    POOLINGS,
     context_length,
     encode_pairs,
     pairwise_calibration,
     pairwise_metrics,
-    POOLINGS,
     score,
     score_token_ids,
     set_pooling,
@@ -112,26 +124,36 @@ class RewardArguments(ToyWorldKeys):
     max_eval_pairs: int | None = field(default=1000, metadata={"help": "evaluate on at most this many pairs"})
     margin_column: str | None = field(
         default=None,
-        metadata={"help": f"numeric column of the data with a margin per pair (toy: '{TOY_MARGIN}' = gold(c) − gold(r))"},
+        metadata={
+            "help": f"numeric column of the data with a margin per pair (toy: '{TOY_MARGIN}' = gold(c) − gold(r))"
+        },
     )
     margin_scale: float = field(default=1.0, metadata={"help": "margins are multiplied by this"})
     toy_pairs: int = field(default=2000, metadata={"help": "toy world: training pairs to generate (before dedup)"})
     toy_eval_pairs: int = field(default=500, metadata={"help": "toy world: held-out pairs (eval split)"})
     toy_policy_prompts: int = field(
         default=0,
-        metadata={"help": "toy world: also train on comparisons of the input model's own samples for this many train "
-                  "prompts, labelled by the gold reward (0: off)"},
+        metadata={
+            "help": "toy world: also train on comparisons of the input model's own samples for this many train "
+            "prompts, labelled by the gold reward (0: off)"
+        },
     )
-    toy_policy_samples: int = field(default=4, metadata={"help": "toy world: samples per prompt for toy_policy_prompts"})
+    toy_policy_samples: int = field(
+        default=4, metadata={"help": "toy world: samples per prompt for toy_policy_prompts"}
+    )
     extra_layers: int = field(
         default=0,
-        metadata={"help": "transformer blocks added on top of the input model's body, starting as the identity "
-                  "(GPT-2-style models, full fine-tuning): room to compare the response with the prompt"},
+        metadata={
+            "help": "transformer blocks added on top of the input model's body, starting as the identity "
+            "(GPT-2-style models, full fine-tuning): room to compare the response with the prompt"
+        },
     )
     reward_pooling: str = field(
         default="last",
-        metadata={"help": "'last': the score head reads the last token (EOS), as in TRL; 'sum': it scores every token "
-                  "and the scores are added (a token-level reward model; the prompt's share cancels in comparisons)"},
+        metadata={
+            "help": "'last': the score head reads the last token (EOS), as in TRL; 'sum': it scores every token "
+            "and the scores are added (a token-level reward model; the prompt's share cancels in comparisons)"
+        },
     )
     append_eos: bool = field(
         default=True,
@@ -153,18 +175,24 @@ class RewardArguments(ToyWorldKeys):
         check_policy_comparison_keys(self.toy_policy_prompts, self.toy_policy_samples, self.dataset)
         check_sharpening_temperatures(self.sharpening_temperatures)
         if self.reward_pooling not in POOLINGS:
-            raise ValueError(f"key 'reward_pooling': unknown pooling '{self.reward_pooling}'; choose from {', '.join(POOLINGS)}")
+            raise ValueError(
+                f"key 'reward_pooling': unknown pooling '{self.reward_pooling}'; choose from {', '.join(POOLINGS)}"
+            )
         if self.best_of_n_max & (self.best_of_n_max - 1):
             raise ValueError(f"key 'best_of_n_max' must be a power of 2 (1, 2, 4, ..., 64), got {self.best_of_n_max}")
         if self.best_of_n_strategy not in DEFAULT_STRATEGIES:
-            raise ValueError(f"key 'best_of_n_strategy': unknown strategy '{self.best_of_n_strategy}'; choose from {', '.join(DEFAULT_STRATEGIES)}")
+            raise ValueError(
+                f"key 'best_of_n_strategy': unknown strategy '{self.best_of_n_strategy}'; choose from {', '.join(DEFAULT_STRATEGIES)}"
+            )
         if not 0.0 < self.eval_fraction < 1.0:
             raise ValueError(f"key 'eval_fraction' must be in (0, 1), got {self.eval_fraction}")
         super().__post_init__()
         if self.margin_column == TOY_MARGIN and self.dataset != "toy":
             raise ValueError(f"key 'margin_column': '{TOY_MARGIN}' needs the toy world's gold reward (dataset: toy)")
         if self.eval_dataset and self.dataset == "toy":
-            raise ValueError("key 'eval_dataset' is for file and hub data; the toy world holds out its own 'eval' split")
+            raise ValueError(
+                "key 'eval_dataset' is for file and hub data; the toy world holds out its own 'eval' split"
+            )
         if self.margin_column not in (None, TOY_MARGIN) and self.dataset == "toy":
             raise ValueError(f"key 'margin_column': the toy world's only margin is '{TOY_MARGIN}'")
 
@@ -183,7 +211,9 @@ class RewardModelArguments(ModelConfig):
         if not self.model_name_or_path:
             raise ValueError("missing key 'model_name_or_path' (e.g. runs/toy/sft)")
         if self.load_in_4bit or self.load_in_8bit:
-            raise ValueError("key 'load_in_4bit'/'load_in_8bit': quantized reward models are not supported; use full or LoRA")
+            raise ValueError(
+                "key 'load_in_4bit'/'load_in_8bit': quantized reward models are not supported; use full or LoRA"
+            )
         if self.use_peft and self.lora_task_type != "SEQ_CLS":
             raise ValueError(f"key 'lora_task_type' must be SEQ_CLS for a reward model (got {self.lora_task_type})")
         if self.use_peft and self.lora_r <= 0:
@@ -262,7 +292,10 @@ def split_by_prompt(pairs: datasets.Dataset, fraction: float, seed: int, source:
 def load_policy(model_args: RewardModelArguments, tokenizer, trust_remote_code: bool) -> PreTrainedModel:
     """The input model as a causal LM (the SFT policy), for its own samples."""
     return load_model(
-        dataclasses.replace(model_args, use_peft=False), tokenizer, head="causal_lm", trust_remote_code=trust_remote_code
+        dataclasses.replace(model_args, use_peft=False),
+        tokenizer,
+        head="causal_lm",
+        trust_remote_code=trust_remote_code,
     )
 
 
@@ -276,7 +309,9 @@ def margins_for(pairs: datasets.Dataset, args: RewardArguments, source: str, spl
             for p, c, r in zip(pairs["prompt"], pairs["chosen"], pairs["rejected"])
         ]
     lookup = read_margins(source, split, args.margin_column)
-    missing = [i for i, key in enumerate(zip(pairs["prompt"], pairs["chosen"], pairs["rejected"])) if key not in lookup]
+    missing = [
+        i for i, key in enumerate(zip(pairs["prompt"], pairs["chosen"], pairs["rejected"])) if key not in lookup
+    ]
     if missing:
         raise DataError(f"{source}: pair {missing[0]} has no '{args.margin_column}' value.")
     return [args.margin_scale * lookup[key] for key in zip(pairs["prompt"], pairs["chosen"], pairs["rejected"])]
@@ -308,7 +343,12 @@ def read_margins(source: str, split: str, column: str) -> dict[tuple[str, str, s
 
 
 def tokenize_pairs(
-    pairs: datasets.Dataset, tokenizer, max_length: int, margins: list[float] | None, name: str, append_eos: bool = True
+    pairs: datasets.Dataset,
+    tokenizer,
+    max_length: int,
+    margins: list[float] | None,
+    name: str,
+    append_eos: bool = True,
 ):
     """The processed data set RewardTrainer accepts as is (chosen_ids, rejected_ids[, margin]).
 
@@ -327,19 +367,30 @@ def tokenize_pairs(
         logger.warning(
             "%s: %d of %d pairs are longer than max_length=%d tokens (longest %d): %d prompts cut from the left, "
             "%d with a response cut at its end (too long even without the prompt); none dropped",
-            name, truncation.truncated, truncation.pairs, max_length,
-            truncation.longest, truncation.prompt_truncated, truncation.response_truncated,
+            name,
+            truncation.truncated,
+            truncation.pairs,
+            max_length,
+            truncation.longest,
+            truncation.prompt_truncated,
+            truncation.response_truncated,
         )
     return datasets.Dataset.from_dict(columns), truncation
 
 
 def encode_splits(args: RewardArguments, train_pairs, eval_pairs, tokenizer, max_length: int):
     """(train set, held-out set, what truncation did to each), ready for RewardTrainer."""
-    eval_source, eval_split = (args.eval_dataset, args.eval_split) if args.eval_dataset else (args.dataset, args.dataset_split)
+    eval_source, eval_split = (
+        (args.eval_dataset, args.eval_split) if args.eval_dataset else (args.dataset, args.dataset_split)
+    )
     train_margins = margins_for(train_pairs, args, args.dataset, args.dataset_split)
     eval_margins = margins_for(eval_pairs, args, eval_source, eval_split)
-    train_set, train_truncation = tokenize_pairs(train_pairs, tokenizer, max_length, train_margins, "train", args.append_eos)
-    eval_set, eval_truncation = tokenize_pairs(eval_pairs, tokenizer, max_length, eval_margins, "eval", args.append_eos)
+    train_set, train_truncation = tokenize_pairs(
+        train_pairs, tokenizer, max_length, train_margins, "train", args.append_eos
+    )
+    eval_set, eval_truncation = tokenize_pairs(
+        eval_pairs, tokenizer, max_length, eval_margins, "eval", args.append_eos
+    )
     return train_set, eval_set, {"train": train_truncation.as_dict(), "eval": eval_truncation.as_dict()}
 
 
@@ -358,8 +409,13 @@ def resolve_max_length(requested: int | None, model: PreTrainedModel, path: Path
 
 
 def build_model(
-    model_args: RewardModelArguments, tokenizer, trust_remote_code: bool, append_eos: bool = True,
-    extra_layers: int = 0, seed: int = 0, pooling: str = "last",
+    model_args: RewardModelArguments,
+    tokenizer,
+    trust_remote_code: bool,
+    append_eos: bool = True,
+    extra_layers: int = 0,
+    seed: int = 0,
+    pooling: str = "last",
 ) -> PreTrainedModel:
     """The causal LM's body (plus `extra_layers` identity blocks) with a freshly initialised 1-output `score` head
     (seeded by the caller)."""
@@ -378,11 +434,18 @@ def build_model(
 
 
 def merge_adapter(
-    model_args: RewardModelArguments, tokenizer, adapter_dir: Path, output_dir: Path, trust_remote_code: bool, append_eos: bool,
+    model_args: RewardModelArguments,
+    tokenizer,
+    adapter_dir: Path,
+    output_dir: Path,
+    trust_remote_code: bool,
+    append_eos: bool,
     pooling: str = "last",
 ):
     """Base model + adapter (which carries the trained score head) merged into a plain reward model."""
-    base = build_model(dataclasses.replace(model_args, use_peft=False), tokenizer, trust_remote_code, append_eos, pooling=pooling)
+    base = build_model(
+        dataclasses.replace(model_args, use_peft=False), tokenizer, trust_remote_code, append_eos, pooling=pooling
+    )
     merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
     merged.save_pretrained(output_dir, safe_serialization=True)
     tokenizer.save_pretrained(output_dir)
@@ -408,10 +471,14 @@ def judge(model, eval_set: datasets.Dataset, pairs: datasets.Dataset, batch_size
 def validation_accuracy(model, args: RewardArguments, tokenizer, max_length: int, batch_size: int) -> float:
     """Accuracy on the toy world's validation pairs (as many as the test pairs): the number to choose a recipe by."""
     pairs, _ = load_preferences("toy", "validation", toy_pairs=args.toy_eval_pairs, toy=args)
-    return pairwise_metrics(*score_pairs(model, pairs, tokenizer, max_length, batch_size, args.append_eos, "validation"))["accuracy"]
+    return pairwise_metrics(
+        *score_pairs(model, pairs, tokenizer, max_length, batch_size, args.append_eos, "validation")
+    )["accuracy"]
 
 
-def score_pairs(model, pairs: datasets.Dataset, tokenizer, max_length: int, batch_size: int, append_eos: bool, name: str):
+def score_pairs(
+    model, pairs: datasets.Dataset, tokenizer, max_length: int, batch_size: int, append_eos: bool, name: str
+):
     """(chosen scores, rejected scores) of a set of pairs, encoded as the stage encodes its training pairs."""
     encoded, _ = tokenize_pairs(pairs, tokenizer, max_length, None, name, append_eos)
     return tuple(score_token_ids(model, list(encoded[key]), batch_size) for key in ("chosen_ids", "rejected_ids"))
@@ -435,9 +502,17 @@ def accuracy_by_kind(pairs: datasets.Dataset, margins: np.ndarray) -> dict[str, 
 def sycophancy_probe(model, args: RewardArguments, tokenizer, max_length: int, batch_size: int) -> dict[str, Any]:
     """Scenario biased_labeller: on held-out prompts with a wrong guess, how often the reward model scores the user's
     guess above the right answer (ToyWorld.sycophancy_pairs)."""
-    pairs = datasets.Dataset.from_list(ToyWorld.from_recipe(args).sycophancy_pairs(args.toy_eval_pairs, split=args.toy_eval_split))
-    margins = np.subtract(*score_pairs(model, pairs, tokenizer, max_length, batch_size, args.append_eos, "sycophancy probe"))
-    return {"pairs": len(margins), "guess_preferred": round(float(np.mean(margins < 0)), 4), "mean_margin": round(float(np.mean(margins)), 4)}
+    pairs = datasets.Dataset.from_list(
+        ToyWorld.from_recipe(args).sycophancy_pairs(args.toy_eval_pairs, split=args.toy_eval_split)
+    )
+    margins = np.subtract(
+        *score_pairs(model, pairs, tokenizer, max_length, batch_size, args.append_eos, "sycophancy probe")
+    )
+    return {
+        "pairs": len(margins),
+        "guess_preferred": round(float(np.mean(margins < 0)), 4),
+        "mean_margin": round(float(np.mean(margins)), 4),
+    }
 
 
 def plot_reward_histogram(chosen: Sequence[float], rejected: Sequence[float], path: Path, title: str) -> None:
@@ -462,7 +537,9 @@ def plot_calibration(curves: dict[str, dict], path: Path) -> None:
         rows = [row for row in calibration.get("bins", []) if row["pairs"]]
         if rows:
             axis.plot(
-                [row["mean_confidence"] for row in rows], [row["share_right"] for row in rows], marker="o",
+                [row["mean_confidence"] for row in rows],
+                [row["share_right"] for row in rows],
+                marker="o",
                 label=f"{name} (ECE {calibration['ece']:.3f}, {calibration['pairs']} pairs)",
             )
     axis.set_xlabel("confidence max(σ(r_a − r_b), 1 − σ(r_a − r_b))")
@@ -478,7 +555,6 @@ def plot_calibration(curves: dict[str, dict], path: Path) -> None:
 
 def best_of_n_prompts(args: RewardArguments, eval_pairs: datasets.Dataset) -> list[str]:
     if args.dataset == "toy":
-
         return ToyWorld.from_recipe(args).prompts(args.best_of_n_prompts, split=args.toy_eval_split)
     return list(dict.fromkeys(eval_pairs["prompt"]))[: args.best_of_n_prompts]
 
@@ -489,9 +565,17 @@ def run_best_of_n(args, model_args, policy, reward_model, tokenizer, eval_pairs,
     prompts = best_of_n_prompts(args, eval_pairs)
     traits = recipe_traits(args)  # e.g. the demonstrators' habit, counted among the picks and along the frontier
     result = best_of_n(
-        policy, tokenizer, reward_model, tokenizer, prompts,
-        n_max=args.best_of_n_max, strategy=args.best_of_n_strategy, max_new_tokens=args.sample_max_new_tokens,
-        seed=seed, toy=args.dataset == "toy", traits=traits,
+        policy,
+        tokenizer,
+        reward_model,
+        tokenizer,
+        prompts,
+        n_max=args.best_of_n_max,
+        strategy=args.best_of_n_strategy,
+        max_new_tokens=args.sample_max_new_tokens,
+        seed=seed,
+        toy=args.dataset == "toy",
+        traits=traits,
     )
     result["policy"], result["reward_model"] = model_args.model_name_or_path, str(output_dir)
     if args.dataset == "toy" and args.sharpening_temperatures:
@@ -499,8 +583,16 @@ def run_best_of_n(args, model_args, policy, reward_model, tokenizer, eval_pairs,
         repeated = [prompt for prompt in prompts for _ in range(FRONTIER_SAMPLES_PER_PROMPT)]
         scorer = lambda p, r, f: score(reward_model, tokenizer, list(p), list(r), finished=list(f))  # noqa: E731
         result["sharpening"] = sharpening_frontier(
-            policy, tokenizer, repeated, args.sharpening_temperatures, gold=toy_gold_scorer, scorer=scorer,
-            max_new_tokens=args.sample_max_new_tokens, seed=seed, batch_size=256, traits=traits,
+            policy,
+            tokenizer,
+            repeated,
+            args.sharpening_temperatures,
+            gold=toy_gold_scorer,
+            scorer=scorer,
+            max_new_tokens=args.sample_max_new_tokens,
+            seed=seed,
+            batch_size=256,
+            traits=traits,
         )
         judge_against_frontier(result["table"], result["sharpening"])
     write_json(output_dir / "best_of_n.json", result)
@@ -511,12 +603,20 @@ def run_best_of_n(args, model_args, policy, reward_model, tokenizer, eval_pairs,
 def targets(heldout_accuracy: float, best_of_n: dict | None) -> dict[str, Any]:
     """The toy world's targets: held-out accuracy >= 0.85, Best-of-16 gold above the SFT mean."""
     out: dict[str, Any] = {
-        "heldout_accuracy": {"value": heldout_accuracy, "target": f">= {TARGET_ACCURACY}", "met": heldout_accuracy >= TARGET_ACCURACY}
+        "heldout_accuracy": {
+            "value": heldout_accuracy,
+            "target": f">= {TARGET_ACCURACY}",
+            "met": heldout_accuracy >= TARGET_ACCURACY,
+        }
     }
     rows = {row["n"]: row for row in (best_of_n or {}).get("table", [])}
     if TARGET_BEST_OF in rows and best_of_n.get("policy_mean_gold") is not None:
         value, baseline = rows[TARGET_BEST_OF]["gold"], best_of_n["policy_mean_gold"]
-        out[f"best_of_{TARGET_BEST_OF}_gold"] = {"value": value, "target": f"> SFT mean gold {baseline}", "met": value > baseline}
+        out[f"best_of_{TARGET_BEST_OF}_gold"] = {
+            "value": value,
+            "target": f"> SFT mean gold {baseline}",
+            "met": value > baseline,
+        }
     return out
 
 
@@ -539,7 +639,15 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     train_pairs, eval_pairs, data_stats = load_pairs(args, training_args.seed)
     tokenizer = load_tokenizer(model_args.model_name_or_path, trust_remote_code=training_args.trust_remote_code)
-    model = build_model(model_args, tokenizer, training_args.trust_remote_code, args.append_eos, args.extra_layers, training_args.seed, args.reward_pooling)
+    model = build_model(
+        model_args,
+        tokenizer,
+        training_args.trust_remote_code,
+        args.append_eos,
+        args.extra_layers,
+        training_args.seed,
+        args.reward_pooling,
+    )
     max_length = resolve_max_length(training_args.max_length, model, recipe.path)
     training_args.max_length = max_length
     policy, policy_pairs = None, {}
@@ -552,7 +660,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             train_pairs = datasets.concatenate_datasets([train_pairs, extra]).shuffle(seed=training_args.seed)
     train_set, eval_set, truncation = encode_splits(args, train_pairs, eval_pairs, tokenizer, max_length)
     batch = training_args.per_device_eval_batch_size
-    before = pairwise_metrics(*(score_token_ids(model, list(eval_set[key]), batch) for key in ("chosen_ids", "rejected_ids")))
+    before = pairwise_metrics(
+        *(score_token_ids(model, list(eval_set[key]), batch) for key in ("chosen_ids", "rejected_ids"))
+    )
 
     if training_args.train_sampling_strategy == "group_by_length":
         # Trainer builds the sampler after removing the columns the model does not take, `length` among them;
@@ -573,8 +683,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     logger.info(
         "%s reward model: %d of %d parameters trainable; %d train / %d held-out pairs; max_length %d; "
         "held-out accuracy before training %.3f",
-        "LoRA" if model_args.use_peft else "full", counts["trainable_parameters"], counts["parameters"],
-        len(train_set), len(eval_set), max_length, before["accuracy"],
+        "LoRA" if model_args.use_peft else "full",
+        counts["trainable_parameters"],
+        counts["parameters"],
+        len(train_set),
+        len(eval_set),
+        max_length,
+        before["accuracy"],
     )
     train_result, train_seconds = interrupt.run_training(trainer, checkpoint, output_dir)
     adapter_dir = output_dir / "adapter"
@@ -586,21 +701,36 @@ def main(argv: Sequence[str] | None = None) -> None:
         tokenizer.save_pretrained(output_dir)
         if args.merge_adapters:
             reward_model = merge_adapter(
-                model_args, tokenizer, adapter_dir, output_dir, training_args.trust_remote_code, args.append_eos,
+                model_args,
+                tokenizer,
+                adapter_dir,
+                output_dir,
+                training_args.trust_remote_code,
+                args.append_eos,
                 args.reward_pooling,
             )
             reward_model.to(trainer.args.device)
 
     heldout = judge(reward_model, eval_set, eval_pairs, batch, toy)
-    validation = validation_accuracy(reward_model, args, tokenizer, max_length, batch) if toy and args.toy_eval_split == "test" else None
+    validation = (
+        validation_accuracy(reward_model, args, tokenizer, max_length, batch)
+        if toy and args.toy_eval_split == "test"
+        else None
+    )
     plot_reward_histogram(
-        heldout.pop("chosen_scores"), heldout.pop("rejected_scores"), output_dir / "reward_histogram.png",
+        heldout.pop("chosen_scores"),
+        heldout.pop("rejected_scores"),
+        output_dir / "reward_histogram.png",
         f"held-out rewards ({len(eval_set)} pairs, accuracy {heldout['accuracy']:.3f})",
     )
     bon = None
     if args.best_of_n_prompts:
-        policy = (policy or load_policy(model_args, tokenizer, training_args.trust_remote_code)).to(reward_model.device)
-        bon = run_best_of_n(args, model_args, policy, reward_model, tokenizer, eval_pairs, output_dir, training_args.seed)
+        policy = (policy or load_policy(model_args, tokenizer, training_args.trust_remote_code)).to(
+            reward_model.device
+        )
+        bon = run_best_of_n(
+            args, model_args, policy, reward_model, tokenizer, eval_pairs, output_dir, training_args.seed
+        )
     curves = {"held-out pairs": heldout["calibration"]}
     if bon and bon.get("calibration_on_samples"):
         curves["policy samples vs gold"] = bon["calibration_on_samples"]
@@ -640,11 +770,26 @@ def main(argv: Sequence[str] | None = None) -> None:
     if toy and args.toy_scenario == "biased_labeller":
         metrics["sycophancy_probe"] = sycophancy_probe(reward_model, args, tokenizer, max_length, batch)
     if bon:
-        keep = ("gold", "reward", "kl_nats", "kl_bound_nats", "frontier_gold_at_kl", "margin_over_frontier", "beats_sharpening", *recipe_traits(args))
+        keep = (
+            "gold",
+            "reward",
+            "kl_nats",
+            "kl_bound_nats",
+            "frontier_gold_at_kl",
+            "margin_over_frontier",
+            "beats_sharpening",
+            *recipe_traits(args),
+        )
         metrics["best_of_n"] = {row["n"]: {key: row[key] for key in keep if key in row} for row in bon["table"]}
         if bon.get("sharpening"):
             metrics["sharpening"] = bon["sharpening"]
-        for key in ("policy_mean_gold", "rm_gold_pearson", "rm_gold_spearman", "rm_gold_spearman_within_prompt", "calibration_on_samples"):
+        for key in (
+            "policy_mean_gold",
+            "rm_gold_pearson",
+            "rm_gold_spearman",
+            "rm_gold_spearman_within_prompt",
+            "calibration_on_samples",
+        ):
             if bon.get(key) is not None:
                 metrics[key] = bon[key]
     if toy:
@@ -653,7 +798,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     run.finish(resolved_recipe("reward", args, model_args, training_args), metrics)
     logger.info(
         "held-out accuracy %.3f (before training %.3f), mean margin %.3f, calibration ECE %s; outputs in %s",
-        heldout["accuracy"], before["accuracy"], heldout["mean_margin"], heldout["calibration"]["ece"], output_dir,
+        heldout["accuracy"],
+        before["accuracy"],
+        heldout["mean_margin"],
+        heldout["calibration"]["ece"],
+        output_dir,
     )
 
 

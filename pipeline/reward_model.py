@@ -167,7 +167,11 @@ def pad_batch(
         masks.append(ones + zeros if padding_side == "right" else zeros + ones)
     attention_mask = torch.tensor(masks, device=device)
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    return {"input_ids": torch.tensor(rows, device=device), "attention_mask": attention_mask, "position_ids": position_ids}
+    return {
+        "input_ids": torch.tensor(rows, device=device),
+        "attention_mask": attention_mask,
+        "position_ids": position_ids,
+    }
 
 
 @torch.inference_mode()
@@ -200,7 +204,10 @@ def score_token_ids(
         for start in range(0, len(sequences), batch_size):
             batch = pad_batch(sequences[start : start + batch_size], pad_id, padding_side, device)
             if prompt_lengths is not None and pooling_of(reward_model) == "sum":
-                batch["reward_mask"] = (batch["position_ids"] >= torch.tensor(prompt_lengths[start : start + batch_size], device=device)[:, None]).long()
+                batch["reward_mask"] = (
+                    batch["position_ids"]
+                    >= torch.tensor(prompt_lengths[start : start + batch_size], device=device)[:, None]
+                ).long()
             logits = reward_model(**batch, use_cache=False).logits
             scores.extend(logits[:, 0].float().tolist())
     finally:
@@ -259,7 +266,9 @@ def _token_sum_forward(self, input_ids=None, attention_mask=None, position_ids=N
     real = attention_mask if attention_mask is not None else input_ids != self.config.pad_token_id
     if reward_mask is not None:
         real = real * reward_mask
-    return SequenceClassifierOutputWithPast(logits=(token_scores * real.unsqueeze(-1).to(token_scores.dtype)).sum(dim=1))
+    return SequenceClassifierOutputWithPast(
+        logits=(token_scores * real.unsqueeze(-1).to(token_scores.dtype)).sum(dim=1)
+    )
 
 
 def set_pooling(model: PreTrainedModel, pooling: str) -> PreTrainedModel:
@@ -269,7 +278,9 @@ def set_pooling(model: PreTrainedModel, pooling: str) -> PreTrainedModel:
         raise UserError(f"unknown reward pooling {pooling!r}; choose from {', '.join(POOLINGS)}")
     if pooling == "sum":
         if not hasattr(model, "score") or not hasattr(model, "base_model"):
-            raise UserError(f"reward pooling 'sum' needs a sequence classifier with a `score` head; {type(model).__name__} has none.")
+            raise UserError(
+                f"reward pooling 'sum' needs a sequence classifier with a `score` head; {type(model).__name__} has none."
+            )
         model.forward = types.MethodType(_token_sum_forward, model)
     else:
         model.__dict__.pop("forward", None)  # back to the class's own last-token forward
@@ -289,7 +300,9 @@ def load_reward_model(path: str | Path, device: str | torch.device | None = None
     from pipeline.models import load_model, load_tokenizer
 
     tokenizer = load_tokenizer(str(path))
-    model = load_model(ModelConfig(model_name_or_path=str(path), dtype="float32"), tokenizer, head="sequence_classification")
+    model = load_model(
+        ModelConfig(model_name_or_path=str(path), dtype="float32"), tokenizer, head="sequence_classification"
+    )
     if model.config.num_labels != 1:
         raise UserError(f"{path} is not a reward model: it has {model.config.num_labels} outputs, not 1.")
     set_pooling(model, pooling_of(model))

@@ -92,7 +92,9 @@ class SFTArguments(ToyWorldKeys):
     toy_eval_examples: int = field(default=256, metadata={"help": "toy world: held-out demonstrations for eval loss"})
     toy_demo_error_rate: float = field(
         default=0.0,
-        metadata={"help": "toy world: share of training demonstrations that are labeller mistakes (wrong or rambling); eval stays clean"},
+        metadata={
+            "help": "toy world: share of training demonstrations that are labeller mistakes (wrong or rambling); eval stays clean"
+        },
     )
     merge_adapters: bool = field(
         default=True, metadata={"help": "LoRA/QLoRA: also write the merged full model into output_dir"}
@@ -101,7 +103,8 @@ class SFTArguments(ToyWorldKeys):
         default=128, metadata={"help": "toy world: held-out prompts whose gold reward is measured before/after"}
     )
     sample_prompts: list[str] = field(
-        default_factory=list, metadata={"help": "prompts for samples.json (default: toy eval prompts, or eval prompts)"}
+        default_factory=list,
+        metadata={"help": "prompts for samples.json (default: toy eval prompts, or eval prompts)"},
     )
     num_samples: int = field(default=8, metadata={"help": "non-toy data: eval prompts to write samples for"})
     sample_max_new_tokens: int = field(default=48, metadata={"help": "length limit of generated responses"})
@@ -132,7 +135,9 @@ class SFTModelArguments(ModelConfig):
         if not self.model_name_or_path:
             raise ValueError("missing key 'model_name_or_path' (e.g. runs/toy/pretrain, or gpt2 on a GPU machine)")
         if (self.load_in_4bit or self.load_in_8bit) and not self.use_peft:
-            raise ValueError("key 'load_in_4bit' (QLoRA) trains LoRA adapters on a frozen 4-bit model: set use_peft: true")
+            raise ValueError(
+                "key 'load_in_4bit' (QLoRA) trains LoRA adapters on a frozen 4-bit model: set use_peft: true"
+            )
         if self.use_peft and self.lora_r <= 0:
             raise ValueError(f"key 'lora_r' must be > 0, got {self.lora_r}")
         if not 0.0 <= self.lora_dropout < 1.0:
@@ -177,9 +182,13 @@ def load_data(args: SFTArguments, seed: int) -> tuple[datasets.Dataset, datasets
         train = toy_sft_dataset(world, args.toy_examples, "train", args.toy_demo_error_rate)
         evaluation = toy_sft_dataset(world, args.toy_eval_examples, "validation")  # eval loss while training
         return train, evaluation, "prompt_completion"
-    dataset, dataset_format = load_sft_dataset(args.dataset, args.dataset_format, args.dataset_split, args.dataset_config_name)
+    dataset, dataset_format = load_sft_dataset(
+        args.dataset, args.dataset_format, args.dataset_split, args.dataset_config_name
+    )
     if len(dataset) < 2:
-        raise DataError(f"{args.dataset}: need at least 2 examples to hold one out for evaluation, got {len(dataset)}.")
+        raise DataError(
+            f"{args.dataset}: need at least 2 examples to hold one out for evaluation, got {len(dataset)}."
+        )
     split = dataset.train_test_split(test_size=args.eval_fraction, seed=seed, shuffle=True)
     train, evaluation = split["train"], split["test"]
     if args.max_train_examples:
@@ -234,16 +243,25 @@ def count_long_sequences(dataset: datasets.Dataset, tokenizer, max_length: int |
     if counts["truncated"]:
         logger.warning(
             "%s: %d of %d examples are longer than max_length=%d tokens (longest %d) and are truncated to it",
-            name, counts["truncated"], len(dataset), max_length, counts["longest"],
+            name,
+            counts["truncated"],
+            len(dataset),
+            max_length,
+            counts["longest"],
         )
     if counts["dropped"]:
         logger.warning(
             "%s: %d of %d examples have a prompt of max_length=%d tokens or more: no response token is left "
             "after truncation, so they are left out of training (raise max_length to keep them)",
-            name, counts["dropped"], len(dataset), max_length,
+            name,
+            counts["dropped"],
+            len(dataset),
+            max_length,
         )
     if counts["dropped"] == len(dataset):
-        raise DataError(f"{name}: every example's prompt is at least max_length={max_length} tokens: raise max_length.")
+        raise DataError(
+            f"{name}: every example's prompt is at least max_length={max_length} tokens: raise max_length."
+        )
     return counts
 
 
@@ -338,7 +356,9 @@ def keep_adapters_in_fp32(model: torch.nn.Module) -> None:
             parameter.data = parameter.data.float()
 
 
-def merge_adapter(model_args: SFTModelArguments, tokenizer, adapter_dir: Path, output_dir: Path, trust_remote_code: bool):
+def merge_adapter(
+    model_args: SFTModelArguments, tokenizer, adapter_dir: Path, output_dir: Path, trust_remote_code: bool
+):
     """Merge the adapter into a full-precision copy of the base model and save it as a plain causal LM.
 
     Also for QLoRA the merge goes into full-precision weights: merging into the 4-bit ones would
@@ -379,22 +399,36 @@ def sample_and_score(model, tokenizer, prompts: list[str], args: SFTArguments, s
     records, gold, traits = [], {}, {}
     world_traits = recipe_traits(args)
     for strategy in GOLD_STRATEGIES:
-        generations = generate(model, tokenizer, prompts, strategy=strategy, max_new_tokens=args.sample_max_new_tokens, seed=seed)
+        generations = generate(
+            model, tokenizer, prompts, strategy=strategy, max_new_tokens=args.sample_max_new_tokens, seed=seed
+        )
         for generation in generations:
-            record = {"when": when, "strategy": strategy, "prompt": generation.prompt, "text": generation.text, "finished": generation.finished}
+            record = {
+                "when": when,
+                "strategy": strategy,
+                "prompt": generation.prompt,
+                "text": generation.text,
+                "finished": generation.finished,
+            }
             if args.dataset == "toy":
-                record["gold_reward"] = round(gold_reward(generation.prompt, generation.text, finished=generation.finished), 4)
+                record["gold_reward"] = round(
+                    gold_reward(generation.prompt, generation.text, finished=generation.finished), 4
+                )
             records.append(record)
         if args.dataset == "toy":
             scores = [r["gold_reward"] for r in records if r["strategy"] == strategy]
             gold[strategy] = round(sum(scores) / len(scores), 4)
         for name, test in world_traits.items():
-            traits.setdefault(name, {})[strategy] = trait_share(trait_value(test, g.prompt, g.text) for g in generations)
+            traits.setdefault(name, {})[strategy] = trait_share(
+                trait_value(test, g.prompt, g.text) for g in generations
+            )
     return records, gold, traits
 
 
 def mode_name(model_args: SFTModelArguments) -> str:
-    return "qlora" if (model_args.load_in_4bit or model_args.load_in_8bit) else "lora" if model_args.use_peft else "full"
+    return (
+        "qlora" if (model_args.load_in_4bit or model_args.load_in_8bit) else "lora" if model_args.use_peft else "full"
+    )
 
 
 # --- the stage ----------------------------------------------------------------------------------------
@@ -419,18 +453,31 @@ def main(argv: Sequence[str] | None = None) -> None:
     prompts = generation_prompts(args, eval_set, tokenizer)
     samples, gold_before, traits_before = [], {}, {}
     if training_args.should_save:
-        samples, gold_before, traits_before = sample_and_score(model, tokenizer, prompts, args, training_args.seed, "before")
+        samples, gold_before, traits_before = sample_and_score(
+            model, tokenizer, prompts, args, training_args.seed, "before"
+        )
 
     interrupt = GracefulInterrupt()
     trainer = build_trainer(
-        model, tokenizer, train_set, eval_set, dataset_format, model_args, training_args,
+        model,
+        tokenizer,
+        train_set,
+        eval_set,
+        dataset_format,
+        model_args,
+        training_args,
         [interrupt, MemoryCheck(training_args.max_length)],
     )
     counts = parameter_counts(trainer.model)
     logger.info(
         "%s fine-tuning: %d of %d parameters trainable (%.2f%%); %d train / %d eval examples (%s)",
-        mode_name(model_args), counts["trainable_parameters"], counts["parameters"], 100 * counts["trainable_share"],
-        len(trainer.train_dataset), len(trainer.eval_dataset), dataset_format,
+        mode_name(model_args),
+        counts["trainable_parameters"],
+        counts["parameters"],
+        100 * counts["trainable_share"],
+        len(trainer.train_dataset),
+        len(trainer.eval_dataset),
+        dataset_format,
     )
     eval_before = trainer.evaluate(metric_key_prefix="eval_before")
 
@@ -444,12 +491,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     if model_args.use_peft:
         tokenizer.save_pretrained(output_dir)
         if args.merge_adapters:
-            final_model = merge_adapter(model_args, tokenizer, adapter_dir, output_dir, training_args.trust_remote_code)
+            final_model = merge_adapter(
+                model_args, tokenizer, adapter_dir, output_dir, training_args.trust_remote_code
+            )
             final_model.to(trainer.args.device)
 
-    after_samples, gold_after, traits_after = sample_and_score(final_model, tokenizer, prompts, args, training_args.seed, "after")
+    after_samples, gold_after, traits_after = sample_and_score(
+        final_model, tokenizer, prompts, args, training_args.seed, "after"
+    )
     write_json(output_dir / "samples.json", samples + after_samples)
-    plot_loss_curves(trainer.state.log_history, output_dir / "loss_curve.png", f"SFT ({mode_name(model_args)}): {recipe.path}")
+    plot_loss_curves(
+        trainer.state.log_history, output_dir / "loss_curve.png", f"SFT ({mode_name(model_args)}): {recipe.path}"
+    )
     write_json(output_dir / "log_history.json", trainer.state.log_history)
 
     steps_run = trainer.state.global_step - (int(Path(checkpoint).name.split("-")[1]) if checkpoint else 0)
@@ -471,7 +524,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         "longest_train_sequence": lengths["longest"],
         "train_seconds": round(train_seconds, 2),
         "seconds_per_step": round(train_seconds / steps_run, 4) if steps_run > 0 else None,
-        "tokens_per_second": round(trainer.state.num_input_tokens_seen / train_seconds, 1) if train_seconds > 0 else None,
+        "tokens_per_second": round(trainer.state.num_input_tokens_seen / train_seconds, 1)
+        if train_seconds > 0
+        else None,
         "merged": bool(model_args.use_peft and args.merge_adapters),
         "resumed_from": checkpoint,
     }
@@ -486,9 +541,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     run.finish(resolved_recipe("sft", args, model_args, training_args), metrics)
     logger.info(
         "eval loss %.4f -> %.4f (perplexity %.3f); gold reward greedy %s -> %s, sampled %s -> %s; outputs in %s",
-        metrics["eval_loss_before"], metrics["eval_loss"], metrics["perplexity"],
-        gold_before.get("greedy"), gold_after.get("greedy"),
-        gold_before.get("temperature_1.0"), gold_after.get("temperature_1.0"), output_dir,
+        metrics["eval_loss_before"],
+        metrics["eval_loss"],
+        metrics["perplexity"],
+        gold_before.get("greedy"),
+        gold_after.get("greedy"),
+        gold_before.get("temperature_1.0"),
+        gold_after.get("temperature_1.0"),
+        output_dir,
     )
 
 

@@ -81,7 +81,12 @@ def run_module(module: str, *args: str, cwd: Path | None = None, timeout: int = 
 
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.run(
-        [sys.executable, "-m", module, *args], cwd=cwd or REPO, env=env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", module, *args],
+        cwd=cwd or REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -91,7 +96,11 @@ def snapshot(directory: Path) -> dict[str, str]:
 
     if not directory.exists():
         return {}
-    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
 
 
 def run_in_process(module: str, *args: str):
@@ -134,14 +143,29 @@ def launch_two_processes(*args: str, timeout: int = 600):
     accelerate = Path(sys.executable).with_name("accelerate")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.run(
-        [str(accelerate), "launch", "--config_file", str(REPO / "recipes" / "accelerate" / "cpu2.yaml"),
-         "--main_process_port", str(free_port()), *args],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
+        [
+            str(accelerate),
+            "launch",
+            "--config_file",
+            str(REPO / "recipes" / "accelerate" / "cpu2.yaml"),
+            "--main_process_port",
+            str(free_port()),
+            *args,
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
 def save_tiny_gpt2(
-    directory: Path, n_embd: int = 32, n_layer: int = 1, n_positions: int = 128, texts: list[str] | None = None,
+    directory: Path,
+    n_embd: int = 32,
+    n_layer: int = 1,
+    n_positions: int = 128,
+    texts: list[str] | None = None,
     seed: int = 0,
 ) -> Path:
     """A random GPT-2 (no training) with a char tokenizer of `texts` (default: toy dialogues), saved like a stage output."""
@@ -153,8 +177,14 @@ def save_tiny_gpt2(
 
     tokenizer = train_tokenizer(texts or ToyWorld(seed=0).pretraining_corpus(300), kind="char")
     config = GPT2Config(
-        vocab_size=len(tokenizer), n_positions=n_positions, n_embd=n_embd, n_layer=n_layer, n_head=2,
-        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        vocab_size=len(tokenizer),
+        n_positions=n_positions,
+        n_embd=n_embd,
+        n_layer=n_layer,
+        n_head=2,
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(seed)
     GPT2LMHeadModel(config).save_pretrained(directory)

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 from conftest import save_tiny_gpt2, snapshot, write_recipe
+
 from pipeline.contract import LOCK, MANIFEST
 from pipeline.errors import EXIT_USER_ERROR, run_cli
 
@@ -36,7 +36,9 @@ class Case:
 
 def stage_recipe(tmp: Path, stage: str, values: dict) -> tuple[str, list[str], Path]:
     output_dir = tmp / "runs" / stage
-    path = write_recipe(tmp / "recipes" / f"{stage}.yaml", {"stage": stage, "output_dir": str(output_dir), **CPU, **values})
+    path = write_recipe(
+        tmp / "recipes" / f"{stage}.yaml", {"stage": stage, "output_dir": str(output_dir), **CPU, **values}
+    )
     module = {"weak_to_strong": "pipeline.weak_to_strong"}.get(stage, f"pipeline.{stage}")
     return module, ["--config", str(path)], output_dir
 
@@ -67,11 +69,15 @@ def ppo(tmp: Path, model: Path, **values):
 
 
 def pretrain(tmp: Path, model: Path, **values):
-    return stage_recipe(tmp, "pretrain", {"tokenizer": "char", "n_layer": 1, "n_head": 2, "n_embd": 16, "max_steps": 2, **values})
+    return stage_recipe(
+        tmp, "pretrain", {"tokenizer": "char", "n_layer": 1, "n_head": 2, "n_embd": 16, "max_steps": 2, **values}
+    )
 
 
 def w2s(tmp: Path, model: Path, **values):
-    return stage_recipe(tmp, "weak_to_strong", {"weak_model": str(model), "strong_model": str(model), "seeds": [0], **values})
+    return stage_recipe(
+        tmp, "weak_to_strong", {"weak_model": str(model), "strong_model": str(model), "seeds": [0], **values}
+    )
 
 
 def with_data(stage: Callable, name: str, content, **values):
@@ -94,12 +100,14 @@ def model_dir(tmp: Path, name: str) -> Path:
 
 def broken_copy(file: str, damage: Callable[[bytes], bytes]):
     """The tiny model copied to models/broken with one of its files damaged (cut short, or not what it says)."""
+
     def make(tmp: Path, model: Path):
         import shutil
 
         path = Path(shutil.copytree(model, tmp / "models" / "broken"))
         (path / file).write_bytes(damage((path / file).read_bytes()))
         return sft(tmp, path)
+
     return make
 
 
@@ -115,7 +123,9 @@ def t5_model(tmp: Path, model: Path):
     from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration
 
     path = model_dir(tmp, "t5")
-    T5ForConditionalGeneration(T5Config(vocab_size=64, d_model=8, d_ff=16, num_layers=1, num_heads=1, d_kv=8)).save_pretrained(path)
+    T5ForConditionalGeneration(
+        T5Config(vocab_size=64, d_model=8, d_ff=16, num_layers=1, num_heads=1, d_kv=8)
+    ).save_pretrained(path)
     AutoTokenizer.from_pretrained(model).save_pretrained(path)
     return sft(tmp, path)
 
@@ -149,7 +159,9 @@ def tokenizer_without_eos(tmp: Path, model: Path):
 
 def without_stage_key(module: str, argv: list[str], output_dir: Path):
     path = Path(argv[1])
-    path.write_text("".join(line for line in path.read_text().splitlines(keepends=True) if not line.startswith("stage:")))
+    path.write_text(
+        "".join(line for line in path.read_text().splitlines(keepends=True) if not line.startswith("stage:"))
+    )
     return module, argv, output_dir
 
 
@@ -168,10 +180,12 @@ def no_weights(tmp: Path, model: Path):
 
 def recipe_text(text: str):
     """An sft recipe file whose whole text is `text` (not YAML, or YAML that is not a mapping)."""
+
     def make(tmp: Path, model: Path):
         module, argv, output_dir = sft(tmp, model)
         Path(argv[1]).write_text(text)
         return module, argv, output_dir
+
     return make
 
 
@@ -186,19 +200,54 @@ def broken_reward_model(tmp: Path, model: Path):
 
 CASES = [
     # --- recipes: caught before any model or data is loaded
-    Case("unknown-key", lambda t, m: sft(t, m, learnig_rate=1e-3), ("{recipe}", "unknown key 'learnig_rate'", "Did you mean 'learning_rate'")),
+    Case(
+        "unknown-key",
+        lambda t, m: sft(t, m, learnig_rate=1e-3),
+        ("{recipe}", "unknown key 'learnig_rate'", "Did you mean 'learning_rate'"),
+    ),
     Case("wrong-type", lambda t, m: dpo(t, m, beta="high"), ("{recipe}", "key 'beta' expects float", "'high'")),
-    Case("negative-learning-rate", lambda t, m: reward(t, m, learning_rate=-1e-4), ("{recipe}", "key 'learning_rate' must be > 0")),
-    Case("missing-data-file", lambda t, m: sft(t, m, dataset=str(t / "data" / "missing.jsonl")), ("{recipe}", "key 'dataset'", "does not exist")),
+    Case(
+        "negative-learning-rate",
+        lambda t, m: reward(t, m, learning_rate=-1e-4),
+        ("{recipe}", "key 'learning_rate' must be > 0"),
+    ),
+    Case(
+        "missing-data-file",
+        lambda t, m: sft(t, m, dataset=str(t / "data" / "missing.jsonl")),
+        ("{recipe}", "key 'dataset'", "does not exist"),
+    ),
     Case("unknown-stage-in-a-chain", chain_folder, ("finetune.yaml", "unknown stage 'finetune'", "pretrain, sft")),
-    Case("recipe-given-to-the-wrong-stage", lambda t, m: ("pipeline.sft", *reward(t, m)[1:]),
-         ("{recipe}", "recipe is for stage 'reward'", "python -m pipeline.reward")),
-    Case("earlier-stage-has-not-run", lambda t, m: sft(t, t / "runs" / "pretrain"), ("{recipe}", "key 'model_name_or_path'", "has not run yet")),
-    Case("qlora-without-lora", lambda t, m: sft(t, m, use_peft=False, load_in_4bit=True), ("{recipe}", "load_in_4bit", "use_peft: true")),
+    Case(
+        "recipe-given-to-the-wrong-stage",
+        lambda t, m: ("pipeline.sft", *reward(t, m)[1:]),
+        ("{recipe}", "recipe is for stage 'reward'", "python -m pipeline.reward"),
+    ),
+    Case(
+        "earlier-stage-has-not-run",
+        lambda t, m: sft(t, t / "runs" / "pretrain"),
+        ("{recipe}", "key 'model_name_or_path'", "has not run yet"),
+    ),
+    Case(
+        "qlora-without-lora",
+        lambda t, m: sft(t, m, use_peft=False, load_in_4bit=True),
+        ("{recipe}", "load_in_4bit", "use_peft: true"),
+    ),
     Case("negative-kl-coefficient", lambda t, m: ppo(t, m, kl_coef=-0.1), ("{recipe}", "key 'kl_coef' must be >= 0")),
-    Case("reward-model-missing-for-ppo", lambda t, m: ppo(t, m, reward="model"), ("{recipe}", "key 'reward_model_path' is missing", "reward: gold")),
-    Case("unknown-toy-skill", lambda t, m: dpo(t, m, toy_skills=["copy", "spell"]), ("{recipe}", "key 'toy_skills'", "'spell'", "add, copy, reverse, colour")),
-    Case("aux-alpha-out-of-range", lambda t, m: w2s(t, m, aux_alpha=1.5), ("{recipe}", "key 'aux_alpha' must be in [0, 1]")),
+    Case(
+        "reward-model-missing-for-ppo",
+        lambda t, m: ppo(t, m, reward="model"),
+        ("{recipe}", "key 'reward_model_path' is missing", "reward: gold"),
+    ),
+    Case(
+        "unknown-toy-skill",
+        lambda t, m: dpo(t, m, toy_skills=["copy", "spell"]),
+        ("{recipe}", "key 'toy_skills'", "'spell'", "add, copy, reverse, colour"),
+    ),
+    Case(
+        "aux-alpha-out-of-range",
+        lambda t, m: w2s(t, m, aux_alpha=1.5),
+        ("{recipe}", "key 'aux_alpha' must be in [0, 1]"),
+    ),
     Case("missing-stage-key", lambda t, m: without_stage_key(*sft(t, m)), ("{recipe}", "missing key 'stage'")),
     Case("duplicate-key", duplicate_key, ("{recipe}", "key 'max_steps' is written twice", "at lines")),
     Case("recipe-not-yaml", recipe_text("stage: sft\nmax_steps: [2\n"), ("{recipe}", "invalid YAML at line 3")),
@@ -206,33 +255,107 @@ CASES = [
     Case("recipe-binary", recipe_text("\x00\x01\x02 stage"), ("{recipe}",)),
     # --- data: file and line
     Case("empty-data-file", with_data(sft, "empty.jsonl", ""), ("{data}", "holds no records")),
-    Case("malformed-json-line", with_data(reward, "pairs.jsonl", json.dumps(GOOD_PAIR) + "\n{\"prompt\": \"x\",\n"), ("{data}:2", "malformed JSON")),
-    Case("missing-column", with_data(dpo, "pairs.jsonl", [GOOD_PAIR, {"prompt": "User: hi\nBot:", "chosen": " hello"}]), ("{data}:2", "missing field 'rejected'")),
-    Case("wrong-value-type", with_data(reward, "pairs.jsonl", [{**GOOD_PAIR, "chosen": 4}]), ("{data}:1", "field 'chosen' must be a string", "int")),
-    Case("not-utf8-text", with_data(pretrain, "corpus.txt", b"first line\nsecond \xff\xfe line\n"), ("{data}:2", "not UTF-8")),
-    Case("not-utf8-jsonl", with_data(sft, "demos.jsonl", b'{"prompt": "a", "completion": "b"}\n{"prompt": "\xe9t\xe9", "completion": "c"}\n'), ("{data}:2", "not UTF-8")),
+    Case(
+        "malformed-json-line",
+        with_data(reward, "pairs.jsonl", json.dumps(GOOD_PAIR) + '\n{"prompt": "x",\n'),
+        ("{data}:2", "malformed JSON"),
+    ),
+    Case(
+        "missing-column",
+        with_data(dpo, "pairs.jsonl", [GOOD_PAIR, {"prompt": "User: hi\nBot:", "chosen": " hello"}]),
+        ("{data}:2", "missing field 'rejected'"),
+    ),
+    Case(
+        "wrong-value-type",
+        with_data(reward, "pairs.jsonl", [{**GOOD_PAIR, "chosen": 4}]),
+        ("{data}:1", "field 'chosen' must be a string", "int"),
+    ),
+    Case(
+        "not-utf8-text",
+        with_data(pretrain, "corpus.txt", b"first line\nsecond \xff\xfe line\n"),
+        ("{data}:2", "not UTF-8"),
+    ),
+    Case(
+        "not-utf8-jsonl",
+        with_data(
+            sft, "demos.jsonl", b'{"prompt": "a", "completion": "b"}\n{"prompt": "\xe9t\xe9", "completion": "c"}\n'
+        ),
+        ("{data}:2", "not UTF-8"),
+    ),
     Case("empty-text-file", with_data(pretrain, "corpus.txt", "\n\n\n"), ("{data}", "holds no text")),
-    Case("every-pair-identical", with_data(dpo, "pairs.jsonl", [{**GOOD_PAIR, "rejected": GOOD_PAIR["chosen"]}] * 3), ("{data}", "chosen", "rejected")),
-    Case("json-line-not-an-object", with_data(dpo, "pairs.jsonl", json.dumps(GOOD_PAIR) + "\n[1, 2]\n"), ("{data}:2", "object")),
-    Case("binary-jsonl", with_data(reward, "pairs.jsonl", bytes(range(256)) * 4), ("{data}:1", "a binary file, not text")),
-    Case("binary-text", with_data(pretrain, "corpus.txt", b"some text\n\x00\x01\x02\x00"), ("{data}:2", "a binary file, not text")),
-    Case("empty-prompt", with_data(reward, "pairs.jsonl", [{**GOOD_PAIR, "prompt": "  "}]), ("{data}:1", "empty prompt")),
-    Case("sft-record-without-response", with_data(sft, "demos.jsonl", [{"prompt": "User: hi\nBot:", "completion": ""}] * 2), ("{data}", "no example has a non-empty response")),
-    Case("w2s-record-without-label", with_data(w2s, "task.jsonl", [{"text": "a fine film", "label": 1}, {"text": "dull"}]), ("{data}:2", "missing column 'label'")),
+    Case(
+        "every-pair-identical",
+        with_data(dpo, "pairs.jsonl", [{**GOOD_PAIR, "rejected": GOOD_PAIR["chosen"]}] * 3),
+        ("{data}", "chosen", "rejected"),
+    ),
+    Case(
+        "json-line-not-an-object",
+        with_data(dpo, "pairs.jsonl", json.dumps(GOOD_PAIR) + "\n[1, 2]\n"),
+        ("{data}:2", "object"),
+    ),
+    Case(
+        "binary-jsonl",
+        with_data(reward, "pairs.jsonl", bytes(range(256)) * 4),
+        ("{data}:1", "a binary file, not text"),
+    ),
+    Case(
+        "binary-text",
+        with_data(pretrain, "corpus.txt", b"some text\n\x00\x01\x02\x00"),
+        ("{data}:2", "a binary file, not text"),
+    ),
+    Case(
+        "empty-prompt", with_data(reward, "pairs.jsonl", [{**GOOD_PAIR, "prompt": "  "}]), ("{data}:1", "empty prompt")
+    ),
+    Case(
+        "sft-record-without-response",
+        with_data(sft, "demos.jsonl", [{"prompt": "User: hi\nBot:", "completion": ""}] * 2),
+        ("{data}", "no example has a non-empty response"),
+    ),
+    Case(
+        "w2s-record-without-label",
+        with_data(w2s, "task.jsonl", [{"text": "a fine film", "label": 1}, {"text": "dull"}]),
+        ("{data}:2", "missing column 'label'"),
+    ),
     # --- models
-    Case("gzip-cut-short", with_data(sft, "demos.jsonl.gz", gzip_cut_short([{"prompt": f"User: {i}\nBot:", "completion": " x"} for i in range(3000)])),
-         ("{data}", "not a readable gzip file", "cut short")),
-    Case("gz-that-is-not-gzip", with_data(reward, "pairs.jsonl.gz", json.dumps(GOOD_PAIR) + "\n"), ("{data}", "not a readable gzip file")),
-    Case("safetensors-cut-short", broken_copy("model.safetensors", lambda b: b[: len(b) // 2]), ("models/broken", "model.safetensors is corrupt or cut short")),
-    Case("safetensors-not-safetensors", broken_copy("model.safetensors", lambda b: b"version https://git-lfs.github.com/spec/v1\n"),
-         ("models/broken", "model.safetensors is corrupt or cut short")),
-    Case("reward-model-cut-short", broken_reward_model, ("models/broken_rm", "model.safetensors is corrupt or cut short")),
+    Case(
+        "gzip-cut-short",
+        with_data(
+            sft,
+            "demos.jsonl.gz",
+            gzip_cut_short([{"prompt": f"User: {i}\nBot:", "completion": " x"} for i in range(3000)]),
+        ),
+        ("{data}", "not a readable gzip file", "cut short"),
+    ),
+    Case(
+        "gz-that-is-not-gzip",
+        with_data(reward, "pairs.jsonl.gz", json.dumps(GOOD_PAIR) + "\n"),
+        ("{data}", "not a readable gzip file"),
+    ),
+    Case(
+        "safetensors-cut-short",
+        broken_copy("model.safetensors", lambda b: b[: len(b) // 2]),
+        ("models/broken", "model.safetensors is corrupt or cut short"),
+    ),
+    Case(
+        "safetensors-not-safetensors",
+        broken_copy("model.safetensors", lambda b: b"version https://git-lfs.github.com/spec/v1\n"),
+        ("models/broken", "model.safetensors is corrupt or cut short"),
+    ),
+    Case(
+        "reward-model-cut-short",
+        broken_reward_model,
+        ("models/broken_rm", "model.safetensors is corrupt or cut short"),
+    ),
     Case("config-json-empty", broken_copy("config.json", lambda b: b""), ("models/broken", "config.json")),
     Case("config-not-json", broken_copy("config.json", lambda b: b"{not json"), ("models/broken", "config.json")),
     Case("tokenizer-json-corrupt", broken_copy("tokenizer.json", lambda b: b[:40]), ("models/broken", "tokenizer")),
     Case("model-directory-without-weights", no_weights, ("models/empty is not a model folder", "no config.json")),
     Case("architecture-without-a-causal-lm", t5_model, ("models/t5", "cannot be loaded as a causal lm")),
-    Case("tokenizer-of-another-model", foreign_tokenizer, ("models/mismatch", "different models", "tokenizer saved with the model")),
+    Case(
+        "tokenizer-of-another-model",
+        foreign_tokenizer,
+        ("models/mismatch", "different models", "tokenizer saved with the model"),
+    ),
     Case("tokenizer-without-eos", tokenizer_without_eos, ("models/no_eos", "no EOS token")),
 ]
 
@@ -276,8 +399,18 @@ def test_the_matrix_covers_every_area():
 
 def finished_output(tmp: Path, model: Path, capsys) -> tuple[str, list[str], Path]:
     """A finished tiny SFT run, to try to overwrite."""
-    module, argv, output_dir = sft(tmp, model, toy_examples=32, toy_eval_examples=8, num_eval_prompts=2, sample_max_new_tokens=4,
-                                   max_length=64, per_device_train_batch_size=8, save_strategy="no", eval_strategy="no")
+    module, argv, output_dir = sft(
+        tmp,
+        model,
+        toy_examples=32,
+        toy_eval_examples=8,
+        num_eval_prompts=2,
+        sample_max_new_tokens=4,
+        max_length=64,
+        per_device_train_batch_size=8,
+        save_strategy="no",
+        eval_strategy="no",
+    )
     run_cli(__import__("pipeline.sft", fromlist=["main"]).main, argv)
     capsys.readouterr()
     assert (output_dir / MANIFEST).is_file()
@@ -299,7 +432,9 @@ def test_a_second_run_into_a_directory_being_written_is_refused(tiny_model, tmp_
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         before = snapshot(output_dir)
         code, err = run_stage(module, argv, capsys)
-    check_one_clear_message(code, err, ("{recipe}", "another run is writing into", "choose another output_dir"), recipe=argv[1])
+    check_one_clear_message(
+        code, err, ("{recipe}", "another run is writing into", "choose another output_dir"), recipe=argv[1]
+    )
     assert snapshot(output_dir) == before
 
 
@@ -318,7 +453,9 @@ def copy_of(model: Path, where: Path) -> Path:
 
 
 @pytest.mark.parametrize("layout", ["output-is-the-model", "output-inside-the-model", "output-contains-the-data"])
-def test_an_output_dir_overlapping_an_input_is_refused_before_anything_is_touched(layout, tiny_model, tmp_path, capsys):
+def test_an_output_dir_overlapping_an_input_is_refused_before_anything_is_touched(
+    layout, tiny_model, tmp_path, capsys
+):
     model = copy_of(tiny_model, tmp_path / "models" / "sft")
     values: dict = {"model_name_or_path": str(model), "max_steps": 2, "use_peft": True, **CPU}
     if layout == "output-is-the-model":
@@ -327,11 +464,20 @@ def test_an_output_dir_overlapping_an_input_is_refused_before_anything_is_touche
         values["output_dir"], key, relation = str(model / "again"), "model_name_or_path", "lies inside"
     else:
         values["output_dir"], key, relation = str(tmp_path / "runs" / "sft"), "dataset", "contains"
-        values["dataset"] = str(data_file(tmp_path / "runs" / "sft", "demos.jsonl", [{"prompt": "User: hi\nBot:", "completion": " hello"}] * 4))
+        values["dataset"] = str(
+            data_file(
+                tmp_path / "runs" / "sft", "demos.jsonl", [{"prompt": "User: hi\nBot:", "completion": " hello"}] * 4
+            )
+        )
     path = write_recipe(tmp_path / "recipes" / "sft.yaml", {"stage": "sft", **values})
     inputs = {name: snapshot(tmp_path / name) for name in ("models", "runs")}
     code, err = run_stage("pipeline.sft", ["--config", str(path), "--force"], capsys)
-    check_one_clear_message(code, err, ("{recipe}", "key 'output_dir'", f"{relation} key '{key}'", "overwrite its own input"), recipe=str(path))
+    check_one_clear_message(
+        code,
+        err,
+        ("{recipe}", "key 'output_dir'", f"{relation} key '{key}'", "overwrite its own input"),
+        recipe=str(path),
+    )
     assert {name: snapshot(tmp_path / name) for name in ("models", "runs")} == inputs
 
 
@@ -340,8 +486,12 @@ def test_a_cache_dir_inside_an_input_is_refused_before_anything_is_written(tiny_
     module, argv, output_dir = w2s(tmp_path, tiny_model, strong_model=str(model), cache_dir=str(model / "cache"))
     before = snapshot(tmp_path / "models")
     code, err = run_stage(module, argv, capsys)
-    check_one_clear_message(code, err, ("{recipe}", "key 'cache_dir'", "lies inside key 'strong_model'", "overwrite its own input"),
-                            recipe=argv[1])
+    check_one_clear_message(
+        code,
+        err,
+        ("{recipe}", "key 'cache_dir'", "lies inside key 'strong_model'", "overwrite its own input"),
+        recipe=argv[1],
+    )
     assert snapshot(tmp_path / "models") == before and not output_dir.exists()
 
 

@@ -9,9 +9,16 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from conftest import run_module
-from pipeline.best_of_n import best_of_n_table, expected_best, pick_probabilities, plug_in_kl, powers_of_two, rm_versus_gold
+
+from pipeline.best_of_n import (
+    best_of_n_table,
+    expected_best,
+    pick_probabilities,
+    plug_in_kl,
+    powers_of_two,
+    rm_versus_gold,
+)
 from pipeline.errors import UserError
 from pipeline.reward_model import pairwise_calibration, spearman
 
@@ -69,7 +76,9 @@ def test_plug_in_kl_counts_repeated_samples_once_and_stays_far_below_the_bound_f
 def test_a_perfect_reward_model_tracks_gold_perfectly():
     gold = np.array([[0.3, 1.0, 0.0, 0.7], [0.3, 0.3, 0.3, 0.3]])  # 2nd prompt: no preference among samples
     result = rm_versus_gold(2.0 * gold, gold)
-    assert result["rm_gold_spearman"] == pytest.approx(1.0) and result["rm_gold_spearman_within_prompt"] == pytest.approx(1.0)
+    assert result["rm_gold_spearman"] == pytest.approx(1.0) and result[
+        "rm_gold_spearman_within_prompt"
+    ] == pytest.approx(1.0)
     assert result["prompts_with_varied_gold"] == 1
     assert result["calibration_on_samples"]["pairs"] == 6 and result["calibration_on_samples"]["accuracy"] == 1.0
 
@@ -78,7 +87,9 @@ def test_calibration_bins_and_ece():
     # Confidence 0.73 (margin 1) on 4 pairs, 3 ordered right: the bin shows 0.75 right, ECE = |0.731 − 0.75|.
     calibration = pairwise_calibration([1.0, 1.0, 1.0, -1.0], [True, True, True, True], bins=5)
     row = next(row for row in calibration["bins"] if row["pairs"])
-    assert row["pairs"] == 4 and row["share_right"] == 0.75 and row["mean_confidence"] == pytest.approx(0.7311, abs=1e-4)
+    assert (
+        row["pairs"] == 4 and row["share_right"] == 0.75 and row["mean_confidence"] == pytest.approx(0.7311, abs=1e-4)
+    )
     assert calibration["ece"] == pytest.approx(abs(0.7311 - 0.75), abs=1e-4)
     # The order a pair is listed in does not matter.
     assert pairwise_calibration([-1.0, 2.0], [False, True]) == pairwise_calibration([1.0, -2.0], [True, False])
@@ -97,9 +108,8 @@ def test_n_must_be_a_power_of_two():
 
 def test_command_line_on_tiny_models(tmp_path):
     """A tiny random policy and reward model: the JSON has the curve, the PNG is written."""
-    from transformers import GPT2ForSequenceClassification
-
     from test_reward import save_tiny_gpt2
+    from transformers import GPT2ForSequenceClassification
 
     policy = save_tiny_gpt2(tmp_path / "policy")
     reward_dir = tmp_path / "reward"
@@ -109,13 +119,26 @@ def test_command_line_on_tiny_models(tmp_path):
     (reward_dir / "tokenizer_config.json").write_bytes((policy / "tokenizer_config.json").read_bytes())
     output = tmp_path / "bon" / "result.json"
     result = run_module(
-        "eval.best_of_n", "--policy", str(policy), "--reward_model", str(reward_dir), "--num_prompts", "3",
-        "--n_max", "8", "--max_new_tokens", "6", "--output", str(output),
+        "eval.best_of_n",
+        "--policy",
+        str(policy),
+        "--reward_model",
+        str(reward_dir),
+        "--num_prompts",
+        "3",
+        "--n_max",
+        "8",
+        "--max_new_tokens",
+        "6",
+        "--output",
+        str(output),
     )
     assert result.returncode == 0, result.stderr[-2000:]
     data = json.loads(output.read_text())
     assert [row["n"] for row in data["table"]] == [1, 2, 4, 8] and data["prompts"] == 3
-    assert 0.0 <= data["policy_mean_gold"] <= 1.0 and data["table"][0]["gold"] == pytest.approx(data["policy_mean_gold"], abs=1e-3)
+    assert 0.0 <= data["policy_mean_gold"] <= 1.0 and data["table"][0]["gold"] == pytest.approx(
+        data["policy_mean_gold"], abs=1e-3
+    )
     assert output.with_suffix(".png").is_file()
     assert "| N | KL (nats, plug-in) | KL bound | RM reward | gold reward | gold oracle |" in result.stdout
 
@@ -132,7 +155,9 @@ def test_kl_regularised_optimum_is_the_softmax_tilt_of_the_samples():
     # β → 0: the RM's best sample (Best-of-n; a tie keeps both); β → ∞: the policy itself, at KL 0.
     assert small["reward"] == pytest.approx(1.5) and small["gold"] == pytest.approx(0.75)
     assert small["kl_nats"] == pytest.approx(np.log(2) / 2, abs=1e-3)
-    assert large["reward"] == pytest.approx(rewards.mean(), abs=1e-3) and large["kl_nats"] == pytest.approx(0.0, abs=1e-5)
+    assert large["reward"] == pytest.approx(rewards.mean(), abs=1e-3) and large["kl_nats"] == pytest.approx(
+        0.0, abs=1e-5
+    )
     (one,) = kl_regularised_table(rewards, gold, betas=(1.0,))
     w = np.exp(1.0) / (1 + np.exp(1.0))  # weight of the better response of prompt 0
     assert one["gold"] == pytest.approx((w + 0.5) / 2, abs=1e-4)

@@ -7,14 +7,21 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, TINY_PRETRAIN, run_module, write_recipe
+
 from pipeline import chain
 from pipeline.contract import read_manifest
 from pipeline.errors import RecipeError
 from pipeline.stages import STAGES, StageSpec
 
-QUICK = {**TINY_PRETRAIN, "max_steps": 6, "eval_steps": 6, "save_steps": 6, "num_sample_prompts": 2, "decoding_strategies": ["greedy"]}
+QUICK = {
+    **TINY_PRETRAIN,
+    "max_steps": 6,
+    "eval_steps": 6,
+    "save_steps": 6,
+    "num_sample_prompts": 2,
+    "decoding_strategies": ["greedy"],
+}
 
 
 @pytest.fixture
@@ -24,7 +31,11 @@ def folder(tmp_path: Path) -> Path:
     write_recipe(recipes / "z_base.yaml", {**QUICK, "output_dir": str(tmp_path / "runs" / "base")})
     write_recipe(
         recipes / "a_child.yaml",
-        {**QUICK, "output_dir": str(tmp_path / "runs" / "child"), "tokenizer_name_or_path": str(tmp_path / "runs" / "base")},
+        {
+            **QUICK,
+            "output_dir": str(tmp_path / "runs" / "child"),
+            "tokenizer_name_or_path": str(tmp_path / "runs" / "base"),
+        },
     )
     return recipes
 
@@ -79,10 +90,22 @@ def test_run_skip_rerun_on_change_and_force(folder, tmp_path):
 
 def test_unimplemented_stage_is_reported_and_blocks_its_dependents(folder, tmp_path, monkeypatch):
     monkeypatch.setitem(STAGES, "future", StageSpec("future", "pipeline.not_written_yet", ("model_name_or_path",)))
-    write_recipe(folder / "b_future.yaml", {"stage": "future", "output_dir": str(tmp_path / "runs" / "future"),
-                                            "model_name_or_path": str(tmp_path / "runs" / "child")})
-    write_recipe(folder / "c_after.yaml", {**QUICK, "output_dir": str(tmp_path / "runs" / "after"),
-                                           "tokenizer_name_or_path": str(tmp_path / "runs" / "future")})
+    write_recipe(
+        folder / "b_future.yaml",
+        {
+            "stage": "future",
+            "output_dir": str(tmp_path / "runs" / "future"),
+            "model_name_or_path": str(tmp_path / "runs" / "child"),
+        },
+    )
+    write_recipe(
+        folder / "c_after.yaml",
+        {
+            **QUICK,
+            "output_dir": str(tmp_path / "runs" / "after"),
+            "tokenizer_name_or_path": str(tmp_path / "runs" / "future"),
+        },
+    )
     stages = {stage.name: stage for stage in chain.plan(folder)}
     assert stages["b_future"].action == "not-implemented" and "pipeline.not_written_yet" in stages["b_future"].reason
     assert stages["c_after"].action == "blocked"

@@ -113,7 +113,9 @@ def test_last_checkpoint_passes_over_incomplete_checkpoints(tmp_path, caplog):
     write_checkpoint(tmp_path / "checkpoint-10")
     write_checkpoint(tmp_path / "checkpoint-20", "adapter_model.safetensors", "optimizer.pt", "trainer_state.json")
     write_checkpoint(tmp_path / "checkpoint-30", "model.safetensors", "optimizer.pt")  # killed before its state
-    write_checkpoint(tmp_path / "checkpoint-40", "model.safetensors", "scheduler.pt", "trainer_state.json")  # no optimizer
+    write_checkpoint(
+        tmp_path / "checkpoint-40", "model.safetensors", "scheduler.pt", "trainer_state.json"
+    )  # no optimizer
     write_checkpoint(tmp_path / "checkpoint-50", "optimizer.pt", "trainer_state.json")  # no weights
     damaged = write_checkpoint(tmp_path / "checkpoint-60")
     (damaged / "trainer_state.json").write_text('{"global_step": 6')  # cut short

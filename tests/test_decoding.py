@@ -225,9 +225,10 @@ def test_beam_3_scores_at_least_greedy(peaked_model, tok):
         (greedy,) = generate(peaked_model, tok, [prompt], "greedy", max_new_tokens=2, stop_at_eos=False)
         (beam,) = generate(peaked_model, tok, [prompt], "beam_3", max_new_tokens=2, stop_at_eos=False)
         assert len(beam.token_ids) == len(greedy.token_ids) == 2
-        assert _logprob(peaked_model, tok, prompt, beam.token_ids) >= _logprob(
-            peaked_model, tok, prompt, greedy.token_ids
-        ) - 1e-5
+        assert (
+            _logprob(peaked_model, tok, prompt, beam.token_ids)
+            >= _logprob(peaked_model, tok, prompt, greedy.token_ids) - 1e-5
+        )
 
 
 # ---------------------------------------------------------------------------- sampling

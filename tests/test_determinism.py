@@ -7,7 +7,6 @@ import re
 from pathlib import Path
 
 import pytest
-
 from conftest import TINY_PRETRAIN, run_module, save_tiny_gpt2, write_recipe
 
 # Wall time, throughput and memory depend on the machine's load, not on the recipe.
@@ -35,7 +34,11 @@ def run_twice(tmp_path: Path, module: str, values: dict) -> tuple[dict, dict]:
 
 @pytest.mark.slow
 def test_pretraining_twice_gives_the_same_metrics(tmp_path):
-    first, second = run_twice(tmp_path, "pipeline.pretrain", {**TINY_PRETRAIN, "max_steps": 20, "decoding_strategies": ["greedy", "temperature_1.0"]})
+    first, second = run_twice(
+        tmp_path,
+        "pipeline.pretrain",
+        {**TINY_PRETRAIN, "max_steps": 20, "decoding_strategies": ["greedy", "temperature_1.0"]},
+    )
     assert first == second
     assert first["eval_loss"] > 0 and "gold_reward_sampled" in first  # sampled decoding is seeded too
 
@@ -43,10 +46,26 @@ def test_pretraining_twice_gives_the_same_metrics(tmp_path):
 @pytest.mark.slow
 def test_reward_modelling_twice_gives_the_same_metrics(tmp_path):
     model = save_tiny_gpt2(tmp_path / "base")
-    first, second = run_twice(tmp_path, "pipeline.reward", {
-        "stage": "reward", "model_name_or_path": str(model), "dataset": "toy", "toy_pairs": 200, "toy_eval_pairs": 64,
-        "learning_rate": 3.0e-3, "per_device_train_batch_size": 16, "max_steps": 10, "eval_strategy": "no",
-        "save_strategy": "no", "seed": 5, "use_cpu": True, "bf16": False, "dataloader_num_workers": 0, "disable_tqdm": True,
-    })
+    first, second = run_twice(
+        tmp_path,
+        "pipeline.reward",
+        {
+            "stage": "reward",
+            "model_name_or_path": str(model),
+            "dataset": "toy",
+            "toy_pairs": 200,
+            "toy_eval_pairs": 64,
+            "learning_rate": 3.0e-3,
+            "per_device_train_batch_size": 16,
+            "max_steps": 10,
+            "eval_strategy": "no",
+            "save_strategy": "no",
+            "seed": 5,
+            "use_cpu": True,
+            "bf16": False,
+            "dataloader_num_workers": 0,
+            "disable_tqdm": True,
+        },
+    )
     assert first == second
     assert first["steps"] == 10 and 0.0 <= first["heldout_accuracy"] <= 1.0 and first["heldout_pairs"] == 64

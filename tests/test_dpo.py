@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import run_in_process, write_recipe
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2ForSequenceClassification
 
-from conftest import run_in_process, write_recipe
 from pipeline import dpo
 from pipeline.contract import read_manifest
 from pipeline.data.toy_world import ToyWorld
@@ -60,8 +60,14 @@ def sft_dir(tmp_path_factory) -> Path:
     directory = tmp_path_factory.mktemp("sft")
     tokenizer = train_tokenizer(ToyWorld(seed=0).pretraining_corpus(300), kind="char")
     config = GPT2Config(
-        vocab_size=len(tokenizer), n_positions=128, n_embd=32, n_layer=1, n_head=2,
-        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        vocab_size=len(tokenizer),
+        n_positions=128,
+        n_embd=32,
+        n_layer=1,
+        n_head=2,
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(config).save_pretrained(directory)
@@ -121,7 +127,9 @@ def test_loss_falls_and_the_policy_moves_away_from_sft(full_run):
     train = [entry for entry in history if "rewards/margins" in entry]
     assert train[-1]["rewards/margins"] > 0.05 and train[-1]["rewards/accuracies"] > 0.5
     assert math.isfinite(metrics["implicit_reward_margin"]) and 0.0 <= metrics["implicit_reward_accuracy"] <= 1.0
-    assert metrics["chosen_logp_fell"] == (metrics["held_out_after"]["logp_chosen"] < metrics["held_out_before"]["logp_chosen"])
+    assert metrics["chosen_logp_fell"] == (
+        metrics["held_out_after"]["logp_chosen"] < metrics["held_out_before"]["logp_chosen"]
+    )
     kl = metrics["kl_to_sft"]
     assert set(kl) == {"k1", "k2", "k3", "exact"} and kl["exact"] > 0.0 and kl["k3"] >= 0.0 and kl["k2"] >= 0.0
     for when in ("gold_reward_before", "gold_reward_after"):
@@ -136,8 +144,15 @@ def test_loss_falls_and_the_policy_moves_away_from_sft(full_run):
 def test_dpo_can_train_on_comparisons_of_the_sft_models_own_samples(tmp_path, sft_dir):
     from pipeline.data.toy_world import gold_reward
 
-    path = recipe(tmp_path, sft_dir, toy_pairs=0, toy_policy_prompts=12, toy_policy_samples=8, max_steps=2,
-                  sample_max_new_tokens=32)  # long enough for the random tiny model to stop now and then
+    path = recipe(
+        tmp_path,
+        sft_dir,
+        toy_pairs=0,
+        toy_policy_prompts=12,
+        toy_policy_samples=8,
+        max_steps=2,
+        sample_max_new_tokens=32,
+    )  # long enough for the random tiny model to stop now and then
     dpo.main(["--config", str(path)])
     metrics = json.loads((tmp_path / "runs" / "dpo" / "metrics.json").read_text())
     comparisons = metrics["data"]["policy_comparisons"]
@@ -145,24 +160,38 @@ def test_dpo_can_train_on_comparisons_of_the_sft_models_own_samples(tmp_path, sf
     assert metrics["train_pairs"] == comparisons["pairs"] > 0  # toy_pairs: 0 -> only the model's own samples
     assert metrics["eval_pairs"] == 16  # held out: the toy world's hand-made eval pairs, as always
     # Each comparison is labelled by the gold reward: chosen scores higher.
-    from pipeline.data.toy_comparisons import policy_comparisons
-    from pipeline.models import load_tokenizer
     from transformers import AutoModelForCausalLM
 
+    from pipeline.data.toy_comparisons import policy_comparisons
+    from pipeline.models import load_tokenizer
+
     model, tokenizer = AutoModelForCausalLM.from_pretrained(sft_dir), load_tokenizer(str(sft_dir))
-    pairs, _ = policy_comparisons(model, tokenizer, ["User: repeat the word: cat\nBot:"] * 6, 8, "temperature_1.0", 32, seed=0)
+    pairs, _ = policy_comparisons(
+        model, tokenizer, ["User: repeat the word: cat\nBot:"] * 6, 8, "temperature_1.0", 32, seed=0
+    )
     assert pairs is not None
-    assert all(gold_reward(p, c) > gold_reward(p, r) for p, c, r in zip(pairs["prompt"], pairs["chosen"], pairs["rejected"]))
+    assert all(
+        gold_reward(p, c) > gold_reward(p, r) for p, c, r in zip(pairs["prompt"], pairs["chosen"], pairs["rejected"])
+    )
 
 
 def test_output_follows_the_stage_contract(full_run, sft_dir):
     path, out, _ = full_run
-    for name in ("model.safetensors", "tokenizer.json", "recipe.yaml", "samples.json", "dpo_curves.png", "loss_curve.png"):
+    for name in (
+        "model.safetensors",
+        "tokenizer.json",
+        "recipe.yaml",
+        "samples.json",
+        "dpo_curves.png",
+        "loss_curve.png",
+    ):
         assert (out / name).is_file(), name
     manifest = read_manifest(out)
     assert manifest["stage"] == "dpo" and manifest["inputs"] == {"model_name_or_path": str(sft_dir), "dataset": "toy"}
     samples = json.loads((out / "samples.json").read_text())
-    assert {(s["model"], s["strategy"]) for s in samples} == {(m, s) for m in ("policy", "reference") for s in ("greedy", "sampled")}
+    assert {(s["model"], s["strategy"]) for s in samples} == {
+        (m, s) for m in ("policy", "reference") for s in ("greedy", "sampled")
+    }
     # The saved policy differs from the SFT model it started from, which is left untouched.
     policy = AutoModelForCausalLM.from_pretrained(out)
     sft = AutoModelForCausalLM.from_pretrained(sft_dir)
@@ -176,8 +205,14 @@ def test_output_follows_the_stage_contract(full_run, sft_dir):
 
 @pytest.mark.parametrize("use_peft", [True, False], ids=["lora", "full"])
 def test_the_reference_is_the_sft_model_before_and_after_training(tmp_path, sft_dir, use_peft):
-    peft = {"use_peft": True, "lora_r": 4, "lora_alpha": 8, "lora_target_modules": ["c_attn", "c_proj", "c_fc"]} if use_peft else {}
-    trainer, model_args, tokenizer = trainer_for(recipe(tmp_path, sft_dir, max_steps=4, save_strategy="no", eval_strategy="no", **peft))
+    peft = (
+        {"use_peft": True, "lora_r": 4, "lora_alpha": 8, "lora_target_modules": ["c_attn", "c_proj", "c_fc"]}
+        if use_peft
+        else {}
+    )
+    trainer, model_args, tokenizer = trainer_for(
+        recipe(tmp_path, sft_dir, max_steps=4, save_strategy="no", eval_strategy="no", **peft)
+    )
     if use_peft:
         # No second model: TRL gets the reference by disabling the adapters of the policy.
         assert trainer.ref_model is None and hasattr(trainer.model, "disable_adapter")
@@ -266,7 +301,9 @@ def test_lora_run_on_jsonl_counts_long_pairs_and_scores_with_a_reward_model(tmp_
     win rates by a reward model appear when one is given."""
     world = ToyWorld(seed=3)
     # Short pairs (1 char = 1 token, under 40 tokens each), then 5 over-long prompts and 4 over-long responses.
-    records = [{"prompt": f"User: what is {i} + 1?\nBot:", "chosen": f" {i + 1}", "rejected": f" {i + 2}"} for i in range(24)]
+    records = [
+        {"prompt": f"User: what is {i} + 1?\nBot:", "chosen": f" {i + 1}", "rejected": f" {i + 2}"} for i in range(24)
+    ]
     for record in records[:5]:  # long prompts: 100 extra characters (1 char = 1 token) before the question
         record["prompt"] = "x" * 100 + record["prompt"]
     for record in records[5:9]:  # long rejected responses: prompt + response > max_length
@@ -277,14 +314,32 @@ def test_lora_run_on_jsonl_counts_long_pairs_and_scores_with_a_reward_model(tmp_
     held_out.write_text("".join(json.dumps(r) + "\n" for r in world.preference_pairs(8, split="validation")))
     reward_dir = tmp_path / "reward"
     tokenizer = load_tokenizer(str(sft_dir))
-    classifier = GPT2Config(vocab_size=len(tokenizer), n_positions=128, n_embd=16, n_layer=1, n_head=2, num_labels=1,
-                            pad_token_id=tokenizer.pad_token_id)
+    classifier = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=128,
+        n_embd=16,
+        n_layer=1,
+        n_head=2,
+        num_labels=1,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     GPT2ForSequenceClassification(classifier).save_pretrained(reward_dir)
     tokenizer.save_pretrained(reward_dir)
 
     path = recipe(
-        tmp_path, sft_dir, dataset=str(data), eval_dataset=str(held_out), max_length=80, max_prompt_length=48,
-        reward_model_path=str(reward_dir), use_peft=True, lora_r=4, lora_alpha=8, max_steps=4, eval_steps=4, save_steps=4,
+        tmp_path,
+        sft_dir,
+        dataset=str(data),
+        eval_dataset=str(held_out),
+        max_length=80,
+        max_prompt_length=48,
+        reward_model_path=str(reward_dir),
+        use_peft=True,
+        lora_r=4,
+        lora_alpha=8,
+        max_steps=4,
+        eval_steps=4,
+        save_steps=4,
     )
     dpo.main(["--config", str(path)])
     out = tmp_path / "runs" / "dpo"
@@ -301,8 +356,16 @@ def test_lora_run_on_jsonl_counts_long_pairs_and_scores_with_a_reward_model(tmp_
 def test_qlora_trains_adapters_on_a_4bit_sft_model_and_saves_a_full_precision_merge(tmp_path, sft_dir):
     pytest.importorskip("bitsandbytes")
     path = recipe(
-        tmp_path, sft_dir, use_peft=True, load_in_4bit=True, bnb_4bit_quant_type="nf4", dtype="float32",
-        lora_r=4, lora_alpha=8, max_steps=3, save_steps=3,
+        tmp_path,
+        sft_dir,
+        use_peft=True,
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        dtype="float32",
+        lora_r=4,
+        lora_alpha=8,
+        max_steps=3,
+        save_steps=3,
     )
     dpo.main(["--config", str(path)])
     out = tmp_path / "runs" / "dpo"
@@ -318,14 +381,20 @@ def test_qlora_trains_adapters_on_a_4bit_sft_model_and_saves_a_full_precision_me
     "overrides, expected",
     [
         ({"loss_type": "dpo"}, "key 'loss_type': unknown loss 'dpo'"),
-        ({"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0]}, "key 'loss_weights' needs one weight per loss_type"),
+        (
+            {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0]},
+            "key 'loss_weights' needs one weight per loss_type",
+        ),
         ({"loss_type": "exo_pair"}, "key 'label_smoothing' must be > 0 for loss_type exo_pair"),
         ({"label_smoothing": 0.5}, "key 'label_smoothing' must be in [0, 0.5)"),
         ({"label_smoothing": 0.1}, "key 'label_smoothing' (0.1) has no effect on loss_type ['sigmoid']"),
         ({"beta": 0.0}, "key 'beta' must be > 0"),
         ({"ld_alpha": 1.5}, "key 'ld_alpha' must be in [0, 1]"),
         ({"use_peft": True, "sync_ref_model": True}, "sync_ref_model (TR-DPO) needs a separate reference model"),
-        ({"reward_model_path": "runs/nowhere/reward"}, "key 'reward_model_path': path runs/nowhere/reward does not exist"),
+        (
+            {"reward_model_path": "runs/nowhere/reward"},
+            "key 'reward_model_path': path runs/nowhere/reward does not exist",
+        ),
         ({"toy_pairs": 0}, "keys 'toy_pairs' and 'toy_policy_prompts' are both 0"),
         ({"toy_policy_prompts": 4, "toy_policy_samples": 1}, "key 'toy_policy_samples' must be >= 2"),
     ],
@@ -345,7 +414,9 @@ def test_a_policy_compared_with_itself_has_zero_kl_and_ties(sft_dir):
     tokenizer = load_tokenizer(str(sft_dir))
     model = AutoModelForCausalLM.from_pretrained(sft_dir)
     prompts = ToyWorld(seed=0).prompts(6, split="validation")
-    result = evaluate_policy(model, tokenizer, prompts, reference=model, gold=toy_gold_scorer, max_new_tokens=10, seed=3)
+    result = evaluate_policy(
+        model, tokenizer, prompts, reference=model, gold=toy_gold_scorer, max_new_tokens=10, seed=3
+    )
     assert all(value["mean"] == pytest.approx(0.0, abs=1e-5) for value in result.summary["kl"].values())
     assert result.summary["win_rate"]["gold_reward"] == {"greedy": 0.5, "sampled": 0.5}
     assert result.summary["policy"] == result.summary["reference"]
@@ -361,10 +432,21 @@ def test_traits_are_counted_for_policy_reference_and_frontier(sft_dir):
     model = AutoModelForCausalLM.from_pretrained(sft_dir)
     prompts = ToyWorld(seed=0).prompts(6, split="validation")
     traits = {"long": lambda prompt, response: len(response.strip()) > 3}
-    result = evaluate_policy(model, tokenizer, prompts, reference=model, gold=toy_gold_scorer, max_new_tokens=10, seed=3,
-                             sharpening_temperatures=(1.0, 0.5), traits=traits)
+    result = evaluate_policy(
+        model,
+        tokenizer,
+        prompts,
+        reference=model,
+        gold=toy_gold_scorer,
+        max_new_tokens=10,
+        seed=3,
+        sharpening_temperatures=(1.0, 0.5),
+        traits=traits,
+    )
     greedy = [r for r in result.samples if r["model"] == "policy" and r["strategy"] == "greedy"]
-    assert result.summary["policy"]["greedy"]["long"] == pytest.approx(np.mean([len(r["text"].strip()) > 3 for r in greedy]), abs=1e-4)
+    assert result.summary["policy"]["greedy"]["long"] == pytest.approx(
+        np.mean([len(r["text"].strip()) > 3 for r in greedy]), abs=1e-4
+    )
     assert all(0.0 <= point["long"] <= 1.0 for point in result.summary["sharpening"])
     assert "long" not in result.summary["win_rate"]  # a trait is counted, not compared
     metrics = trait_metrics(result.summary)
@@ -399,4 +481,3 @@ def test_a_max_length_beyond_the_models_context_is_a_recipe_error(tmp_path, sft_
     with pytest.raises(RecipeError, match=r"key 'max_length' \(200\) exceeds the context length .* \(128 tokens\)"):
         dpo.main(["--config", str(path)])
     assert not (tmp_path / "runs" / "dpo").exists()
-

@@ -74,7 +74,9 @@ def sampled_sequences(p: list[float], q: list[float], n_sequences: int, length: 
     """Per-sequence k1/k2/k3 and exact sums for tokens drawn from p (the setting of the study, without models)."""
     generator = torch.Generator().manual_seed(seed)
     p_t, q_t = torch.tensor(p, dtype=torch.float64), torch.tensor(q, dtype=torch.float64)
-    tokens = torch.multinomial(p_t, n_sequences * length, replacement=True, generator=generator).view(n_sequences, length)
+    tokens = torch.multinomial(p_t, n_sequences * length, replacement=True, generator=generator).view(
+        n_sequences, length
+    )
     estimates = kl_estimates(p_t.log()[tokens], q_t.log()[tokens])
     exact = float((p_t * (p_t.log() - q_t.log())).sum())
     sequences = {name: value.sum(dim=1).numpy() for name, value in estimates.items()}

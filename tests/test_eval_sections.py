@@ -20,12 +20,19 @@ from eval.report import build_report
 NO_STUDIES = Options(studies=False)
 
 
-def write_output(directory: Path, stage: str, metrics: dict, wall_time_s: float = 10.0, inputs: dict | None = None, **files) -> Path:
+def write_output(
+    directory: Path, stage: str, metrics: dict, wall_time_s: float = 10.0, inputs: dict | None = None, **files
+) -> Path:
     directory.mkdir(parents=True)
     (directory / "metrics.json").write_text(json.dumps(metrics))
     for name, content in files.items():
         (directory / f"{name}.json").write_text(json.dumps(content))
-    manifest = {"stage": stage, "wall_time_s": wall_time_s, "inputs": inputs or {}, "recipe_values": {"dataset": "toy"}}
+    manifest = {
+        "stage": stage,
+        "wall_time_s": wall_time_s,
+        "inputs": inputs or {},
+        "recipe_values": {"dataset": "toy"},
+    }
     (directory / "manifest.json").write_text(json.dumps(manifest))  # last, as the stage contract does
     return directory
 
@@ -35,17 +42,37 @@ def w2s_metrics() -> dict:
     from pipeline.weak_to_strong import flat_metrics, summarize
 
     per_seed = []
-    for seed, (weak, ceiling, xent, logconf) in enumerate([(0.60, 0.80, 0.66, 0.72), (0.62, 0.78, 0.64, 0.70), (0.61, 0.61, 0.62, 0.60)]):
+    for seed, (weak, ceiling, xent, logconf) in enumerate(
+        [(0.60, 0.80, 0.66, 0.72), (0.62, 0.78, 0.64, 0.70), (0.61, 0.61, 0.62, 0.60)]
+    ):
         students = {}
         for name, accuracy in (("xent", xent), ("logconf", logconf)):
             pgr = performance_gap_recovered(weak, accuracy, ceiling)
-            students[name] = {"accuracy": accuracy, "pgr": pgr.value, "pgr_reason": pgr.reason,
-                              "agreement": {"weak_right": 0.9, "weak_wrong": 0.4}}
-        per_seed.append({"seed": seed, "weak_accuracy": weak, "ceiling_accuracy": ceiling, "gap": ceiling - weak,
-                         "weak_label_accuracy": weak, "students": students})
+            students[name] = {
+                "accuracy": accuracy,
+                "pgr": pgr.value,
+                "pgr_reason": pgr.reason,
+                "agreement": {"weak_right": 0.9, "weak_wrong": 0.4},
+            }
+        per_seed.append(
+            {
+                "seed": seed,
+                "weak_accuracy": weak,
+                "ceiling_accuracy": ceiling,
+                "gap": ceiling - weak,
+                "weak_label_accuracy": weak,
+                "students": students,
+            }
+        )
     summary = summarize(per_seed)
-    return {**flat_metrics(summary), "summary": summary, "per_seed": per_seed, "seeds": [0, 1, 2],
-            "models": {"weak": "small", "strong": "large"}, "task": {"name": "toy"}}
+    return {
+        **flat_metrics(summary),
+        "summary": summary,
+        "per_seed": per_seed,
+        "seeds": [0, 1, 2],
+        "models": {"weak": "small", "strong": "large"},
+        "task": {"name": "toy"},
+    }
 
 
 def test_weak_to_strong_pgr_table_and_bars(tmp_path):
@@ -69,33 +96,93 @@ def test_reward_best_of_n_dpo_and_ppo_numbers_are_the_stages(tmp_path):
 
     rng = np.random.default_rng(0)
     runs = tmp_path / "runs"
-    write_output(runs / "sft", "sft", {"gold_reward_sampled": 0.55, "gold_reward_greedy": 0.7}, inputs={"model_name_or_path": "x"})
+    write_output(
+        runs / "sft",
+        "sft",
+        {"gold_reward_sampled": 0.55, "gold_reward_greedy": 0.7},
+        inputs={"model_name_or_path": "x"},
+    )
     rewards, gold = rng.normal(size=(8, 16)), rng.uniform(size=(8, 16))
-    bon = {"prompts": 8, "samples_per_prompt": 16, "policy": str(runs / "sft"), "policy_mean_gold": float(gold.mean()),
-           "table": best_of_n_table(rewards, gold), "kl_regularised": kl_regularised_table(rewards, gold)}
-    frontier = [{"temperature": 1.0, "kl_exact": 0.0, "gold_reward": 0.55}, {"temperature": 0.5, "kl_exact": 0.6, "gold_reward": 0.8}]
+    bon = {
+        "prompts": 8,
+        "samples_per_prompt": 16,
+        "policy": str(runs / "sft"),
+        "policy_mean_gold": float(gold.mean()),
+        "table": best_of_n_table(rewards, gold),
+        "kl_regularised": kl_regularised_table(rewards, gold),
+    }
+    frontier = [
+        {"temperature": 1.0, "kl_exact": 0.0, "gold_reward": 0.55},
+        {"temperature": 0.5, "kl_exact": 0.6, "gold_reward": 0.8},
+    ]
     judge_against_frontier(bon["table"], frontier)
     calibration = pairwise_calibration(rng.normal(1.0, 1.0, size=200), [True] * 200)
-    write_output(runs / "reward", "reward", {"heldout_accuracy": 0.91, "heldout_accuracy_before": 0.5, "heldout_mean_margin": 1.2,
-                                            "heldout_calibration": calibration, "rm_gold_pearson": 0.6}, best_of_n=bon)
-    dpo_history = [{"step": s, "rewards/margins": 0.1 * s, "rewards/accuracies": 0.5 + 0.01 * s, "logps/chosen": -5 - 0.1 * s,
-                    "loss": 0.69 - 0.01 * s} for s in range(1, 6)]
+    write_output(
+        runs / "reward",
+        "reward",
+        {
+            "heldout_accuracy": 0.91,
+            "heldout_accuracy_before": 0.5,
+            "heldout_mean_margin": 1.2,
+            "heldout_calibration": calibration,
+            "rm_gold_pearson": 0.6,
+        },
+        best_of_n=bon,
+    )
+    dpo_history = [
+        {
+            "step": s,
+            "rewards/margins": 0.1 * s,
+            "rewards/accuracies": 0.5 + 0.01 * s,
+            "logps/chosen": -5 - 0.1 * s,
+            "loss": 0.69 - 0.01 * s,
+        }
+        for s in range(1, 6)
+    ]
     from pipeline.policy_eval import judge
 
     def judged(sampled, greedy, kl):
-        summary = {"sharpening": frontier, "kl": {"exact": {"mean": kl}}, "policy": {"sampled": {"gold_reward": sampled}, "greedy": {"gold_reward": greedy}},
-                   "reference": {"sampled": {"gold_reward": 0.55}, "greedy": {"gold_reward": 0.7}}}
+        summary = {
+            "sharpening": frontier,
+            "kl": {"exact": {"mean": kl}},
+            "policy": {"sampled": {"gold_reward": sampled}, "greedy": {"gold_reward": greedy}},
+            "reference": {"sampled": {"gold_reward": 0.55}, "greedy": {"gold_reward": 0.7}},
+        }
         return judge(summary)
 
-    write_output(runs / "dpo", "dpo", {"gold_reward_after": {"sampled": 0.7, "greedy": 0.72}, "gold_reward_before": {"sampled": 0.55, "greedy": 0.7},
-                                       "kl_to_sft": {"k1": 1.1, "k3": 1.0, "exact": 1.05}, "sharpening": frontier, "judgement": judged(0.7, 0.72, 1.05),
-                                       "win_rate_vs_sft": {"gold_reward": {"sampled": 0.6}}}, inputs={"model_name_or_path": str(runs / "sft")},
-                 log_history=dpo_history)
-    ppo_history = [{"step": s, "gold_reward": 0.5 + 0.02 * s, "kl_k1": 0.1 * s, "kl_k3": 0.09 * s, "entropy": 1.0} for s in range(1, 9)]
-    write_output(runs / "ppo", "ppo", {"gold_reward_after": 0.74, "gold_reward_before": 0.55, "gold_reward_greedy_after": 0.69,
-                                       "gold_reward_greedy_before": 0.7, "kl_to_reference": {"k1": 0.8, "k2": 0.9, "k3": 0.7, "exact": 0.3},
-                                       "sharpening": frontier, "judgement": judged(0.74, 0.69, 0.3)},
-                 inputs={"model_name_or_path": str(runs / "sft")}, log_history=ppo_history)
+    write_output(
+        runs / "dpo",
+        "dpo",
+        {
+            "gold_reward_after": {"sampled": 0.7, "greedy": 0.72},
+            "gold_reward_before": {"sampled": 0.55, "greedy": 0.7},
+            "kl_to_sft": {"k1": 1.1, "k3": 1.0, "exact": 1.05},
+            "sharpening": frontier,
+            "judgement": judged(0.7, 0.72, 1.05),
+            "win_rate_vs_sft": {"gold_reward": {"sampled": 0.6}},
+        },
+        inputs={"model_name_or_path": str(runs / "sft")},
+        log_history=dpo_history,
+    )
+    ppo_history = [
+        {"step": s, "gold_reward": 0.5 + 0.02 * s, "kl_k1": 0.1 * s, "kl_k3": 0.09 * s, "entropy": 1.0}
+        for s in range(1, 9)
+    ]
+    write_output(
+        runs / "ppo",
+        "ppo",
+        {
+            "gold_reward_after": 0.74,
+            "gold_reward_before": 0.55,
+            "gold_reward_greedy_after": 0.69,
+            "gold_reward_greedy_before": 0.7,
+            "kl_to_reference": {"k1": 0.8, "k2": 0.9, "k3": 0.7, "exact": 0.3},
+            "sharpening": frontier,
+            "judgement": judged(0.74, 0.69, 0.3),
+        },
+        inputs={"model_name_or_path": str(runs / "sft")},
+        log_history=ppo_history,
+    )
 
     report = build_report([runs], options=NO_STUDIES)
     assert report["errors"] == []
@@ -104,17 +191,25 @@ def test_reward_best_of_n_dpo_and_ppo_numbers_are_the_stages(tmp_path):
     assert sections["reward"]["reward"]["ece"] == calibration["ece"]
     assert sections["reward"]["reward"]["best_of_n"]["table"] == bon["table"]
     assert sections["reward"]["reward"]["best_of_n"]["kl_regularised"] == bon["kl_regularised"]
-    assert sections["dpo"]["dpo"]["curves"]["rewards/margins"] == {"step": [1, 2, 3, 4, 5], "value": [0.1 * s for s in range(1, 6)]}
+    assert sections["dpo"]["dpo"]["curves"]["rewards/margins"] == {
+        "step": [1, 2, 3, 4, 5],
+        "value": [0.1 * s for s in range(1, 6)],
+    }
     assert sections["dpo"]["dpo"]["kl_to_sft"]["exact"] == 1.05
     assert sections["ppo"]["ppo"]["curves"]["gold_reward"]["value"] == [e["gold_reward"] for e in ppo_history]
     # The comparison draws what the stages measured: (exact KL to SFT, gold reward of samples), beside the frontier.
     comparison = sections["comparison"]
     points = comparison["points"]
     assert points["SFT (T = 1)"] == {"kl": [0.0], "gold": [0.55]}
-    assert points["dpo (dpo)"] == {"kl": [1.05], "gold": [0.7]} and points["ppo (ppo)"] == {"kl": [0.3], "gold": [0.74]}
+    assert points["dpo (dpo)"] == {"kl": [1.05], "gold": [0.7]} and points["ppo (ppo)"] == {
+        "kl": [0.3],
+        "gold": [0.74],
+    }
     curves = comparison["curves"]
     assert curves["Best-of-N with the RM (plug-in KL)"]["kl"] == [r["kl_nats"] for r in bon["table"]]
-    assert curves["Best-of-N at the analytic bound log N − (N−1)/N"]["kl"] == [r["kl_bound_nats"] for r in bon["table"]]
+    assert curves["Best-of-N at the analytic bound log N − (N−1)/N"]["kl"] == [
+        r["kl_bound_nats"] for r in bon["table"]
+    ]
     assert curves["SFT at lower temperatures (sharpening frontier)"]["gold"] == [0.55, 0.8]
     assert curves["ppo during training (train prompts, KL k1)"]["gold"] == [e["gold_reward"] for e in ppo_history]
     # PPO at 0.3 nats: the frontier gives 0.55 + 0.25 / 2 = 0.675, PPO 0.74 is above, but its greedy gold fell: no.
@@ -135,5 +230,12 @@ def test_stage_outputs_without_files_or_keys_still_give_a_report(tmp_path):
     (runs / "unfinished" / "metrics.json").write_text("{}")
     report = build_report([runs], options=NO_STUDIES)
     assert report["errors"] == [] and report["missing_stages"] == []
-    assert [o["name"] for o in report["sections"]["overview"]["outputs"]] == ["pretrain", "sft", "reward", "ppo", "dpo", "weak_to_strong"]
+    assert [o["name"] for o in report["sections"]["overview"]["outputs"]] == [
+        "pretrain",
+        "sft",
+        "reward",
+        "ppo",
+        "dpo",
+        "weak_to_strong",
+    ]
     assert (runs / "report.html").is_file()

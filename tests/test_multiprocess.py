@@ -8,11 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, free_port, run_module
 from conftest import launch_two_processes as launch
 
 CPU2 = REPO / "recipes" / "accelerate" / "cpu2.yaml"
+
 
 def train_losses(out: Path) -> list[float]:
     return [entry["loss"] for entry in json.loads((out / "log_history.json").read_text()) if "loss" in entry]
@@ -32,7 +32,9 @@ def test_pretrain_two_processes_match_one_process_with_the_same_global_batch(tin
     # the training losses agree to float-reduction noise.
     assert train_losses(two) == pytest.approx(train_losses(one), abs=1e-4)
     metrics_one, metrics_two = (json.loads((d / "metrics.json").read_text()) for d in (one, two))
-    print(f"pretrain eval loss: 1 process {metrics_one['eval_loss']}, 2 processes {metrics_two['eval_loss']}")  # pytest -s shows it
+    print(
+        f"pretrain eval loss: 1 process {metrics_one['eval_loss']}, 2 processes {metrics_two['eval_loss']}"
+    )  # pytest -s shows it
     # Evaluation pads the last batch across the two processes by repeating a block: about 1/50 of a loss apart here.
     assert metrics_two["eval_loss"] == pytest.approx(metrics_one["eval_loss"], abs=1e-2)
     # Written once, by the main process; the story logged once.
@@ -46,23 +48,44 @@ def test_chain_runner_launches_stages_through_accelerate(tmp_path):
     from conftest import TINY_PRETRAIN, write_recipe
 
     folder = tmp_path / "recipes"
-    write_recipe(folder / "pretrain.yaml", {**TINY_PRETRAIN, "max_steps": 6, "per_device_train_batch_size": 8,
-                                           "decoding_strategies": ["greedy"], "num_sample_prompts": 2,
-                                           "output_dir": str(tmp_path / "runs" / "pretrain")})
+    write_recipe(
+        folder / "pretrain.yaml",
+        {
+            **TINY_PRETRAIN,
+            "max_steps": 6,
+            "per_device_train_batch_size": 8,
+            "decoding_strategies": ["greedy"],
+            "num_sample_prompts": 2,
+            "output_dir": str(tmp_path / "runs" / "pretrain"),
+        },
+    )
     accelerate = Path(sys.executable).with_name("accelerate")
-    result = run_module("pipeline", "run", str(folder), "--no-report",
-                        "--launcher", f"{accelerate} launch --config_file {CPU2} --main_process_port {free_port()}")
+    result = run_module(
+        "pipeline",
+        "run",
+        str(folder),
+        "--no-report",
+        "--launcher",
+        f"{accelerate} launch --config_file {CPU2} --main_process_port {free_port()}",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "x 2 processes" in result.stderr
     assert (tmp_path / "runs" / "pretrain" / "manifest.json").is_file()
 
 
-def one_and_two_processes(module: str, recipe: dict, tmp_path: Path, batch: int) -> tuple[dict, dict, subprocess.CompletedProcess]:
+def one_and_two_processes(
+    module: str, recipe: dict, tmp_path: Path, batch: int
+) -> tuple[dict, dict, subprocess.CompletedProcess]:
     """Run `module` on `recipe` in one process (batch per device) and in two (batch / 2 each): same global batch."""
     from conftest import write_recipe
 
-    one = write_recipe(tmp_path / "one.yaml", {**recipe, "output_dir": str(tmp_path / "one"), "per_device_train_batch_size": batch})
-    two = write_recipe(tmp_path / "two.yaml", {**recipe, "output_dir": str(tmp_path / "two"), "per_device_train_batch_size": batch // 2})
+    one = write_recipe(
+        tmp_path / "one.yaml", {**recipe, "output_dir": str(tmp_path / "one"), "per_device_train_batch_size": batch}
+    )
+    two = write_recipe(
+        tmp_path / "two.yaml",
+        {**recipe, "output_dir": str(tmp_path / "two"), "per_device_train_batch_size": batch // 2},
+    )
     single = run_module(module, "--config", str(one))
     assert single.returncode == 0, single.stderr[-3000:]
     double = launch("-m", module, "--config", str(two))
@@ -80,10 +103,22 @@ def test_reward_two_processes_match_one_process_with_the_same_global_batch(tmp_p
 
     model = save_tiny_gpt2(tmp_path / "base")
     recipe = {
-        "stage": "reward", "model_name_or_path": str(model), "dataset": "toy", "toy_pairs": 320, "toy_eval_pairs": 96,
-        "learning_rate": 3.0e-3, "per_device_eval_batch_size": 48, "max_steps": 16, "logging_steps": 4,
-        "eval_strategy": "no", "save_strategy": "no", "seed": 3, "use_cpu": True, "bf16": False,
-        "dataloader_num_workers": 0, "disable_tqdm": True,
+        "stage": "reward",
+        "model_name_or_path": str(model),
+        "dataset": "toy",
+        "toy_pairs": 320,
+        "toy_eval_pairs": 96,
+        "learning_rate": 3.0e-3,
+        "per_device_eval_batch_size": 48,
+        "max_steps": 16,
+        "logging_steps": 4,
+        "eval_strategy": "no",
+        "save_strategy": "no",
+        "seed": 3,
+        "use_cpu": True,
+        "bf16": False,
+        "dataloader_num_workers": 0,
+        "disable_tqdm": True,
     }
     one, two, launched = one_and_two_processes("pipeline.reward", recipe, tmp_path, batch=16)
     assert two["steps"] == one["steps"] == 16 and two["heldout_pairs"] == one["heldout_pairs"]
@@ -99,11 +134,29 @@ def test_dpo_two_processes_match_one_process_with_the_same_global_batch(tmp_path
 
     model = save_tiny_gpt2(tmp_path / "sft")
     recipe = {
-        "stage": "dpo", "model_name_or_path": str(model), "dataset": "toy", "toy_pairs": 64, "toy_eval_pairs": 32,
-        "num_eval_prompts": 8, "sample_max_new_tokens": 8, "max_length": 96, "beta": 0.1, "learning_rate": 3.0e-3,
-        "warmup_steps": 0, "lr_scheduler_type": "constant", "per_device_eval_batch_size": 16, "max_steps": 8,
-        "logging_steps": 2, "eval_strategy": "no", "save_strategy": "no", "seed": 7, "use_cpu": True, "bf16": False,
-        "gradient_checkpointing": False, "dataloader_num_workers": 0, "disable_tqdm": True,
+        "stage": "dpo",
+        "model_name_or_path": str(model),
+        "dataset": "toy",
+        "toy_pairs": 64,
+        "toy_eval_pairs": 32,
+        "num_eval_prompts": 8,
+        "sample_max_new_tokens": 8,
+        "max_length": 96,
+        "beta": 0.1,
+        "learning_rate": 3.0e-3,
+        "warmup_steps": 0,
+        "lr_scheduler_type": "constant",
+        "per_device_eval_batch_size": 16,
+        "max_steps": 8,
+        "logging_steps": 2,
+        "eval_strategy": "no",
+        "save_strategy": "no",
+        "seed": 7,
+        "use_cpu": True,
+        "bf16": False,
+        "gradient_checkpointing": False,
+        "dataloader_num_workers": 0,
+        "disable_tqdm": True,
     }
     one, two, launched = one_and_two_processes("pipeline.dpo", recipe, tmp_path, batch=8)
     assert two["steps"] == one["steps"] == 8

@@ -34,7 +34,9 @@ def test_gae_matches_a_hand_computed_case_and_ignores_padding():
     b1 = 0.4
     b0 = 0.04 + 0.72 * b1
     assert torch.allclose(advantages, torch.tensor([[a0, a1, a2], [b0, b1, 0.0]]), atol=1e-6)
-    assert torch.allclose(returns, torch.tensor([[a0 + 0.5, a1 + 0.6, a2 + 0.7], [b0 + 0.5, b1 + 0.6, 0.0]]), atol=1e-6)
+    assert torch.allclose(
+        returns, torch.tensor([[a0 + 0.5, a1 + 0.6, a2 + 0.7], [b0 + 0.5, b1 + 0.6, 0.0]]), atol=1e-6
+    )
 
 
 def test_gae_with_gamma_and_lambda_one_is_the_monte_carlo_return_minus_the_value():
@@ -71,11 +73,13 @@ def test_score_lands_on_the_true_last_token_kl_on_every_real_token():
     mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]])  # EOS at 1; cut by the limit; EOS first
     scores = torch.tensor([2.0, -1.0, 3.0])
     rewards = kl_penalised_rewards(scores, kl, mask, beta=0.5)
-    expected = torch.tensor([
-        [-0.05, -0.1 + 2.0, 0.0, 0.0],
-        [-0.25, -0.3, -0.35, -0.4 - 1.0],
-        [-0.05 + 3.0, 0.0, 0.0, 0.0],
-    ])
+    expected = torch.tensor(
+        [
+            [-0.05, -0.1 + 2.0, 0.0, 0.0],
+            [-0.25, -0.3, -0.35, -0.4 - 1.0],
+            [-0.05 + 3.0, 0.0, 0.0, 0.0],
+        ]
+    )
     assert torch.allclose(rewards, expected, atol=1e-6)
     assert last_token_index(torch.tensor([[0, 1, 1, 1], [1, 1, 0, 0]])).tolist() == [3, 1]  # left and right padding
     with pytest.raises(ValueError, match="β must be >= 0"):
@@ -127,10 +131,19 @@ def test_token_count_makes_accumulated_micro_batches_equal_one_batch():
     mask = torch.tensor([[1] * 6, [1] * 2 + [0] * 4, [1] * 5 + [0], [1] + [0] * 5])
     whole = clipped_policy_loss(logprobs, old, advantages, mask, 0.2).loss
     total = mask.sum()
-    parts = [clipped_policy_loss(logprobs[rows], old[rows], advantages[rows], mask[rows], 0.2, total).loss for rows in (slice(0, 1), slice(1, 4))]
+    parts = [
+        clipped_policy_loss(logprobs[rows], old[rows], advantages[rows], mask[rows], 0.2, total).loss
+        for rows in (slice(0, 1), slice(1, 4))
+    ]
     assert sum(parts).item() == pytest.approx(whole.item(), abs=1e-6)
     # The usual shortcut (mean of micro-batch means) is not the same thing for ragged responses.
-    naive = sum(clipped_policy_loss(logprobs[r], old[r], advantages[r], mask[r], 0.2).loss for r in (slice(0, 1), slice(1, 4))) / 2
+    naive = (
+        sum(
+            clipped_policy_loss(logprobs[r], old[r], advantages[r], mask[r], 0.2).loss
+            for r in (slice(0, 1), slice(1, 4))
+        )
+        / 2
+    )
     assert abs(naive.item() - whole.item()) > 1e-3
 
 
@@ -169,8 +182,14 @@ def tiny_policy():
 
     tokenizer = train_tokenizer(ToyWorld(seed=0).pretraining_corpus(300), kind="char")
     config = GPT2Config(
-        vocab_size=len(tokenizer), n_positions=96, n_embd=32, n_layer=2, n_head=2,
-        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        vocab_size=len(tokenizer),
+        n_positions=96,
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(0)
     model = GPT2LMHeadModel(config).eval()
@@ -179,7 +198,12 @@ def tiny_policy():
     return model, tokenizer
 
 
-PROMPTS = ["User: what is 7 + 5?\nBot:", "User: reverse the word: fox\nBot:", "User: what colour is a frog?\nBot:", "U"]
+PROMPTS = [
+    "User: what is 7 + 5?\nBot:",
+    "User: reverse the word: fox\nBot:",
+    "User: what colour is a frog?\nBot:",
+    "U",
+]
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
@@ -189,15 +213,23 @@ def test_recomputed_logprobs_equal_the_sampling_distribution_on_left_padded_prom
     model, tokenizer = tiny_policy
     query_ids, query_mask = encode_prompts(tokenizer, PROMPTS, torch.device("cpu"))
     assert (query_mask[:, 0] == 0).any() and (query_mask[:, -1] == 1).all()  # left padding
-    config = build_generation_config({"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}, tokenizer, 12)
+    config = build_generation_config(
+        {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}, tokenizer, 12
+    )
     config.output_scores, config.return_dict_in_generate = True, True
     torch.manual_seed(1)
     output = model.generate(input_ids=query_ids, attention_mask=query_mask, generation_config=config)
-    response_ids, response_mask, _ = cut_at_eos(output.sequences[:, query_ids.shape[1]:], tokenizer.eos_token_id, tokenizer.pad_token_id)
-    sampling_logprobs = torch.stack(output.scores, dim=1).log_softmax(-1).gather(-1, response_ids.unsqueeze(-1)).squeeze(-1)
+    response_ids, response_mask, _ = cut_at_eos(
+        output.sequences[:, query_ids.shape[1] :], tokenizer.eos_token_id, tokenizer.pad_token_id
+    )
+    sampling_logprobs = (
+        torch.stack(output.scores, dim=1).log_softmax(-1).gather(-1, response_ids.unsqueeze(-1)).squeeze(-1)
+    )
 
     actor_critic = ActorCritic(model)
-    logits, _ = actor_critic(torch.cat([query_ids, response_ids], 1), torch.cat([query_mask, response_mask], 1), response_ids.shape[1])
+    logits, _ = actor_critic(
+        torch.cat([query_ids, response_ids], 1), torch.cat([query_mask, response_mask], 1), response_ids.shape[1]
+    )
     recomputed = response_logprobs(logits / temperature, response_ids, 1.0)
     real = response_mask.bool()
     assert torch.allclose(recomputed[real], sampling_logprobs[real], atol=1e-4)
@@ -205,10 +237,14 @@ def test_recomputed_logprobs_equal_the_sampling_distribution_on_left_padded_prom
         wrong = response_logprobs(logits, response_ids, 1.0)
         assert not torch.allclose(wrong[real], sampling_logprobs[real], atol=1e-2)
     # Without the mask-aware positions, the left-padded rows would be scored at shifted positions.
-    shifted = model(input_ids=torch.cat([query_ids, response_ids], 1), attention_mask=torch.cat([query_mask, response_mask], 1)).logits
+    shifted = model(
+        input_ids=torch.cat([query_ids, response_ids], 1), attention_mask=torch.cat([query_mask, response_mask], 1)
+    ).logits
     shifted = response_logprobs(shifted[:, query_ids.shape[1] - 1 : -1] / temperature, response_ids, 1.0)
     padded_rows = query_mask[:, 0] == 0
-    assert not torch.allclose(shifted[padded_rows][real[padded_rows]], sampling_logprobs[padded_rows][real[padded_rows]], atol=1e-3)
+    assert not torch.allclose(
+        shifted[padded_rows][real[padded_rows]], sampling_logprobs[padded_rows][real[padded_rows]], atol=1e-3
+    )
     assert torch.equal(position_ids_from(query_mask)[padded_rows][:, -1], query_mask[padded_rows].sum(1) - 1)
 
 
@@ -217,7 +253,9 @@ def test_rollout_of_a_policy_against_its_own_copy_has_exactly_zero_kl(tiny_polic
 
     model, tokenizer = tiny_policy
     torch.manual_seed(2)
-    rollout = collect_rollout(ActorCritic(model), Reference(model=copy.deepcopy(model)), tokenizer, PROMPTS * 4, 16, 0.7, with_exact_kl=True)
+    rollout = collect_rollout(
+        ActorCritic(model), Reference(model=copy.deepcopy(model)), tokenizer, PROMPTS * 4, 16, 0.7, with_exact_kl=True
+    )
     assert rollout.response_mask.sum(1).min() >= 1
     assert not rollout.finished.all() and rollout.finished.any()  # both kinds of rows are exercised
     for name, value in kl_estimates(rollout.logprobs, rollout.ref_logprobs).items():
@@ -236,7 +274,9 @@ def test_leave_one_out_baseline_is_the_mean_of_the_other_responses_to_the_same_p
     scores = torch.tensor([1.0, 2.0, 6.0, 0.0, 0.0, 3.0])  # two prompts, three responses each
     assert torch.allclose(leave_one_out_baseline(scores, 3), torch.tensor([4.0, 3.5, 1.5, 1.5, 1.5, 0.0]))
     centred = scores - leave_one_out_baseline(scores, 3)
-    assert torch.allclose(centred.view(2, 3).sum(1), torch.zeros(2))  # a group's centred scores sum to 0 (k·mean − k·mean)
+    assert torch.allclose(
+        centred.view(2, 3).sum(1), torch.zeros(2)
+    )  # a group's centred scores sum to 0 (k·mean − k·mean)
 
 
 def test_step_prompts_repeat_each_drawn_prompt_in_a_row_and_split_processes_by_group():
@@ -245,7 +285,12 @@ def test_step_prompts_repeat_each_drawn_prompt_in_a_row_and_split_processes_by_g
     pool = [f"p{i}" for i in range(50)]
     assert step_prompts(pool, 3, 8, 0, 0, 1) == step_prompts(pool, 3, 8, 0, 0, 1, samples_per_prompt=1)
     grouped = step_prompts(pool, 3, 8, 0, 0, 1, samples_per_prompt=4)
-    assert len(grouped) == 8 and grouped[:4] == [grouped[0]] * 4 and grouped[4:] == [grouped[4]] * 4 and grouped[0] != grouped[4]
+    assert (
+        len(grouped) == 8
+        and grouped[:4] == [grouped[0]] * 4
+        and grouped[4:] == [grouped[4]] * 4
+        and grouped[0] != grouped[4]
+    )
     shares = [step_prompts(pool, 3, 8, 0, rank, 2, samples_per_prompt=4) for rank in (0, 1)]
     assert not set(shares[0]) & set(shares[1])  # the processes sample different prompts
 
@@ -264,18 +309,45 @@ def test_critic_warm_up_moves_the_critic_and_leaves_the_policy_and_its_adam_stat
     rollout = collect_rollout(actor_critic, Reference(model=copy.deepcopy(model)), tokenizer, PROMPTS * 2, 8, 1.0)
     mask = rollout.response_mask
     returns = torch.randn(mask.shape) * mask
-    batch = {**{k: v for k, v in vars(rollout).items() if isinstance(v, torch.Tensor)}, "advantages": torch.randn(mask.shape) * mask, "returns": returns}
-    settings = SimpleNamespace(temperature=1.0, ppo_epochs=2, num_mini_batches=2, gradient_accumulation_steps=1, cliprange=0.2,
-                               cliprange_value=10.0, vf_coef=0.1, entropy_coef=0.0, ptx_coef=0.0, max_grad_norm=1.0)
+    batch = {
+        **{k: v for k, v in vars(rollout).items() if isinstance(v, torch.Tensor)},
+        "advantages": torch.randn(mask.shape) * mask,
+        "returns": returns,
+    }
+    settings = SimpleNamespace(
+        temperature=1.0,
+        ppo_epochs=2,
+        num_mini_batches=2,
+        gradient_accumulation_steps=1,
+        cliprange=0.2,
+        cliprange_value=10.0,
+        vf_coef=0.1,
+        entropy_coef=0.0,
+        ptx_coef=0.0,
+        max_grad_norm=1.0,
+    )
     optimizer = torch.optim.AdamW(actor_critic.parameters(), lr=1e-2)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
     policy_before = copy.deepcopy(actor_critic.policy.state_dict())
     head_before = actor_critic.value_head.weight.clone()
-    ppo_update(Accelerator(cpu=True), actor_critic, optimizer, scheduler, batch, settings, torch.Generator().manual_seed(0), train_policy=False)
+    ppo_update(
+        Accelerator(cpu=True),
+        actor_critic,
+        optimizer,
+        scheduler,
+        batch,
+        settings,
+        torch.Generator().manual_seed(0),
+        train_policy=False,
+    )
     assert all(torch.equal(value, policy_before[name]) for name, value in actor_critic.policy.state_dict().items())
     assert not torch.equal(actor_critic.value_head.weight, head_before)
-    assert all(p not in optimizer.state for p in actor_critic.policy.parameters())  # its Adam moments start at the first real update
-    ppo_update(Accelerator(cpu=True), actor_critic, optimizer, scheduler, batch, settings, torch.Generator().manual_seed(0))
+    assert all(
+        p not in optimizer.state for p in actor_critic.policy.parameters()
+    )  # its Adam moments start at the first real update
+    ppo_update(
+        Accelerator(cpu=True), actor_critic, optimizer, scheduler, batch, settings, torch.Generator().manual_seed(0)
+    )
     assert any(not torch.equal(value, policy_before[name]) for name, value in actor_critic.policy.state_dict().items())
 
 
@@ -297,21 +369,47 @@ def test_the_direct_kl_term_pulls_a_drifted_policy_back_towards_the_reference(ti
     rollout = collect_rollout(actor_critic, reference, tokenizer, PROMPTS * 4, 8, 1.0, with_exact_kl=True)
     mask = rollout.response_mask
     assert (rollout.exact_kl * mask).sum() > 0.1  # the drift is visible in the rollout's exact per-state KL
-    batch = {**{k: v for k, v in vars(rollout).items() if isinstance(v, torch.Tensor)},
-             "advantages": torch.zeros(mask.shape), "returns": torch.zeros(mask.shape)}
-    settings = SimpleNamespace(temperature=1.0, ppo_epochs=4, num_mini_batches=1, gradient_accumulation_steps=2, cliprange=0.2,
-                               cliprange_value=0.2, vf_coef=0.0, entropy_coef=0.0, ptx_coef=0.0, max_grad_norm=0.0)
+    batch = {
+        **{k: v for k, v in vars(rollout).items() if isinstance(v, torch.Tensor)},
+        "advantages": torch.zeros(mask.shape),
+        "returns": torch.zeros(mask.shape),
+    }
+    settings = SimpleNamespace(
+        temperature=1.0,
+        ppo_epochs=4,
+        num_mini_batches=1,
+        gradient_accumulation_steps=2,
+        cliprange=0.2,
+        cliprange_value=0.2,
+        vf_coef=0.0,
+        entropy_coef=0.0,
+        ptx_coef=0.0,
+        max_grad_norm=0.0,
+    )
     optimizer = torch.optim.AdamW(actor_critic.parameters(), lr=3e-3)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
 
     def kl_now() -> float:
         with torch.no_grad():
             logits, _ = actor_critic(rollout.input_ids, rollout.attention_mask, mask.shape[1])
-            return float((exact_kl(logits, reference.logits(rollout.input_ids, rollout.attention_mask, mask.shape[1])) * mask).sum())
+            return float(
+                (
+                    exact_kl(logits, reference.logits(rollout.input_ids, rollout.attention_mask, mask.shape[1])) * mask
+                ).sum()
+            )
 
     before = kl_now()
-    stats = ppo_update(Accelerator(cpu=True), actor_critic, optimizer, scheduler, batch, settings, torch.Generator().manual_seed(0),
-                       reference=reference, kl_loss_coef=1.0)
+    stats = ppo_update(
+        Accelerator(cpu=True),
+        actor_critic,
+        optimizer,
+        scheduler,
+        batch,
+        settings,
+        torch.Generator().manual_seed(0),
+        reference=reference,
+        kl_loss_coef=1.0,
+    )
     assert kl_now() < 0.8 * before and stats["kl_loss"] > 0  # zero advantages: only the KL term moved the policy
 
 
@@ -335,7 +433,9 @@ def test_scaling_the_final_norm_by_one_over_t_is_sampling_at_temperature_t(tiny_
     ids = torch.tensor([tokenizer("User: reverse the word: fox\nBot:")["input_ids"]])
     with torch.no_grad():
         assert torch.allclose(sharper(ids).logits, model(ids).logits / 0.7, atol=1e-5)
-    llama = LlamaForCausalLM(LlamaConfig(vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2))
+    llama = LlamaForCausalLM(
+        LlamaConfig(vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2)
+    )
     assert final_norm(llama)[0] == "model.norm"
 
 
@@ -346,7 +446,13 @@ def test_the_final_norm_gets_its_own_learning_rate_and_no_parameter_is_left_out(
 
     model, _ = tiny_policy
     actor_critic = ActorCritic(copy.deepcopy(model).requires_grad_(True))
-    config = PPOConfig(learning_rate=1e-5, value_learning_rate=1e-3, final_norm_learning_rate=3e-2, max_steps=2, lr_scheduler_type="constant")
+    config = PPOConfig(
+        learning_rate=1e-5,
+        value_learning_rate=1e-3,
+        final_norm_learning_rate=3e-2,
+        max_steps=2,
+        lr_scheduler_type="constant",
+    )
     optimizer, _ = build_optimizer(actor_critic, config)
     groups = {group["lr"]: {id(p) for p in group["params"]} for group in optimizer.param_groups}
     ln_f = actor_critic.policy.transformer.ln_f

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from conftest import REPO, launch_two_processes, run_in_process, run_module, write_recipe
+
 from pipeline.errors import DataError, RecipeError
 
 torch.set_num_threads(1)
@@ -79,21 +79,52 @@ def test_gold_reward_rises_and_every_output_is_written(gold_run):
     out, metrics = gold_run
     assert metrics["gold_reward_after"] > metrics["gold_reward_before"] + 0.05, metrics
     assert metrics["kl_to_reference"]["k3"] > 0 and metrics["kl_to_reference"]["k2"] > 0
-    for name in ("model.safetensors", "config.json", "tokenizer.json", "recipe.yaml", "manifest.json", "log_history.json", "reward_kl.png", "samples.json"):
+    for name in (
+        "model.safetensors",
+        "config.json",
+        "tokenizer.json",
+        "recipe.yaml",
+        "manifest.json",
+        "log_history.json",
+        "reward_kl.png",
+        "samples.json",
+    ):
         assert (out / name).is_file(), name
     history = json.loads((out / "log_history.json").read_text())
     assert [entry["step"] for entry in history] == list(range(1, 13))
-    for key in ("gold_reward", "kl_k1", "kl_k2", "kl_k3", "entropy", "response_length", "policy_clip_fraction", "value_loss", "explained_variance", "tokens_per_second"):
+    for key in (
+        "gold_reward",
+        "kl_k1",
+        "kl_k2",
+        "kl_k3",
+        "entropy",
+        "response_length",
+        "policy_clip_fraction",
+        "value_loss",
+        "explained_variance",
+        "tokens_per_second",
+    ):
         assert all(key in entry for entry in history), key
     assert history[0]["kl_k1"] == pytest.approx(0.0, abs=1e-5)  # the first rollout comes from the reference itself
 
 
 def test_grouped_samples_exact_kl_and_a_critic_warm_up_that_keeps_the_policy_still(tmp_path, tiny_sft):
-    recipe = ppo_recipe(tmp_path, tiny_sft, max_steps=4, samples_per_prompt=4, critic_warmup_steps=2, save_steps=100,
-                        kl_estimator="exact", kl_in_loss=True, kl_coef=0.1)
+    recipe = ppo_recipe(
+        tmp_path,
+        tiny_sft,
+        max_steps=4,
+        samples_per_prompt=4,
+        critic_warmup_steps=2,
+        save_steps=100,
+        kl_estimator="exact",
+        kl_in_loss=True,
+        kl_coef=0.1,
+    )
     out, metrics = run_ppo(recipe)
     history = json.loads((out / "log_history.json").read_text())
-    assert [entry["kl_exact"] for entry in history[:3]] == pytest.approx([0.0] * 3, abs=1e-5)  # steps 1-2 trained only the critic
+    assert [entry["kl_exact"] for entry in history[:3]] == pytest.approx(
+        [0.0] * 3, abs=1e-5
+    )  # steps 1-2 trained only the critic
     assert "kl_loss" not in history[1] and history[3]["kl_loss"] > 0  # the direct KL term once the policy trains
     assert history[-1]["kl_k1"] != pytest.approx(0.0, abs=1e-4) and metrics["kl_to_reference"]["k3"] > 0
 
@@ -112,8 +143,18 @@ def test_the_saved_policy_is_a_full_model_that_loads_and_generates(gold_run):
 
 def test_lora_policy_uses_itself_without_adapters_as_reference_with_ptx_and_saves_a_merged_model(tmp_path, tiny_sft):
     recipe = ppo_recipe(
-        tmp_path, tiny_sft, use_peft=True, lora_r=4, lora_alpha=8, lora_target_modules=["c_attn"], max_steps=3,
-        learning_rate=1.0e-2, value_model="separate", ptx_coef=0.5, ptx_dataset="toy", ptx_batch_size=4,
+        tmp_path,
+        tiny_sft,
+        use_peft=True,
+        lora_r=4,
+        lora_alpha=8,
+        lora_target_modules=["c_attn"],
+        max_steps=3,
+        learning_rate=1.0e-2,
+        value_model="separate",
+        ptx_coef=0.5,
+        ptx_dataset="toy",
+        ptx_batch_size=4,
     )
     out, metrics = run_ppo(recipe)
     assert 0 < metrics["trainable_share"] < 0.6  # adapters + the separate critic, not the policy's weights
@@ -127,8 +168,11 @@ def test_killed_run_resumes_from_its_checkpoint_and_ends_as_an_uninterrupted_run
     recipe = ppo_recipe(tmp_path, tiny_sft)
     out = tmp_path / "ppo"
     process = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.ppo", "--config", str(recipe)], cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        [sys.executable, "-m", "pipeline.ppo", "--config", str(recipe)],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     deadline = time.time() + 300
     while not (out / "checkpoint-8" / "trainer_state.json").exists():
@@ -160,12 +204,29 @@ def test_a_reward_model_with_another_tokenizer_scores_the_decoded_text(tmp_path,
     from pipeline.tokenization import train_tokenizer
 
     tokenizer = train_tokenizer(ToyWorld(seed=1).pretraining_corpus(500), kind="bpe", vocab_size=300)
-    config = GPT2Config(vocab_size=len(tokenizer), n_positions=128, n_embd=16, n_layer=1, n_head=2, num_labels=1,
-                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=128,
+        n_embd=16,
+        n_layer=1,
+        n_head=2,
+        num_labels=1,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     torch.manual_seed(0)
     GPT2ForSequenceClassification(config).save_pretrained(tmp_path / "rm")
     tokenizer.save_pretrained(tmp_path / "rm")
-    out, metrics = run_ppo(ppo_recipe(tmp_path, tiny_sft, reward="model", reward_model_path=str(tmp_path / "rm"), max_steps=2, value_model="separate"))
+    out, metrics = run_ppo(
+        ppo_recipe(
+            tmp_path,
+            tiny_sft,
+            reward="model",
+            reward_model_path=str(tmp_path / "rm"),
+            max_steps=2,
+            value_model="separate",
+        )
+    )
     history = json.loads((out / "log_history.json").read_text())
     assert all(entry["rm_reward"] is not None and entry["gold_reward"] is not None for entry in history)
     assert "rm_reward_after" in metrics and "gold_reward_after" in metrics
@@ -199,11 +260,19 @@ def test_a_tokenizer_with_pad_equal_to_eos_gets_its_own_pad_and_responses_still_
         ({"max_prompt_length": 5}, DataError, "no prompt fits in 5 tokens"),
         ({"response_length": 200}, RecipeError, "leaves no room for a prompt"),
         ({"ptx_coef": 0.1}, RecipeError, "'ptx_dataset' is not set"),
-        ({"kl_in_loss": True}, RecipeError, "key 'kl_in_loss' differentiates the exact per-state KL: set kl_estimator: exact"),
+        (
+            {"kl_in_loss": True},
+            RecipeError,
+            "key 'kl_in_loss' differentiates the exact per-state KL: set kl_estimator: exact",
+        ),
         ({"samples_per_prompt": 3}, RecipeError, "must be a multiple of samples_per_prompt (3)"),
         ({"critic_warmup_steps": 12}, RecipeError, "key 'critic_warmup_steps' (12) must be below max_steps (12)"),
         ({"final_norm_learning_rate": 0.0}, RecipeError, "final_norm_learning_rate"),
-        ({"final_norm_learning_rate": 1e-2, "use_peft": True}, RecipeError, "key 'final_norm_learning_rate' needs full fine-tuning"),
+        (
+            {"final_norm_learning_rate": 1e-2, "use_peft": True},
+            RecipeError,
+            "key 'final_norm_learning_rate' needs full fine-tuning",
+        ),
     ],
 )
 def test_bad_input_fails_with_one_clear_message(tmp_path, tiny_sft, changes, error, fragment):
@@ -228,7 +297,9 @@ def test_command_line_error_is_one_line_without_traceback(tmp_path, tiny_sft):
 @pytest.mark.slow
 def test_two_processes_share_the_rollouts_and_write_once(tmp_path, tiny_sft):
     """`accelerate launch` with two CPU processes: each samples its share, statistics are global."""
-    recipe = ppo_recipe(tmp_path, tiny_sft, max_steps=2, per_device_train_batch_size=16, gradient_accumulation_steps=2, save_steps=1)
+    recipe = ppo_recipe(
+        tmp_path, tiny_sft, max_steps=2, per_device_train_batch_size=16, gradient_accumulation_steps=2, save_steps=1
+    )
     result = launch_two_processes("-m", "pipeline.ppo", "--config", str(recipe))
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "ppo" / "metrics.json").read_text())
@@ -238,17 +309,31 @@ def test_two_processes_share_the_rollouts_and_write_once(tmp_path, tiny_sft):
 
 
 @pytest.mark.parametrize("algorithm, final_norm_learning_rate", [("grpo", 1e-2), ("rloo", None)])
-def test_trl_grpo_and_rloo_run_through_the_same_stage_with_the_same_reward(tmp_path, tiny_sft, algorithm, final_norm_learning_rate):
+def test_trl_grpo_and_rloo_run_through_the_same_stage_with_the_same_reward(
+    tmp_path, tiny_sft, algorithm, final_norm_learning_rate
+):
     from safetensors.torch import load_file
 
-    out, metrics = run_ppo(ppo_recipe(
-        tmp_path, tiny_sft, algorithm=algorithm, num_generations=4, per_device_train_batch_size=16, max_steps=2, ppo_epochs=1,
-        num_eval_prompts=16, learning_rate=1e-5, final_norm_learning_rate=final_norm_learning_rate or ...,
-    ))
+    out, metrics = run_ppo(
+        ppo_recipe(
+            tmp_path,
+            tiny_sft,
+            algorithm=algorithm,
+            num_generations=4,
+            per_device_train_batch_size=16,
+            max_steps=2,
+            ppo_epochs=1,
+            num_eval_prompts=16,
+            learning_rate=1e-5,
+            final_norm_learning_rate=final_norm_learning_rate or ...,
+        )
+    )
     assert metrics["algorithm"] == algorithm and metrics["steps"] == 2 and metrics["episodes"] == 32
     assert {"gold_reward_before", "gold_reward_after", "kl_to_reference"} <= set(metrics)
     history = json.loads((out / "log_history.json").read_text())
-    assert any("gold_reward" in entry and "rewards/gold/mean" in entry for entry in history)  # our reward function, logged by TRL
+    assert any(
+        "gold_reward" in entry and "rewards/gold/mean" in entry for entry in history
+    )  # our reward function, logged by TRL
     assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
     before, after = load_file(tiny_sft / "model.safetensors"), load_file(out / "model.safetensors")
     moved = {name: (after[name] - before[name]).abs().max().item() for name in after if name in before}
@@ -264,4 +349,11 @@ def test_grpo_needs_whole_groups(tmp_path, tiny_sft):
     from pipeline import ppo
 
     with pytest.raises(RecipeError, match="multiple of num_generations"):
-        ppo.main(["--config", str(ppo_recipe(tmp_path, tiny_sft, algorithm="grpo", num_generations=6, per_device_train_batch_size=16))])
+        ppo.main(
+            [
+                "--config",
+                str(
+                    ppo_recipe(tmp_path, tiny_sft, algorithm="grpo", num_generations=6, per_device_train_batch_size=16)
+                ),
+            ]
+        )

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import SHARED_DATA
+
 from pipeline.data.preferences import load_preferences, split_hh_transcript
 from pipeline.data.toy_world import gold_reward
 from pipeline.errors import DataError
@@ -41,12 +41,15 @@ def test_toy_pairs_are_ordered_by_gold_reward():
 
 
 def test_duplicates_and_ties_are_removed_and_counted(tmp_path):
-    data = write_jsonl(tmp_path / "p.jsonl", [
-        {"prompt": "q", "chosen": "a", "rejected": "b"},
-        {"prompt": "q", "chosen": "a", "rejected": "b"},
-        {"prompt": "q", "chosen": "same", "rejected": "same"},
-        {"prompt": "r", "chosen": "c", "rejected": "d"},
-    ])
+    data = write_jsonl(
+        tmp_path / "p.jsonl",
+        [
+            {"prompt": "q", "chosen": "a", "rejected": "b"},
+            {"prompt": "q", "chosen": "a", "rejected": "b"},
+            {"prompt": "q", "chosen": "same", "rejected": "same"},
+            {"prompt": "r", "chosen": "c", "rejected": "d"},
+        ],
+    )
     pairs, stats = load_preferences(str(data))
     assert len(pairs) == 2 and stats.duplicates == 1 and stats.chosen_equals_rejected == 1 and stats.records == 4
 

@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import REPO, SHARED_DATA, run_in_process, run_module
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import REPO, SHARED_DATA, run_in_process, run_module
 from pipeline.contract import IN_PROGRESS, MANIFEST, read_manifest
 from pipeline.decoding import generate
 
@@ -45,7 +45,15 @@ def test_loss_falls_and_metrics_are_consistent(finished_run):
 
 def test_output_follows_the_stage_contract(finished_run):
     recipe, out = finished_run
-    for name in ("model.safetensors", "config.json", "tokenizer.json", "recipe.yaml", "metrics.json", "loss_curve.png", "samples.json"):
+    for name in (
+        "model.safetensors",
+        "config.json",
+        "tokenizer.json",
+        "recipe.yaml",
+        "metrics.json",
+        "loss_curve.png",
+        "samples.json",
+    ):
         assert (out / name).is_file(), name
     assert not list(out.glob("*.bin")) or [p.name for p in out.glob("*.bin")] == ["training_args.bin"]
     manifest = read_manifest(out)
@@ -79,7 +87,10 @@ def test_rerunning_a_finished_recipe_does_nothing(finished_run):
 def _start(recipe: Path) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "pipeline.pretrain", "--config", str(recipe)],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, TINY_PRETRAIN, run_module, write_recipe
+
 from pipeline.errors import RecipeError
 from pipeline.pretrain import PretrainArguments, PretrainConfig
 from pipeline.recipes import parse_recipe, split_command_line
@@ -39,14 +39,18 @@ def test_command_line_overrides_win_and_keep_their_types(tmp_path):
 def test_the_spellings_help_shows_work_on_the_command_line(tmp_path):
     # HfArgumentParser's --help lists --report-to beside --report_to and --no_<flag> for booleans that default
     # to true: what --help shows must be accepted.
-    _, training, recipe = parse(recipe_with(tmp_path), "--report-to", "none", "--no_remove_unused_columns", "--no-log-on-each-node")
+    _, training, recipe = parse(
+        recipe_with(tmp_path), "--report-to", "none", "--no_remove_unused_columns", "--no-log-on-each-node"
+    )
     assert training.report_to in ("none", ["none"]) or training.report_to == []
     assert training.remove_unused_columns is False and training.log_on_each_node is False
     assert recipe.values["remove_unused_columns"] is False
 
 
 def test_an_unknown_command_line_option_blames_the_command_line_not_the_recipe(tmp_path):
-    with pytest.raises(RecipeError, match=r"^command line: unknown option '--max_stepz'.*Did you mean '--max_steps'") as error:
+    with pytest.raises(
+        RecipeError, match=r"^command line: unknown option '--max_stepz'.*Did you mean '--max_steps'"
+    ) as error:
         parse(recipe_with(tmp_path), "--max_stepz", "3")
     assert "recipe.yaml" not in str(error.value)
 
@@ -108,7 +112,9 @@ def test_missing_recipe_file_and_invalid_yaml(tmp_path):
 
 
 def test_split_command_line_reads_yaml_scalars():
-    config, overrides, force = split_command_line(["--config", "a.yaml", "--seed", "3", "--bf16", "false", "--force", "--x=[1, 2]"])
+    config, overrides, force = split_command_line(
+        ["--config", "a.yaml", "--seed", "3", "--bf16", "false", "--force", "--x=[1, 2]"]
+    )
     assert config == "a.yaml" and force
     assert overrides == {"seed": 3, "bf16": False, "x": [1, 2]}
 
@@ -164,7 +170,9 @@ def test_every_shipped_recipe_parses(path):
     stage = values["stage"]
     spec = STAGES[stage]
     # GPU recipes: TrainingArguments refuses bf16 on a CPU-only machine; every other check still runs.
-    hardware = ["--bf16", "false", "--fp16", "false", "--tf32", "false"] if values.get("bf16") or values.get("fp16") else []
+    hardware = (
+        ["--bf16", "false", "--fp16", "false", "--tf32", "false"] if values.get("bf16") or values.get("fp16") else []
+    )
     if not spec.implemented:
         pytest.skip(f"stage {stage} not implemented yet")
     module = importlib.import_module(spec.module)

@@ -10,21 +10,46 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import TINY_PRETRAIN, run_module, write_recipe
+
 from eval.context import Options
 from eval.report import build_report
 from pipeline.decoding import DEFAULT_STRATEGIES, distinct_n
 
 TINY_SFT = {
-    "stage": "sft", "dataset": "toy", "toy_examples": 400, "toy_eval_examples": 32, "num_eval_prompts": 8,
-    "sample_max_new_tokens": 12, "use_peft": True, "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.0,
-    "max_length": 64, "learning_rate": 3.0e-3, "per_device_train_batch_size": 16, "per_device_eval_batch_size": 32,
-    "max_steps": 10, "logging_steps": 2, "eval_steps": 5, "save_steps": 10, "seed": 3, "use_cpu": True, "bf16": False,
-    "gradient_checkpointing": False, "dataloader_num_workers": 0, "disable_tqdm": True,
+    "stage": "sft",
+    "dataset": "toy",
+    "toy_examples": 400,
+    "toy_eval_examples": 32,
+    "num_eval_prompts": 8,
+    "sample_max_new_tokens": 12,
+    "use_peft": True,
+    "lora_r": 8,
+    "lora_alpha": 16,
+    "lora_dropout": 0.0,
+    "max_length": 64,
+    "learning_rate": 3.0e-3,
+    "per_device_train_batch_size": 16,
+    "per_device_eval_batch_size": 32,
+    "max_steps": 10,
+    "logging_steps": 2,
+    "eval_steps": 5,
+    "save_steps": 10,
+    "seed": 3,
+    "use_cpu": True,
+    "bf16": False,
+    "gradient_checkpointing": False,
+    "dataloader_num_workers": 0,
+    "disable_tqdm": True,
 }
-SMALL = Options(decoding_prompts=4, decoding_max_new_tokens=12, kl_prompts=8, kl_samples_per_prompt=4,
-                kl_max_new_tokens=12, tokenizer_documents=300)
+SMALL = Options(
+    decoding_prompts=4,
+    decoding_max_new_tokens=12,
+    kl_prompts=8,
+    kl_samples_per_prompt=4,
+    kl_max_new_tokens=12,
+    tokenizer_documents=300,
+)
 
 
 @pytest.fixture(scope="session")
@@ -35,10 +60,14 @@ def tiny_runs(tmp_path_factory) -> Path:
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("report")
     runs = root / "runs"
-    recipe = write_recipe(root / "pretrain.yaml", {**TINY_PRETRAIN, "output_dir": str(runs / "pretrain"),
-                                                   "decoding_strategies": list(DEFAULT_STRATEGIES)})
+    recipe = write_recipe(
+        root / "pretrain.yaml",
+        {**TINY_PRETRAIN, "output_dir": str(runs / "pretrain"), "decoding_strategies": list(DEFAULT_STRATEGIES)},
+    )
     pretrain.main(["--config", str(recipe)])
-    recipe = write_recipe(root / "sft.yaml", {**TINY_SFT, "model_name_or_path": str(runs / "pretrain"), "output_dir": str(runs / "sft")})
+    recipe = write_recipe(
+        root / "sft.yaml", {**TINY_SFT, "model_name_or_path": str(runs / "pretrain"), "output_dir": str(runs / "sft")}
+    )
     sft.main(["--config", str(recipe)])
     return runs
 
@@ -55,13 +84,24 @@ def metrics_of(runs: Path, name: str) -> dict:
 def test_report_files_and_stages(tiny_runs, report):
     for name in ("report.md", "report.html", "report.json"):
         assert (tiny_runs / name).is_file()
-    assert json.loads((tiny_runs / "report.json").read_text())["sections"]["pretrain"] == json.loads(json.dumps(report["sections"]["pretrain"]))
+    assert json.loads((tiny_runs / "report.json").read_text())["sections"]["pretrain"] == json.loads(
+        json.dumps(report["sections"]["pretrain"])
+    )
     assert report["errors"] == []
     assert {o: s["stage"] for o, s in report["stages"].items()} == {"pretrain": "pretrain", "sft": "sft"}
     assert report["missing_stages"] == ["reward", "ppo", "dpo", "weak_to_strong"]
     markdown = (tiny_runs / "report.md").read_text()
     assert "`reward`, `ppo`, `dpo`, `weak_to_strong`" in markdown
-    assert set(report["sections"]) >= {"overview", "loss-curves", "pretrain", "decoding", "tokenizers", "sft", "kl-estimators", "about"}
+    assert set(report["sections"]) >= {
+        "overview",
+        "loss-curves",
+        "pretrain",
+        "decoding",
+        "tokenizers",
+        "sft",
+        "kl-estimators",
+        "about",
+    }
     assert not {"reward", "ppo", "dpo", "comparison", "weak-to-strong"} & set(report["sections"])
 
 
@@ -94,7 +134,9 @@ def test_decoding_study_reuses_the_stage_samples_and_recomputes_equal(tiny_runs,
     gold = metrics_of(tiny_runs, "pretrain")["gold_reward"]
     for strategy, row in study["strategies"].items():
         texts = [s["text"] for s in samples if s["strategy"] == strategy]
-        assert row["distinct_1"] == pytest.approx(distinct_n(texts, 1)) and row["distinct_2"] == pytest.approx(distinct_n(texts, 2))
+        assert row["distinct_1"] == pytest.approx(distinct_n(texts, 1)) and row["distinct_2"] == pytest.approx(
+            distinct_n(texts, 2)
+        )
         assert row["gold_reward"] == pytest.approx(gold[strategy], abs=1e-4)  # the stage rounded to 4 digits
         assert row["n"] == TINY_PRETRAIN["num_sample_prompts"]
     # The SFT model's samples.json holds two strategies only: the study samples all eight itself.
@@ -107,7 +149,9 @@ def test_perplexity_of_samples_equals_an_unpadded_recomputation(tiny_runs, repor
     from eval.scoring import load_causal_lm, response_ids
 
     model, tokenizer = load_causal_lm(tiny_runs / "pretrain")
-    samples = samples_by_strategy(json.loads((tiny_runs / "pretrain" / "samples.json").read_text()), list(DEFAULT_STRATEGIES))
+    samples = samples_by_strategy(
+        json.loads((tiny_runs / "pretrain" / "samples.json").read_text()), list(DEFAULT_STRATEGIES)
+    )
     for strategy in ("temperature_1.0", "beam_3"):
         nll, tokens = 0.0, 0
         for sample in samples[strategy]:
@@ -144,7 +188,11 @@ def test_kl_sums_agree_with_policy_eval(tiny_runs):
 
     policy, tokenizer = load_causal_lm(tiny_runs / "sft")
     reference, _ = load_causal_lm(tiny_runs / "pretrain")
-    prompts = ["User: what is 2 + 3?\nBot:", "User: reverse the word: owl\nBot:", "User: repeat the word: cup\nBot:"] * 2
+    prompts = [
+        "User: what is 2 + 3?\nBot:",
+        "User: reverse the word: owl\nBot:",
+        "User: repeat the word: cup\nBot:",
+    ] * 2
     generations = generate(policy, tokenizer, prompts, "temperature_1.0", max_new_tokens=12, seed=1)
     ours = per_sequence(score(policy, tokenizer, prompts, [g.token_ids for g in generations], ref_model=reference))
     theirs = sequence_kls(policy, reference, tokenizer, generations, max_new_tokens=12)
@@ -171,7 +219,10 @@ def test_cli_prints_where_the_report_is(tiny_runs, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert str(tmp_path / "out" / "report.html") in result.stdout and "total (stages)" in result.stdout
     quick = json.loads((tmp_path / "out" / "report.json").read_text())
-    assert "decoding" not in quick["sections"] and quick["sections"]["pretrain"]["pretrain"]["perplexity"] == metrics_of(tiny_runs, "pretrain")["perplexity"]
+    assert (
+        "decoding" not in quick["sections"]
+        and quick["sections"]["pretrain"]["pretrain"]["perplexity"] == metrics_of(tiny_runs, "pretrain")["perplexity"]
+    )
 
 
 def test_a_missing_run_directory_is_one_clear_error(tmp_path, capsys):

@@ -7,9 +7,9 @@ import logging
 
 import pytest
 import torch
+from conftest import TINY_PRETRAIN, write_recipe
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from conftest import TINY_PRETRAIN, write_recipe
 from pipeline import resources
 from pipeline.errors import run_cli
 
@@ -34,13 +34,25 @@ def test_the_estimate_of_gpt2_small_adds_up_the_known_terms():
     assert half.activations == pytest.approx(estimate.activations / 2)
 
 
-def test_a_run_too_big_for_the_machine_is_warned_about_before_training_and_the_peak_is_recorded(tmp_path, monkeypatch, caplog):
+def test_a_run_too_big_for_the_machine_is_warned_about_before_training_and_the_peak_is_recorded(
+    tmp_path, monkeypatch, caplog
+):
     from pipeline.pretrain import main
 
-    recipe = write_recipe(tmp_path / "pretrain.yaml", {
-        **TINY_PRETRAIN, "output_dir": str(tmp_path / "out"), "toy_documents": 200, "max_steps": 2, "eval_steps": 2,
-        "save_strategy": "no", "num_sample_prompts": 2, "sample_max_new_tokens": 4, "decoding_strategies": ["greedy"],
-    })
+    recipe = write_recipe(
+        tmp_path / "pretrain.yaml",
+        {
+            **TINY_PRETRAIN,
+            "output_dir": str(tmp_path / "out"),
+            "toy_documents": 200,
+            "max_steps": 2,
+            "eval_steps": 2,
+            "save_strategy": "no",
+            "num_sample_prompts": 2,
+            "sample_max_new_tokens": 4,
+            "decoding_strategies": ["greedy"],
+        },
+    )
     monkeypatch.setattr(resources, "available_memory", lambda device: 2**20)  # a machine of 1 MiB
     with caplog.at_level(logging.INFO, logger="pipeline"):
         run_cli(main, ["--config", str(recipe)])
@@ -52,7 +64,9 @@ def test_a_run_too_big_for_the_machine_is_warned_about_before_training_and_the_p
 
 
 def test_a_run_that_fits_is_not_warned_about(caplog):
-    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=64, n_positions=32, bos_token_id=0, eos_token_id=0))
+    model = GPT2LMHeadModel(
+        GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=64, n_positions=32, bos_token_id=0, eos_token_id=0)
+    )
     estimate = resources.estimate_training_memory(model, 4, 32)
     with caplog.at_level(logging.INFO, logger="pipeline"):
         assert resources.warn_if_too_big(estimate, torch.device("cpu"), "a tiny run") is False

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import SHARED_DATA, run_in_process, save_tiny_gpt2, write_recipe
+
 from pipeline.errors import DataError, RecipeError
 
 torch.set_num_threads(1)
@@ -23,11 +23,26 @@ def tiny_gpt2(tmp_path_factory) -> Path:
 
 def reward_recipe(tmp_path: Path, model: Path, **overrides) -> Path:
     values = {
-        "stage": "reward", "output_dir": str(tmp_path / "reward"), "model_name_or_path": str(model), "dataset": "toy",
-        "toy_pairs": 600, "toy_eval_pairs": 150, "learning_rate": 3.0e-3, "per_device_train_batch_size": 16,
-        "per_device_eval_batch_size": 64, "max_steps": 40, "logging_steps": 5, "eval_strategy": "no",
-        "save_steps": 20, "save_total_limit": 1, "seed": 3, "use_cpu": True, "bf16": False,
-        "dataloader_num_workers": 0, "disable_tqdm": True, **overrides,
+        "stage": "reward",
+        "output_dir": str(tmp_path / "reward"),
+        "model_name_or_path": str(model),
+        "dataset": "toy",
+        "toy_pairs": 600,
+        "toy_eval_pairs": 150,
+        "learning_rate": 3.0e-3,
+        "per_device_train_batch_size": 16,
+        "per_device_eval_batch_size": 64,
+        "max_steps": 40,
+        "logging_steps": 5,
+        "eval_strategy": "no",
+        "save_steps": 20,
+        "save_total_limit": 1,
+        "seed": 3,
+        "use_cpu": True,
+        "bf16": False,
+        "dataloader_num_workers": 0,
+        "disable_tqdm": True,
+        **overrides,
     }
     return write_recipe(tmp_path / "reward.yaml", values)
 
@@ -61,7 +76,9 @@ def test_reward_is_read_at_the_last_real_token_whatever_the_padding(tiny_gpt2, p
     sequences = encode(tokenizer, prompts, responses)
     assert all(ids[-1] == tokenizer.eos_token_id for ids in sequences)
     with torch.no_grad():
-        by_hand = [model.score(model.transformer(torch.tensor([ids])).last_hidden_state[0, -1]).item() for ids in sequences]
+        by_hand = [
+            model.score(model.transformer(torch.tensor([ids])).last_hidden_state[0, -1]).item() for ids in sequences
+        ]
     assert alone == pytest.approx(by_hand, abs=1e-5)
     # ...and the two classic mistakes give other numbers for the padded (shortest) row 0.
     from pipeline.reward_model import pad_batch
@@ -69,7 +86,9 @@ def test_reward_is_read_at_the_last_real_token_whatever_the_padding(tiny_gpt2, p
     padded = pad_batch(sequences, tokenizer.pad_token_id, padding_side)
     with torch.no_grad():
         if padding_side == "right":  # reading the last column reads the short row at padding
-            hidden = model.transformer(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"]).last_hidden_state
+            hidden = model.transformer(
+                input_ids=padded["input_ids"], attention_mask=padded["attention_mask"]
+            ).last_hidden_state
             wrong = model.score(hidden[0, -1]).item()
         else:  # left padding without position ids from the mask shifts the short row's positions
             wrong = model(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"]).logits[0, 0].item()
@@ -84,7 +103,9 @@ def test_training_batches_read_the_reward_where_scoring_does(tiny_gpt2):
     from pipeline.reward_model import encode_pairs, score_token_ids
 
     model, tokenizer = load_tiny_reward_model(tiny_gpt2)
-    chosen, rejected, _ = encode_pairs(tokenizer, ["User: what is 1 + 1?\nBot:"] * 2, [" 2", " 2"], [" 3, i guess.", " 11"], 128)
+    chosen, rejected, _ = encode_pairs(
+        tokenizer, ["User: what is 1 + 1?\nBot:"] * 2, [" 2", " 2"], [" 3, i guess.", " 11"], 128
+    )
     batch = DataCollatorForPreference(pad_token_id=tokenizer.pad_token_id)(
         [{"chosen_ids": c, "rejected_ids": r} for c, r in zip(chosen, rejected)]
     )
@@ -119,12 +140,16 @@ def test_sum_pooling_adds_the_head_over_every_real_token_and_the_prompt_cancels(
     prompt = "User: reverse the word: cat\nBot:"
     responses = [" tac", " tca, i think. or maybe not."]
     alone = [score(model, tokenizer, [prompt], [r], batch_size=1)[0] for r in responses]
-    assert score(model, tokenizer, [prompt] * 2, responses, batch_size=2, padding_side=padding_side) == pytest.approx(alone, abs=1e-4)
+    assert score(model, tokenizer, [prompt] * 2, responses, batch_size=2, padding_side=padding_side) == pytest.approx(
+        alone, abs=1e-4
+    )
 
     # By hand: the score head on every token's hidden state, added up.
     sequences = encode(tokenizer, [prompt] * 2, responses)
     with torch.no_grad():
-        per_token = [model.score(model.transformer(torch.tensor([ids])).last_hidden_state[0]).squeeze(-1) for ids in sequences]
+        per_token = [
+            model.score(model.transformer(torch.tensor([ids])).last_hidden_state[0]).squeeze(-1) for ids in sequences
+        ]
     # The prompt's tokens see no response, so their share is the same for both responses, and `score`
     # leaves it out: the reward is the response tokens' share, EOS included.
     prompt_length = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
@@ -165,9 +190,9 @@ def test_over_long_pairs_lose_the_left_of_their_prompt_and_are_counted(tiny_gpt2
     # First pair: both responses intact with their EOS, the prompt keeps its END ("...\nBot:").
     full_prompt = tokenizer(prompts[0], add_special_tokens=False)["input_ids"]
     response = tokenizer(rejected[0], add_special_tokens=False)["input_ids"] + [eos]
-    assert rejected_ids[0][-len(response):] == response
+    assert rejected_ids[0][-len(response) :] == response
     kept = rejected_ids[0][: -len(response)]
-    assert kept == full_prompt[-len(kept):] and len(kept) == 30 - len(response)
+    assert kept == full_prompt[-len(kept) :] and len(kept) == 30 - len(response)
     # Both responses see the same (cut) prompt, so the pair still compares like with like.
     assert chosen_ids[0] == kept + tokenizer(" 42", add_special_tokens=False)["input_ids"] + [eos]
     assert chosen_ids[0][-1] == eos and chosen_ids[1][-1] == eos
@@ -194,7 +219,9 @@ def test_over_long_real_hh_pairs_are_kept_and_counted(tiny_gpt2):
     assert truncation.truncated <= 100 and truncation.prompt_truncated <= truncation.truncated
     # Where the responses fit, each sequence = the END of the prompt + the whole response + EOS.
     checked = 0
-    for prompt, chosen, rejected, ids in zip(pairs["prompt"], pairs["chosen"], pairs["rejected"], encoded["chosen_ids"]):
+    for prompt, chosen, rejected, ids in zip(
+        pairs["prompt"], pairs["chosen"], pairs["rejected"], encoded["chosen_ids"]
+    ):
         response = tokenizer(chosen, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         other = len(tokenizer(rejected, add_special_tokens=False)["input_ids"]) + 1
         if max(len(response), other) < max_length:
@@ -210,9 +237,13 @@ def test_held_out_split_never_shares_a_prompt_with_training():
 
     from pipeline.reward import split_by_prompt
 
-    pairs = datasets.Dataset.from_dict({
-        "prompt": [f"q{i % 20}" for i in range(100)], "chosen": [f"a{i}" for i in range(100)], "rejected": ["b"] * 100,
-    })
+    pairs = datasets.Dataset.from_dict(
+        {
+            "prompt": [f"q{i % 20}" for i in range(100)],
+            "chosen": [f"a{i}" for i in range(100)],
+            "rejected": ["b"] * 100,
+        }
+    )
     train, held_out = split_by_prompt(pairs, 0.2, seed=0, source="x")
     assert len(train) + len(held_out) == 100 and len(held_out) == 20
     assert not set(train["prompt"]) & set(held_out["prompt"])
@@ -228,7 +259,11 @@ def test_tiny_reward_model_learns_and_scores_as_it_was_evaluated(tiny_pretrained
     from pipeline.reward_model import load_reward_model, pairwise_metrics, score
 
     recipe = reward_recipe(
-        tmp_path, tiny_pretrained, best_of_n_prompts=2, best_of_n_max=4, sample_max_new_tokens=8,
+        tmp_path,
+        tiny_pretrained,
+        best_of_n_prompts=2,
+        best_of_n_max=4,
+        sample_max_new_tokens=8,
         train_sampling_strategy="group_by_length",
     )
     main(["--config", str(recipe)])
@@ -266,8 +301,18 @@ def test_lora_reward_model_trains_its_head_and_merges(tiny_gpt2, tmp_path):
     from pipeline.reward import RewardModelArguments, build_model, main
 
     recipe = reward_recipe(
-        tmp_path, tiny_gpt2, use_peft=True, lora_r=4, lora_alpha=8, max_steps=6, toy_pairs=200, toy_eval_pairs=40,
-        margin_column="gold_gap", center_rewards_coefficient=0.01, toy_policy_prompts=6, toy_policy_samples=3,
+        tmp_path,
+        tiny_gpt2,
+        use_peft=True,
+        lora_r=4,
+        lora_alpha=8,
+        max_steps=6,
+        toy_pairs=200,
+        toy_eval_pairs=40,
+        margin_column="gold_gap",
+        center_rewards_coefficient=0.01,
+        toy_policy_prompts=6,
+        toy_policy_samples=3,
         reward_pooling="sum",
     )
     main(["--config", str(recipe)])
@@ -285,7 +330,9 @@ def test_lora_reward_model_trains_its_head_and_merges(tiny_gpt2, tmp_path):
     trained_head = [value for key, value in adapter.items() if "score" in key]
     assert len(trained_head) == 1 and torch.equal(merged["score.weight"], trained_head[0])
     set_seed(3)  # the recipe's seed: the head the stage started from
-    initial = build_model(RewardModelArguments(model_name_or_path=str(tiny_gpt2)), load_tokenizer(str(tiny_gpt2)), False)
+    initial = build_model(
+        RewardModelArguments(model_name_or_path=str(tiny_gpt2)), load_tokenizer(str(tiny_gpt2)), False
+    )
     assert not torch.allclose(merged["score.weight"], initial.score.weight.detach())
     # The merged model keeps the token-sum pooling it was trained with.
     from pipeline.reward_model import load_reward_model
@@ -304,10 +351,17 @@ def test_extra_layers_start_as_the_identity_and_save_as_a_plain_model(tiny_gpt2,
     set_seed(0)
     plain = build_model(RewardModelArguments(model_name_or_path=str(tiny_gpt2)), tokenizer, False).eval()
     set_seed(0)
-    deeper = build_model(RewardModelArguments(model_name_or_path=str(tiny_gpt2)), tokenizer, False, extra_layers=2).eval()
+    deeper = build_model(
+        RewardModelArguments(model_name_or_path=str(tiny_gpt2)), tokenizer, False, extra_layers=2
+    ).eval()
     assert deeper.config.n_layer == plain.config.n_layer + 2 == len(deeper.transformer.h)
-    prompts, responses = ["User: repeat the word: cat\nBot:", "User: what colour is a frog?\nBot:"], [" cat", " green, i think."]
-    assert score(deeper, tokenizer, prompts, responses) == pytest.approx(score(plain, tokenizer, prompts, responses), abs=1e-5)
+    prompts, responses = (
+        ["User: repeat the word: cat\nBot:", "User: what colour is a frog?\nBot:"],
+        [" cat", " green, i think."],
+    )
+    assert score(deeper, tokenizer, prompts, responses) == pytest.approx(
+        score(plain, tokenizer, prompts, responses), abs=1e-5
+    )
     # The new blocks learn: their zeroed output projections get gradients.
     deeper.train()
     batch = tokenizer(["User: repeat the word: cat\nBot: cat"], return_tensors="pt")
@@ -316,7 +370,9 @@ def test_extra_layers_start_as_the_identity_and_save_as_a_plain_model(tiny_gpt2,
     deeper.save_pretrained(tmp_path / "rm")
     reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm").eval()
     assert reloaded.config.n_layer == deeper.config.n_layer
-    assert score(reloaded, tokenizer, prompts, responses) == pytest.approx(score(plain, tokenizer, prompts, responses), abs=1e-5)
+    assert score(reloaded, tokenizer, prompts, responses) == pytest.approx(
+        score(plain, tokenizer, prompts, responses), abs=1e-5
+    )
 
 
 # --- bad input -------------------------------------------------------------------------------------
@@ -334,11 +390,17 @@ GOOD = {"prompt": "User: hi\nBot:", "chosen": " hello", "rejected": " go away"}
     "records, message",
     [
         ([GOOD, {"prompt": "q", "chosen": "a"}], r"p.jsonl:2: missing field 'rejected'"),
-        ([GOOD, {"prompt": "q", "chosen": ["a"], "rejected": "b"}], r"p.jsonl:2: field 'chosen' must be a string, got list"),
+        (
+            [GOOD, {"prompt": "q", "chosen": ["a"], "rejected": "b"}],
+            r"p.jsonl:2: field 'chosen' must be a string, got list",
+        ),
         ([{"prompt": "", "chosen": "a", "rejected": "b"}, GOOD], r"p.jsonl:1: empty prompt"),
         ([GOOD] * 5, r"only 1 distinct pair\(s\) to train on after removing 4 duplicates.*every pair is the same"),
         ([{"prompt": "q", "chosen": "same", "rejected": "same"}] * 3, r"all 3 pairs were dropped"),
-        ([{**GOOD, "margin": 1.0}, {**GOOD, "chosen": " hey", "margin": "big"}], r"p.jsonl:2: margin column 'margin' must be a number"),
+        (
+            [{**GOOD, "margin": 1.0}, {**GOOD, "chosen": " hey", "margin": "big"}],
+            r"p.jsonl:2: margin column 'margin' must be a number",
+        ),
     ],
 )
 def test_bad_preference_data_is_one_clear_error(tiny_gpt2, tmp_path, records, message):
@@ -390,7 +452,11 @@ def test_margins_and_hh_transcripts_from_a_file(tiny_gpt2, tmp_path):
     from pipeline.reward import RewardArguments, load_pairs, margins_for, tokenize_pairs
 
     records = [
-        {"chosen": f"\n\nHuman: hi {i}\n\nAssistant: hello {i}", "rejected": f"\n\nHuman: hi {i}\n\nAssistant: no", "margin": i / 10}
+        {
+            "chosen": f"\n\nHuman: hi {i}\n\nAssistant: hello {i}",
+            "rejected": f"\n\nHuman: hi {i}\n\nAssistant: no",
+            "margin": i / 10,
+        }
         for i in range(30)
     ]
     data = write_jsonl(tmp_path / "hh.jsonl", records)

@@ -8,17 +8,24 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_PRETRAIN, run_module, save_tiny_gpt2, write_recipe
 from transformers import AutoModelForCausalLM
 
-from conftest import TINY_PRETRAIN, run_module, save_tiny_gpt2, write_recipe
 from pipeline.errors import RecipeError, UserError
 
 
 def sft_args(tmp_path: Path, model: Path) -> list[str]:
-    recipe = write_recipe(tmp_path / "sft.yaml", {
-        "stage": "sft", "model_name_or_path": str(model), "output_dir": str(tmp_path / "out"), "max_steps": 1,
-        "use_cpu": True, "bf16": False,
-    })
+    recipe = write_recipe(
+        tmp_path / "sft.yaml",
+        {
+            "stage": "sft",
+            "model_name_or_path": str(model),
+            "output_dir": str(tmp_path / "out"),
+            "max_steps": 1,
+            "use_cpu": True,
+            "bf16": False,
+        },
+    )
     return ["--config", str(recipe)]
 
 
@@ -66,8 +73,17 @@ def test_yaml_object_tags_are_refused_without_running_them(tmp_path):
 def test_the_chain_passes_no_value_through_a_shell(tmp_path):
     marker = tmp_path / "ran"
     folder = tmp_path / "recipes"
-    write_recipe(folder / "pretrain.yaml", {**TINY_PRETRAIN, "max_steps": 2, "eval_steps": 2, "save_steps": 2,
-                                            "decoding_strategies": ["greedy"], "output_dir": str(tmp_path / "runs" / "pretrain")})
+    write_recipe(
+        folder / "pretrain.yaml",
+        {
+            **TINY_PRETRAIN,
+            "max_steps": 2,
+            "eval_steps": 2,
+            "save_steps": 2,
+            "decoding_strategies": ["greedy"],
+            "output_dir": str(tmp_path / "runs" / "pretrain"),
+        },
+    )
     # In a shell `$(touch ...)` would run; as one argv item it is a harmless (and ignored) -W warning filter.
     launcher = f"{sys.executable} -W ignore::UserWarning$(touch\\ {marker})"
     result = run_module("pipeline", "run", str(folder), "--no-report", "--launcher", launcher)

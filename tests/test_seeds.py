@@ -8,19 +8,25 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import run_module
+from test_chain import QUICK, folder  # noqa: F401 (the chain tests' two-recipe folder, a fixture)
+
 from eval.seeds import aggregate
 from pipeline import chain
 from pipeline.contract import read_manifest
-from test_chain import QUICK, folder  # noqa: F401 (the chain tests' two-recipe folder, a fixture)
 
 
 def test_a_seed_copy_moves_every_chain_path_and_raises_the_seeds():
     moves = {Path("runs/toy/sft"): Path("runs/toy/seed2/sft"), Path("runs/toy/reward"): Path("runs/toy/seed2/reward")}
     values = {
-        "output_dir": "runs/toy/sft", "model_name_or_path": "runs/toy/reward/checkpoint-10", "train_file": "../shared/data/x.jsonl",
-        "other": ["runs/toy/sft", "runs/toy/sftx"], "seed": 42, "toy_seed": 5, "seeds": [0, 1, 2], "learning_rate": 1e-3,
+        "output_dir": "runs/toy/sft",
+        "model_name_or_path": "runs/toy/reward/checkpoint-10",
+        "train_file": "../shared/data/x.jsonl",
+        "other": ["runs/toy/sft", "runs/toy/sftx"],
+        "seed": 42,
+        "toy_seed": 5,
+        "seeds": [0, 1, 2],
+        "learning_rate": 1e-3,
     }
     seeded = chain.seed_recipe_values(values, 2, moves)
     assert seeded["output_dir"] == "runs/toy/seed2/sft"
@@ -75,7 +81,9 @@ def test_seeds_run_whole_chains_apart_and_the_seed_report_aggregates_them(folder
     perplexity = {row["output"]: row for row in rows if row["figure"] == "validation perplexity"}
     assert set(perplexity) == {"base", "child"}
     for row in perplexity.values():
-        per_seed = [json.loads((runs / f"seed{k}" / row["output"] / "metrics.json").read_text())["perplexity"] for k in (0, 1)]
+        per_seed = [
+            json.loads((runs / f"seed{k}" / row["output"] / "metrics.json").read_text())["perplexity"] for k in (0, 1)
+        ]
         assert row["values"] == per_seed and row["min"] <= row["median"] <= row["max"]
     assert "median (range)" in (runs / "seeds" / "report.md").read_text()
 

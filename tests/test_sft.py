@@ -12,16 +12,16 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import REPO, launch_two_processes, run_in_process, write_recipe
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import REPO, launch_two_processes, run_in_process, write_recipe
+from pipeline import sft
 from pipeline.contract import read_manifest
 from pipeline.data.sft_formats import SIMPLE_CHAT_TEMPLATE
 from pipeline.data.toy_world import ToyWorld
 from pipeline.errors import DataError, RecipeError, UserError
 from pipeline.models import load_tokenizer
 from pipeline.recipes import parse_recipe
-from pipeline import sft
 
 # A recipe small enough for a test: LoRA on the tiny pretrained model, a few dozen steps.
 TINY_SFT = {
@@ -93,7 +93,9 @@ def logits(model, tokenizer, text: str = "User: what is 12 + 30?\nBot: 42") -> t
 @pytest.fixture(scope="module")
 def lora_run(tmp_path_factory, tiny_base):
     root = tmp_path_factory.mktemp("lora")
-    recipe = write_recipe(root / "sft.yaml", {**TINY_SFT, "model_name_or_path": str(tiny_base), "output_dir": str(root / "out")})
+    recipe = write_recipe(
+        root / "sft.yaml", {**TINY_SFT, "model_name_or_path": str(tiny_base), "output_dir": str(root / "out")}
+    )
     return run_sft(recipe)
 
 
@@ -104,7 +106,9 @@ def test_lora_learns_the_demonstrations_and_raises_the_gold_reward(lora_run):
     assert metrics["perplexity"] == pytest.approx(math.exp(metrics["eval_loss"]), rel=1e-3)
     # Only the adapters train: a small share, counted against the whole model.
     assert 0 < metrics["trainable_parameters"] < 0.5 * metrics["parameters"]
-    assert metrics["trainable_share"] == pytest.approx(metrics["trainable_parameters"] / metrics["parameters"], abs=1e-5)
+    assert metrics["trainable_share"] == pytest.approx(
+        metrics["trainable_parameters"] / metrics["parameters"], abs=1e-5
+    )
     assert metrics["peak_memory_mb"] > 50 and metrics["peak_memory_kind"] == "process_max_rss"
     # The demonstrations are short, correct and cleanly ended: sampled responses get better by the truth.
     before, after = metrics["gold_reward_before"], metrics["gold_reward_after"]
@@ -119,8 +123,13 @@ def test_lora_output_is_a_plain_causal_lm_plus_the_adapter(lora_run, tiny_base):
     from peft import PeftModel
 
     out, metrics = lora_run
-    assert metrics["merged"] and read_manifest(out)["inputs"] == {"model_name_or_path": str(tiny_base), "dataset": "toy"}
-    assert (out / "adapter" / "adapter_config.json").is_file() and (out / "adapter" / "adapter_model.safetensors").is_file()
+    assert metrics["merged"] and read_manifest(out)["inputs"] == {
+        "model_name_or_path": str(tiny_base),
+        "dataset": "toy",
+    }
+    assert (out / "adapter" / "adapter_config.json").is_file() and (
+        out / "adapter" / "adapter_model.safetensors"
+    ).is_file()
     tokenizer = AutoTokenizer.from_pretrained(out)
     assert tokenizer.pad_token_id != tokenizer.eos_token_id
     merged = AutoModelForCausalLM.from_pretrained(out)  # what the next stage loads, without PEFT
@@ -135,9 +144,15 @@ def test_lora_output_is_a_plain_causal_lm_plus_the_adapter(lora_run, tiny_base):
 def test_two_processes_train_like_one_with_the_same_global_batch(lora_run, tmp_path, tiny_base):
     """Under `accelerate launch` (2 CPU processes, gloo) the stage trains the same model and writes once."""
     _, one = lora_run
-    recipe = write_recipe(tmp_path / "two.yaml", {
-        **TINY_SFT, "model_name_or_path": str(tiny_base), "output_dir": str(tmp_path / "two"), "per_device_train_batch_size": 8,
-    })
+    recipe = write_recipe(
+        tmp_path / "two.yaml",
+        {
+            **TINY_SFT,
+            "model_name_or_path": str(tiny_base),
+            "output_dir": str(tmp_path / "two"),
+            "per_device_train_batch_size": 8,
+        },
+    )
     result = launch_two_processes("-m", "pipeline.sft", "--config", str(recipe))
     assert result.returncode == 0, result.stderr[-3000:]
     two = json.loads((tmp_path / "two" / "metrics.json").read_text())
@@ -151,10 +166,21 @@ def test_two_processes_train_like_one_with_the_same_global_batch(lora_run, tmp_p
 def test_qlora_runs_under_two_processes_and_writes_once(tmp_path, tiny_base):
     """QLoRA (4-bit base + adapters) under `accelerate launch` with 2 CPU processes: trains, merges, writes once."""
     pytest.importorskip("bitsandbytes")
-    recipe = write_recipe(tmp_path / "qlora2.yaml", {
-        **TINY_SFT, "model_name_or_path": str(tiny_base), "output_dir": str(tmp_path / "qlora2"), "per_device_train_batch_size": 8,
-        "load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "max_steps": 8, "eval_steps": 8, "save_steps": 8, "num_eval_prompts": 8,
-    })
+    recipe = write_recipe(
+        tmp_path / "qlora2.yaml",
+        {
+            **TINY_SFT,
+            "model_name_or_path": str(tiny_base),
+            "output_dir": str(tmp_path / "qlora2"),
+            "per_device_train_batch_size": 8,
+            "load_in_4bit": True,
+            "bnb_4bit_quant_type": "nf4",
+            "max_steps": 8,
+            "eval_steps": 8,
+            "save_steps": 8,
+            "num_eval_prompts": 8,
+        },
+    )
     result = launch_two_processes("-m", "pipeline.sft", "--config", str(recipe))
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "qlora2" / "metrics.json").read_text())
@@ -174,8 +200,14 @@ def test_full_fine_tune_trains_every_parameter(sft_recipe):
 def test_qlora_trains_adapters_on_a_4bit_base_and_merges_into_full_precision(sft_recipe, tiny_base):
     pytest.importorskip("bitsandbytes")
     recipe = sft_recipe(
-        "qlora", load_in_4bit=True, bnb_4bit_quant_type="nf4", use_bnb_nested_quant=True, max_steps=8,
-        num_eval_prompts=8, eval_steps=8, save_steps=8,
+        "qlora",
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        use_bnb_nested_quant=True,
+        max_steps=8,
+        num_eval_prompts=8,
+        eval_steps=8,
+        save_steps=8,
     )
     out, metrics = run_sft(recipe)
     assert metrics["mode"] == "qlora" and 0 < metrics["trainable_share"] < 0.5
@@ -192,7 +224,13 @@ def test_qlora_trains_adapters_on_a_4bit_base_and_merges_into_full_precision(sft
 
 def test_without_merge_the_adapter_directory_loads_through_peft(sft_recipe, tiny_base):
     recipe = sft_recipe(
-        "nomerge", merge_adapters=False, lora_target_modules=["c_attn"], max_steps=4, num_eval_prompts=4, eval_steps=4, save_steps=4
+        "nomerge",
+        merge_adapters=False,
+        lora_target_modules=["c_attn"],
+        max_steps=4,
+        num_eval_prompts=4,
+        eval_steps=4,
+        save_steps=4,
     )
     out, metrics = run_sft(recipe)
     assert not metrics["merged"] and not (out / "model.safetensors").exists()
@@ -240,7 +278,9 @@ def test_a_completion_that_already_ends_with_eos_gets_no_second_one(tiny_base):
     import datasets
 
     tokenizer = load_tokenizer(str(tiny_base))
-    data = datasets.Dataset.from_list([{"prompt": "User: repeat the word: cat\nBot:", "completion": " cat" + tokenizer.eos_token}] * 4)
+    data = datasets.Dataset.from_list(
+        [{"prompt": "User: repeat the word: cat\nBot:", "completion": " cat" + tokenizer.eos_token}] * 4
+    )
     trainer, tokenizer = build(tiny_base, data, "prompt_completion")
     assert trainer.train_dataset[0]["input_ids"].count(tokenizer.eos_token_id) == 1
 
@@ -259,16 +299,24 @@ def test_chat_messages_train_on_assistant_turns_only(tiny_base):
     trainer, tokenizer = build(tiny_base, datasets.Dataset.from_dict({"messages": conversations}), "messages")
     assert tokenizer.chat_template == SIMPLE_CHAT_TEMPLATE and trainer.args.assistant_only_loss
     row = trainer.train_dataset[0]
-    assert tokenizer.decode(row["input_ids"]) == "User: what is 1 + 2?\nBot: 3<|endoftext|>User: repeat the word: cat\nBot: cat<|endoftext|>"
+    assert (
+        tokenizer.decode(row["input_ids"])
+        == "User: what is 1 + 2?\nBot: 3<|endoftext|>User: repeat the word: cat\nBot: cat<|endoftext|>"
+    )
     trained = tokenizer.decode([t for t, label in zip(row["input_ids"], row["labels"]) if label != -100])
     assert trained == " 3<|endoftext|> cat<|endoftext|>"
 
 
 def test_chat_messages_file_runs_end_to_end(sft_recipe, tmp_path):
     tasks = ToyWorld(seed=1).tasks(200)
-    records = [{"messages": [{"role": "user", "content": t.question}, {"role": "assistant", "content": t.answer}]} for t in tasks]
+    records = [
+        {"messages": [{"role": "user", "content": t.question}, {"role": "assistant", "content": t.answer}]}
+        for t in tasks
+    ]
     data = write_jsonl(tmp_path / "chat.jsonl", records)
-    out, metrics = run_sft(sft_recipe("chat", dataset=str(data), max_steps=6, eval_steps=6, save_steps=6, num_samples=4))
+    out, metrics = run_sft(
+        sft_recipe("chat", dataset=str(data), max_steps=6, eval_steps=6, save_steps=6, num_samples=4)
+    )
     assert metrics["dataset_format"] == "messages" and metrics["eval_loss"] < metrics["eval_loss_before"]
     assert AutoTokenizer.from_pretrained(out).chat_template == SIMPLE_CHAT_TEMPLATE  # saved for the next stages
     samples = json.loads((out / "samples.json").read_text())
@@ -282,26 +330,40 @@ def test_over_long_sequences_are_truncated_and_counted_not_dropped(sft_recipe, t
     long_completion = " " + "ab" * 60  # 121 characters = tokens of the char tokenizer
     records = [{"prompt": "User: repeat the word: cat\nBot:", "completion": " cat"}] * 20
     records += [{"prompt": "User: repeat the word: dog\nBot:", "completion": long_completion}] * 7
-    records += [{"prompt": "User: " + "a" * 70 + "\nBot:", "completion": " cat"}] * 3  # the prompt alone fills max_length
+    records += [
+        {"prompt": "User: " + "a" * 70 + "\nBot:", "completion": " cat"}
+    ] * 3  # the prompt alone fills max_length
     data = write_jsonl(tmp_path / "long.jsonl", records)
     with caplog.at_level(logging.WARNING, logger="pipeline.sft"):
-        _, metrics = run_sft(sft_recipe("long", dataset=str(data), eval_fraction=0.1, max_steps=2, eval_steps=2, save_steps=2, num_samples=2))
+        _, metrics = run_sft(
+            sft_recipe(
+                "long", dataset=str(data), eval_fraction=0.1, max_steps=2, eval_steps=2, save_steps=2, num_samples=2
+            )
+        )
     train_examples = 27  # 30 - 10% held out
     assert metrics["truncated_train_examples"] + metrics["truncated_eval_examples"] == 10
     assert metrics["dropped_train_examples"] >= 1 and metrics["longest_train_sequence"] > 64
     # Truncated examples are trained on; only the prompt-only ones are left out, and that is said.
     assert metrics["train_examples"] == train_examples - metrics["dropped_train_examples"]
     messages = " ".join(record.getMessage() for record in caplog.records)
-    assert f"{metrics['truncated_train_examples']} of {train_examples} examples are longer than max_length=64" in messages
+    assert (
+        f"{metrics['truncated_train_examples']} of {train_examples} examples are longer than max_length=64" in messages
+    )
     assert "left out of training" in messages
 
 
 @pytest.mark.parametrize(
     "lines, expected",
     [
-        ([{"prompt": "User: a\nBot:", "completion": " a"}, {"prompt": "User: b\nBot:"}], ":2: missing column 'completion'"),
+        (
+            [{"prompt": "User: a\nBot:", "completion": " a"}, {"prompt": "User: b\nBot:"}],
+            ":2: missing column 'completion'",
+        ),
         ([], "holds no records"),
-        ([{"prompt": "User: a\nBot:", "completion": " a"}, "", '{"prompt": "x", "completion": '], ":3: malformed JSON"),
+        (
+            [{"prompt": "User: a\nBot:", "completion": " a"}, "", '{"prompt": "x", "completion": '],
+            ":3: malformed JSON",
+        ),
         ([{"prompt": "User: a\nBot:", "completion": 5}], ":1: column 'completion' must be a string"),
         ([{"text": "hello"}], "cannot tell the SFT format from the columns (text)"),
         ([{"messages": [{"role": "user", "content": "hi"}]}], "no example has a non-empty response"),
@@ -353,7 +415,9 @@ def test_shipped_recipes_parse(name):
     # transformers refuses bf16 on a machine without a GPU, so the GPU recipes are parsed with it off;
     # the model of recipes/toy may not exist yet (require_paths=False).
     extra = ["--bf16", "false"] if gpu and not torch.cuda.is_available() else []
-    args, model_args, training, recipe = parse_recipe(sft.RECIPE_TYPES, ["--config", str(path), *extra], "sft", require_paths=False)
+    args, model_args, training, recipe = parse_recipe(
+        sft.RECIPE_TYPES, ["--config", str(path), *extra], "sft", require_paths=False
+    )
     assert recipe.stage == "sft" and model_args.use_peft
     assert model_args.load_in_4bit == ("qlora" in name)
     if gpu:
@@ -389,8 +453,13 @@ def test_alpaca_records_become_prompt_completion_with_the_alpaca_prompt(tmp_path
         dataset, dataset_format = load_sft_dataset(str(path))
     assert dataset_format == "alpaca" and dataset.column_names == ["prompt", "completion"]
     # An empty response leaves nothing to learn: left out, and said so with its line.
-    assert len(dataset) == 2 and f"1 of 3 examples have an empty response and are left out (first at {path}:3)" in caplog.text
-    assert dataset[0]["prompt"].endswith("### Instruction:\nAdd the numbers.\n\n### Input:\n2 and 3\n\n### Response:\n")
+    assert (
+        len(dataset) == 2
+        and f"1 of 3 examples have an empty response and are left out (first at {path}:3)" in caplog.text
+    )
+    assert dataset[0]["prompt"].endswith(
+        "### Instruction:\nAdd the numbers.\n\n### Input:\n2 and 3\n\n### Response:\n"
+    )
     assert "### Input:" not in dataset[1]["prompt"] and dataset[1]["completion"] == "Hello!"
     # Stanford Alpaca's own alpaca_data.json is one JSON array, not JSON Lines.
     array = tmp_path / "alpaca_data.json"
@@ -401,6 +470,7 @@ def test_alpaca_records_become_prompt_completion_with_the_alpaca_prompt(tmp_path
 
 def test_the_shared_alpaca_subset_loads(tmp_path):
     from conftest import SHARED_DATA
+
     from pipeline.data.sft_formats import load_sft_dataset
 
     path = SHARED_DATA / "alpaca" / "train.jsonl.gz"

@@ -16,7 +16,9 @@ TOY = REPO / "recipes" / "toy"
 
 def parsed(module, name: str):
     """The recipe's dataclasses as the stage parses them (input paths need not exist yet)."""
-    return parse_recipe(module.RECIPE_TYPES, ["--config", str(TOY / name)], module.__name__.rsplit(".", 1)[1], require_paths=False)
+    return parse_recipe(
+        module.RECIPE_TYPES, ["--config", str(TOY / name)], module.__name__.rsplit(".", 1)[1], require_paths=False
+    )
 
 
 def held_out_prompts(recipe, n: int = 3000) -> set[str]:
@@ -88,7 +90,9 @@ def test_ppo_training_prompts_hold_no_held_out_question(name):
 
     args, _, config, _ = parsed(ppo, name)
     tokenizer = train_tokenizer(World().pretraining_corpus(500), kind="char")
-    prompts = load_prompt_sets(args.dataset, tokenizer, 96, args.num_eval_prompts, config.seed, toy_prompts=args.toy_prompts, toy=args)
+    prompts = load_prompt_sets(
+        args.dataset, tokenizer, 96, args.num_eval_prompts, config.seed, toy_prompts=args.toy_prompts, toy=args
+    )
     assert_only_train_questions(prompts.train, args)
     assert all(split_of(parse_prompt(p)) == "test" for p in prompts.eval)
 
@@ -98,7 +102,13 @@ def test_w2s_test_examples_and_halves_are_disjoint():
     from pipeline.w2s.datasets import load_task, split_halves, toy_question
 
     args, *_ = parsed(weak_to_strong, "w2s.yaml")
-    task = load_task(args.dataset, args.train_size, args.test_size, toy=ToyWorld.from_recipe(args), toy_test_split=args.toy_eval_split)
+    task = load_task(
+        args.dataset,
+        args.train_size,
+        args.test_size,
+        toy=ToyWorld.from_recipe(args),
+        toy_test_split=args.toy_eval_split,
+    )
     train_questions = {toy_question(e["text"]) for e in task.train}
     test_questions = {toy_question(e["text"]) for e in task.test}
     assert not train_questions & test_questions

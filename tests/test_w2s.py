@@ -3,12 +3,11 @@ task construction, the last-real-token read-out under any padding, and every shi
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch
-
 from conftest import REPO, SHARED_DATA
+
 from pipeline.errors import DataError
 from pipeline.w2s.datasets import halves, load_soft_labels, load_task, save_soft_labels, split_halves
 from pipeline.w2s.losses import aux_coefficient, hardened_predictions, logconf_loss, soft_label_loss, xent_loss
@@ -56,7 +55,14 @@ def test_logconf_does_not_backpropagate_through_the_hardened_target():
 
 @pytest.mark.parametrize(
     "progress, linear, jump",
-    [(0.0, 0.0, 0.0), (0.1, 0.375, 0.075), (0.2, 0.75, 0.15), (0.21, 0.75, 0.75), (0.6, 0.75, 0.75), (1.0, 0.75, 0.75)],
+    [
+        (0.0, 0.0, 0.0),
+        (0.1, 0.375, 0.075),
+        (0.2, 0.75, 0.15),
+        (0.21, 0.75, 0.75),
+        (0.6, 0.75, 0.75),
+        (1.0, 0.75, 0.75),
+    ],
 )
 def test_alpha_ramps_linear_and_reference_jump(progress, linear, jump):
     # alpha = 0.75, warm-up 0.2. linear: 0.75 * min(1, progress / 0.2); jump (reference): 0.75 * progress until 0.2, then 0.75.
@@ -144,7 +150,9 @@ def test_toy_test_questions_are_never_asked_in_training_and_halves_share_no_ques
         assert questions_a.isdisjoint(questions_b) and len(half_a) == len(half_b) == 300
         assert sum(e["label"] for e in half_a) == 150  # both answers of a question stay together: balanced halves
     validation = load_task("toy", train_size=600, test_size=200, toy=world, toy_test_split="validation")
-    assert validation.train == task.train and {toy_question(e["text"]) for e in validation.test}.isdisjoint(test_questions | train_questions)
+    assert validation.train == task.train and {toy_question(e["text"]) for e in validation.test}.isdisjoint(
+        test_questions | train_questions
+    )
 
 
 def test_soft_labels_are_saved_and_reloaded(tmp_path):
@@ -182,7 +190,11 @@ def test_sciq_questions_become_a_correct_and_a_distractor_example_kept_in_one_ha
     for pair in pairs.values():
         right, wrong = sorted(pair, key=lambda e: -e["label"])
         question = right["text"].split(" A: ")[0]
-        assert question.startswith("Q: ") and wrong["text"].startswith(question + " A: ") and right["text"] != wrong["text"]
+        assert (
+            question.startswith("Q: ")
+            and wrong["text"].startswith(question + " A: ")
+            and right["text"] != wrong["text"]
+        )
     half_a, half_b = split_halves(task.train, seed=3)
     assert {e["group"] for e in half_a}.isdisjoint(e["group"] for e in half_b)
     assert load_task("sciq", train_size=400, data_dir=SHARED_DATA).train == task.train  # same examples every time
@@ -193,9 +205,9 @@ def test_sciq_questions_become_a_correct_and_a_distractor_example_kept_in_one_ha
 
 @pytest.fixture(scope="module")
 def tiny_classifier(tmp_path_factory):
+    from test_w2s_stage import save_tiny_gpt2
     from trl import ModelConfig
 
-    from test_w2s_stage import save_tiny_gpt2
     from pipeline.w2s.train import load_classifier
 
     directory = save_tiny_gpt2(tmp_path_factory.mktemp("tiny") / "model", n_embd=16)
@@ -210,7 +222,9 @@ def test_prediction_is_the_same_with_left_or_right_padding_and_any_amount_of_it(
 
     model, tokenizer = tiny_classifier
     short, longer = "User: what is 1 + 2?\nBot: 3", "User: reverse the word: rabbit\nBot: tibbar and more text"
-    ids = [{"input_ids": tokenizer(t, add_special_tokens=False)["input_ids"]} for t in (short, longer, longer + longer)]
+    ids = [
+        {"input_ids": tokenizer(t, add_special_tokens=False)["input_ids"]} for t in (short, longer, longer + longer)
+    ]
 
     def logits(features, side):
         with torch.no_grad():
@@ -223,7 +237,9 @@ def test_prediction_is_the_same_with_left_or_right_padding_and_any_amount_of_it(
     # The check can fail: reading the last position of a right-padded row gives another answer.
     batch = SoftLabelCollator(tokenizer, padding_side="right")(ids[:2])
     with torch.no_grad():
-        hidden = model.transformer(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        hidden = model.transformer(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+        ).last_hidden_state
     assert not torch.allclose(model.score(hidden[0, -1]), alone, atol=1e-3)
     assert tokenizer.pad_token_id != tokenizer.eos_token_id
 
@@ -231,7 +247,9 @@ def test_prediction_is_the_same_with_left_or_right_padding_and_any_amount_of_it(
 # --- recipes -----------------------------------------------------------------------------------------
 
 
-W2S_RECIPES = sorted(p for p in (REPO / "recipes" / "w2s").glob("*.yaml") if p.name != "chain.yaml") + [REPO / "recipes" / "toy" / n for n in ("w2s.yaml", "pretrain_small.yaml")]
+W2S_RECIPES = sorted(p for p in (REPO / "recipes" / "w2s").glob("*.yaml") if p.name != "chain.yaml") + [
+    REPO / "recipes" / "toy" / n for n in ("w2s.yaml", "pretrain_small.yaml")
+]
 
 
 @pytest.mark.parametrize("path", W2S_RECIPES, ids=lambda p: f"{p.parent.name}/{p.name}")
@@ -243,11 +261,15 @@ def test_every_w2s_recipe_parses(path):
     from pipeline.recipes import parse_recipe
 
     values = yaml.safe_load(path.read_text())
-    module = importlib.import_module("pipeline.pretrain" if values["stage"] == "pretrain" else "pipeline.weak_to_strong")
+    module = importlib.import_module(
+        "pipeline.pretrain" if values["stage"] == "pretrain" else "pipeline.weak_to_strong"
+    )
     # GPU recipes: TrainingArguments refuses bf16 on a CPU-only machine; every other check still runs. The
     # models of a recipe may be outputs of stages that have not run in this checkout (require_paths=False).
     hardware = ["--bf16", "false"] if values.get("bf16") else []
-    *instances, recipe = parse_recipe(module.RECIPE_TYPES, ["--config", str(path), *hardware], values["stage"], require_paths=False)
+    *instances, recipe = parse_recipe(
+        module.RECIPE_TYPES, ["--config", str(path), *hardware], values["stage"], require_paths=False
+    )
     if values["stage"] == "weak_to_strong":
         args, training, _ = instances
         assert set(args.losses) <= {"xent", "logconf"} and len(args.seeds) >= 1
@@ -262,13 +284,24 @@ def test_every_w2s_recipe_parses(path):
 
 def test_learning_rate_is_refused_in_favour_of_per_role_rates(tmp_path):
     from conftest import write_recipe
+
     from pipeline.errors import RecipeError
     from pipeline.weak_to_strong import main
 
-    recipe = write_recipe(tmp_path / "r.yaml", {"stage": "weak_to_strong", "weak_model": "gpt2", "strong_model": "gpt2",
-                                                "output_dir": str(tmp_path / "o"), "learning_rate": 1e-4})
+    recipe = write_recipe(
+        tmp_path / "r.yaml",
+        {
+            "stage": "weak_to_strong",
+            "weak_model": "gpt2",
+            "strong_model": "gpt2",
+            "output_dir": str(tmp_path / "o"),
+            "learning_rate": 1e-4,
+        },
+    )
     with pytest.raises(RecipeError, match="weak_learning_rate"):
         main(["--config", str(recipe)])
-    write_recipe(recipe, {"stage": "weak_to_strong", "weak_model": "gpt2", "strong_model": "gpt2", "losses": ["product"]})
+    write_recipe(
+        recipe, {"stage": "weak_to_strong", "weak_model": "gpt2", "strong_model": "gpt2", "losses": ["product"]}
+    )
     with pytest.raises(RecipeError, match="key 'losses'"):
         main(["--config", str(recipe)])

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import conftest
 import numpy as np
 import pytest
 import torch
-
-import conftest
 from conftest import write_recipe
+
 from pipeline.data.toy_world import CHARSET
 
 
@@ -28,10 +28,25 @@ def tiny_models(tmp_path_factory):
 def tiny_recipe(path: Path, models, output_dir: Path, **changes) -> Path:
     weak, strong = models
     values = {
-        "stage": "weak_to_strong", "output_dir": str(output_dir), "weak_model": weak, "strong_model": strong,
-        "dataset": "toy", "train_size": 64, "test_size": 32, "max_length": 64, "seeds": [0, 1], "losses": ["xent", "logconf"],
-        "weak_learning_rate": 3e-3, "strong_learning_rate": 3e-3, "num_train_epochs": 1, "per_device_train_batch_size": 16,
-        "per_device_eval_batch_size": 32, "use_cpu": True, "bf16": False, "dataloader_num_workers": 0, "logging_steps": 50,
+        "stage": "weak_to_strong",
+        "output_dir": str(output_dir),
+        "weak_model": weak,
+        "strong_model": strong,
+        "dataset": "toy",
+        "train_size": 64,
+        "test_size": 32,
+        "max_length": 64,
+        "seeds": [0, 1],
+        "losses": ["xent", "logconf"],
+        "weak_learning_rate": 3e-3,
+        "strong_learning_rate": 3e-3,
+        "num_train_epochs": 1,
+        "per_device_train_batch_size": 16,
+        "per_device_eval_batch_size": 32,
+        "use_cpu": True,
+        "bf16": False,
+        "dataloader_num_workers": 0,
+        "logging_steps": 50,
         **changes,
     }
     return write_recipe(path, values)
@@ -51,7 +66,15 @@ def test_the_stage_writes_its_table_soft_labels_model_and_manifest_and_reuses_it
     out = tmp_path / "run"
     manifest = read_manifest(out)
     assert manifest is not None and manifest["stage"] == "weak_to_strong"
-    for name in ("metrics.json", "results.json", "table.md", "pgr.png", "model.safetensors", "tokenizer.json", "recipe.yaml"):
+    for name in (
+        "metrics.json",
+        "results.json",
+        "table.md",
+        "pgr.png",
+        "model.safetensors",
+        "tokenizer.json",
+        "recipe.yaml",
+    ):
         assert (out / name).is_file(), name
     metrics = json.loads((out / "metrics.json").read_text())
     assert [seed["seed"] for seed in metrics["per_seed"]] == [0, 1]
@@ -67,10 +90,15 @@ def test_the_stage_writes_its_table_soft_labels_model_and_manifest_and_reuses_it
         # The saved soft labels are the weak model's labels on half B: reloaded, they give the reported accuracy.
         examples, soft = load_soft_labels(out / "soft_labels" / f"seed{seed['seed']}.jsonl")
         assert len(examples) == seed["half_b"]
-        assert accuracy(np.array(soft), np.array([e["label"] for e in examples])) == pytest.approx(seed["weak_label_accuracy"], abs=1e-9)
+        assert accuracy(np.array(soft), np.array([e["label"] for e in examples])) == pytest.approx(
+            seed["weak_label_accuracy"], abs=1e-9
+        )
     for loss in ("xent", "logconf"):
         assert f"| {loss} |" in (out / "table.md").read_text()
-        assert metrics["summary"]["students"][loss]["pgr"]["n"] + metrics["summary"]["students"][loss]["pgr"]["n_missing"] == 2
+        assert (
+            metrics["summary"]["students"][loss]["pgr"]["n"] + metrics["summary"]["students"][loss]["pgr"]["n_missing"]
+            == 2
+        )
 
     # A second run of the same experiment (another output dir, same cache) trains nothing and agrees.
     again = tiny_recipe(tmp_path / "again.yaml", tiny_models, tmp_path / "again", cache_dir=str(cache))
@@ -90,7 +118,9 @@ def test_the_stage_writes_its_table_soft_labels_model_and_manifest_and_reuses_it
     assert redone["per_seed"] == metrics["per_seed"]
 
     # Changing only the aux-loss settings retrains only the logconf students: weak labels and ceilings are reused.
-    changed = tiny_recipe(tmp_path / "changed.yaml", tiny_models, tmp_path / "changed", cache_dir=str(cache), aux_alpha=0.5, ramp="jump")
+    changed = tiny_recipe(
+        tmp_path / "changed.yaml", tiny_models, tmp_path / "changed", cache_dir=str(cache), aux_alpha=0.5, ramp="jump"
+    )
     main(["--config", str(changed)])
     assert json.loads((tmp_path / "changed" / "metrics.json").read_text())["sub_runs_cached"] == 6
 
@@ -101,8 +131,17 @@ def test_bootstrapping_and_early_stopping_run_and_are_reported(tmp_path, tiny_mo
     torch.set_num_threads(1)
     weak, strong = tiny_models
     recipe = tiny_recipe(
-        tmp_path / "w2s.yaml", tiny_models, tmp_path / "run", seeds=[0], losses=["logconf"], middle_model=strong,
-        early_stopping=True, early_stopping_fraction=0.25, eval_steps=1, save_model="ceiling", train_size=96,
+        tmp_path / "w2s.yaml",
+        tiny_models,
+        tmp_path / "run",
+        seeds=[0],
+        losses=["logconf"],
+        middle_model=strong,
+        early_stopping=True,
+        early_stopping_fraction=0.25,
+        eval_steps=1,
+        save_model="ceiling",
+        train_size=96,
     )
     main(["--config", str(recipe)])
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
@@ -124,12 +163,28 @@ def test_the_sweep_runs_every_pair_into_one_table_and_trains_a_shared_weak_model
     torch.set_num_threads(1)
     weak, strong = tiny_models
     recipe = tiny_recipe(tmp_path / "w2s.yaml", tiny_models, tmp_path / "unused", seeds=[0], losses=["xent"])
-    sweep(["--config", str(recipe), "--pairs", f"{weak}:{strong}", f"{weak}:{weak}", "--seeds", "0", "--output_dir", str(tmp_path / "sweep")])
+    sweep(
+        [
+            "--config",
+            str(recipe),
+            "--pairs",
+            f"{weak}:{strong}",
+            f"{weak}:{weak}",
+            "--seeds",
+            "0",
+            "--output_dir",
+            str(tmp_path / "sweep"),
+        ]
+    )
     table = (tmp_path / "sweep" / "sweep.md").read_text()
     assert table.count("| xent |") == 2 and (tmp_path / "sweep" / "sweep.png").is_file()
     second = json.loads((tmp_path / "sweep" / "weak_to_weak" / "results.json").read_text())
     # The weak model's sub-runs (its labels) come from the first pair's; its ceiling and students are new.
-    assert [(r["role"], r["cached"]) for r in second["sub_runs"] if r["seed"] == 0] == [("weak", True), ("ceiling", False), ("w2s", False)]
+    assert [(r["role"], r["cached"]) for r in second["sub_runs"] if r["seed"] == 0] == [
+        ("weak", True),
+        ("ceiling", False),
+        ("w2s", False),
+    ]
 
 
 @pytest.mark.slow
@@ -137,12 +192,21 @@ def test_two_processes_give_the_one_process_results_and_write_once(tmp_path, tin
     from conftest import launch_two_processes, run_module
 
     one = tiny_recipe(tmp_path / "one.yaml", tiny_models, tmp_path / "one", seeds=[0], losses=["xent"])
-    two = tiny_recipe(tmp_path / "two.yaml", tiny_models, tmp_path / "two", seeds=[0], losses=["xent"],
-                      per_device_train_batch_size=8, per_device_eval_batch_size=16)  # same global batch of 16
+    two = tiny_recipe(
+        tmp_path / "two.yaml",
+        tiny_models,
+        tmp_path / "two",
+        seeds=[0],
+        losses=["xent"],
+        per_device_train_batch_size=8,
+        per_device_eval_batch_size=16,
+    )  # same global batch of 16
     assert run_module("pipeline.weak_to_strong", "--config", str(one)).returncode == 0
     result = launch_two_processes("-m", "pipeline.weak_to_strong", "--config", str(two))
     assert result.returncode == 0, result.stderr[-3000:]
-    first, second = (json.loads((tmp_path / name / "metrics.json").read_text())["per_seed"][0] for name in ("one", "two"))
+    first, second = (
+        json.loads((tmp_path / name / "metrics.json").read_text())["per_seed"][0] for name in ("one", "two")
+    )
     for key in ("weak_accuracy", "ceiling_accuracy", "weak_label_accuracy"):
         assert second[key] == pytest.approx(first[key], abs=1 / 32 + 1e-9)  # at most one test example apart
     assert result.stderr.count("seed 0 weak:") == 1  # the story is logged once
@@ -155,13 +219,22 @@ def test_lora_students_train_adapters_and_the_head_and_save_a_merged_model(tmp_p
 
     torch.set_num_threads(1)
     recipe = tiny_recipe(
-        tmp_path / "w2s.yaml", tiny_models, tmp_path / "run", seeds=[0], losses=["xent"],
-        use_peft=True, lora_r=4, lora_alpha=8, lora_target_modules=["c_attn"],
+        tmp_path / "w2s.yaml",
+        tiny_models,
+        tmp_path / "run",
+        seeds=[0],
+        losses=["xent"],
+        use_peft=True,
+        lora_r=4,
+        lora_alpha=8,
+        lora_target_modules=["c_attn"],
     )
     main(["--config", str(recipe)])
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert 0.0 <= metrics["per_seed"][0]["students"]["xent"]["accuracy"] <= 1.0
-    student = next(r for r in json.loads((tmp_path / "run" / "results.json").read_text())["sub_runs"] if r["role"] == "w2s")
+    student = next(
+        r for r in json.loads((tmp_path / "run" / "results.json").read_text())["sub_runs"] if r["role"] == "w2s"
+    )
     assert 0 < student["trainable_parameters"] < student["parameters"] / 2  # adapters and head only
     saved = AutoModelForSequenceClassification.from_pretrained(tmp_path / "run")  # merged: loads without PEFT
     base = AutoModelForSequenceClassification.from_pretrained(tiny_models[1], num_labels=2)
@@ -169,4 +242,6 @@ def test_lora_students_train_adapters_and_the_head_and_save_a_merged_model(tmp_p
         assert float(saved.score.weight.abs().sum()) > 0  # the head was trained (it starts at zero)
         attention = "transformer.h.0.attn.c_attn.weight"
         assert not torch.equal(saved.state_dict()[attention], base.state_dict()[attention])  # adapters merged in
-        assert torch.equal(saved.state_dict()["transformer.h.0.mlp.c_fc.weight"], base.state_dict()["transformer.h.0.mlp.c_fc.weight"])
+        assert torch.equal(
+            saved.state_dict()["transformer.h.0.mlp.c_fc.weight"], base.state_dict()["transformer.h.0.mlp.c_fc.weight"]
+        )

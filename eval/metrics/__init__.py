@@ -14,7 +14,7 @@ pipeline.data.toy_world) so that the report and the stages compute them one way.
 from __future__ import annotations
 
 import os
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 METRICS_DIR = Path(__file__).resolve().parent
@@ -28,7 +28,7 @@ def path(name: str) -> str:
     return str(METRICS_DIR / name)
 
 
-@lru_cache(maxsize=None)
+@cache
 def load(name: str):
     """`evaluate.load` of a local metric, in memory (no cache files are written for its computations)."""
     # A local script needs no hub; offline mode also stops evaluate from asking the hub about anything.

@@ -4,6 +4,20 @@ anything itself."""
 
 from __future__ import annotations
 
-from eval.sections import comparison, decoding, dpo, kl, overview, ppo, pretrain, reward, sft, sycophancy, tokenizers, training, w2s
+from eval.sections import (
+    comparison,
+    decoding,
+    dpo,
+    kl,
+    overview,
+    ppo,
+    pretrain,
+    reward,
+    sft,
+    sycophancy,
+    tokenizers,
+    training,
+    w2s,
+)
 
 SECTIONS = (overview, training, pretrain, decoding, tokenizers, sft, reward, ppo, dpo, comparison, sycophancy, kl, w2s)

@@ -24,7 +24,11 @@ def dig(data: Any, *keys: str) -> Any:
 
 def series(history: list[dict[str, Any]], key: str, x: str = "step") -> tuple[list[float], list[float]]:
     """(steps, values) of `key` in a log history (entries without it are skipped)."""
-    points = [(entry[x], entry[key]) for entry in history if number(entry.get(key)) is not None and number(entry.get(x)) is not None]
+    points = [
+        (entry[x], entry[key])
+        for entry in history
+        if number(entry.get(key)) is not None and number(entry.get(x)) is not None
+    ]
     return [p[0] for p in points], [p[1] for p in points]
 
 

@@ -14,7 +14,10 @@ HEADLINES: dict[str, list[tuple[str, tuple[str, ...]]]] = {
     "sft": [("gold reward (greedy)", ("gold_reward_greedy",)), ("eval loss", ("eval_loss",))],
     "reward": [("held-out accuracy", ("heldout_accuracy",)), ("accuracy", ("eval_accuracy",))],
     "ppo": [("gold reward after", ("gold_reward_after",)), ("RM reward after", ("rm_reward_after",))],
-    "dpo": [("gold reward (sampled)", ("gold_reward_sampled",)), ("implicit reward accuracy", ("implicit_reward_accuracy",))],
+    "dpo": [
+        ("gold reward (sampled)", ("gold_reward_sampled",)),
+        ("implicit reward accuracy", ("implicit_reward_accuracy",)),
+    ],
     "weak_to_strong": [("PGR median (logconf)", ("pgr_median_logconf",)), ("PGR median (xent)", ("pgr_median_xent",))],
 }
 
@@ -35,22 +38,48 @@ def build(ctx: Context) -> Section:
     for output in outputs:
         label, value = headline(output)
         share = (output.wall_time_s or 0.0) / total if total else None
-        rows.append([output.name, output.stage, str(output.path), output.wall_time_s, None if share is None else round(100 * share, 1),
-                     f"{label} = {value:.4g}" if label else ""])
-        data_outputs.append({
-            "name": output.name, "stage": output.stage, "path": str(output.path), "wall_time_s": output.wall_time_s,
-            "share": share, "started_at": output.manifest.get("started_at"), "recipe_file": output.manifest.get("recipe_file"),
-            "headline": {"label": label, "value": value} if label else None,
-        })
+        rows.append(
+            [
+                output.name,
+                output.stage,
+                str(output.path),
+                output.wall_time_s,
+                None if share is None else round(100 * share, 1),
+                f"{label} = {value:.4g}" if label else "",
+            ]
+        )
+        data_outputs.append(
+            {
+                "name": output.name,
+                "stage": output.stage,
+                "path": str(output.path),
+                "wall_time_s": output.wall_time_s,
+                "share": share,
+                "started_at": output.manifest.get("started_at"),
+                "recipe_file": output.manifest.get("recipe_file"),
+                "headline": {"label": label, "value": value} if label else None,
+            }
+        )
     missing = ctx.runs.missing_stages()
-    section.text(f"Run directories: {', '.join(f'`{d}`' for d in ctx.runs.run_dirs)}. Found {len(outputs)} finished stage "
-                 "outputs (a directory counts when its manifest.json exists; the stage contract writes it last).")
+    section.text(
+        f"Run directories: {', '.join(f'`{d}`' for d in ctx.runs.run_dirs)}. Found {len(outputs)} finished stage "
+        "outputs (a directory counts when its manifest.json exists; the stage contract writes it last)."
+    )
     section.table(["output", "stage", "directory", "wall time (s)", "share (%)", "headline"], rows)
     section.text(f"Total wall time of the stages: **{total:.1f} s** ({total / 60:.1f} min), from their manifests.")
     if missing:
-        section.text("Stages with no finished output here (their sections are left out): " + ", ".join(f"`{s}`" for s in missing) + ".")
+        section.text(
+            "Stages with no finished output here (their sections are left out): "
+            + ", ".join(f"`{s}`" for s in missing)
+            + "."
+        )
     section.figure(
-        figures.bars({o.name: o.wall_time_s for o in outputs}, ctx.figure_path("wall_time"), "wall time per stage output", "seconds"),
+        figures.bars(
+            {o.name: o.wall_time_s for o in outputs},
+            ctx.figure_path("wall_time"),
+            "wall time per stage output",
+            "seconds",
+        ),
         "Wall time of each stage output (manifest `wall_time_s`).",
     )
     section.data = {"outputs": data_outputs, "total_wall_time_s": total, "missing_stages": missing}

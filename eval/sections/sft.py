@@ -6,8 +6,18 @@ from eval.context import Context
 from eval.document import Section
 from eval.sections.common import dig
 
-KEYS = ("mode", "eval_loss_before", "eval_loss", "perplexity_before", "perplexity", "trainable_parameters", "trainable_share",
-        "steps", "train_seconds", "peak_memory_mb")
+KEYS = (
+    "mode",
+    "eval_loss_before",
+    "eval_loss",
+    "perplexity_before",
+    "perplexity",
+    "trainable_parameters",
+    "trainable_share",
+    "steps",
+    "train_seconds",
+    "peak_memory_mb",
+)
 
 
 def build(ctx: Context) -> Section | None:
@@ -15,8 +25,10 @@ def build(ctx: Context) -> Section | None:
     if not outputs:
         return None
     section = Section("sft", "Supervised fine-tuning")
-    section.text("Loss and perplexity on held-out demonstrations (completion tokens only) before and after training, and "
-                 "the gold reward of greedy and sampled responses to held-out prompts, as the SFT stage measured them.")
+    section.text(
+        "Loss and perplexity on held-out demonstrations (completion tokens only) before and after training, and "
+        "the gold reward of greedy and sampled responses to held-out prompts, as the SFT stage measured them."
+    )
     section.table(["output"] + list(KEYS), [[o.name] + [o.metrics.get(k) for k in KEYS] for o in outputs])
     rows, data = [], {}
     for output in outputs:

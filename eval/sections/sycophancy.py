@@ -32,16 +32,25 @@ def labeller_bias(output: StageOutput | None) -> float | None:
 def trait_row(name: str, bias: Any, entry: dict[str, Any] | None, greedy: dict[str, Any] | None = None) -> list[Any]:
     """One table row: the sycophancy rate (sampled, greedy), right answers per kind of guess (sampled), gold, RM score."""
     entry = entry or {}
-    return [name, bias, entry.get("sycophancy"), (greedy or {}).get("sycophancy"),
-            *(entry.get(f"correct_{kind}_suggestion") for kind in SUGGESTION_KINDS), entry.get("gold_reward", entry.get("gold")),
-            entry.get("reward_model", entry.get("reward"))]
+    return [
+        name,
+        bias,
+        entry.get("sycophancy"),
+        (greedy or {}).get("sycophancy"),
+        *(entry.get(f"correct_{kind}_suggestion") for kind in SUGGESTION_KINDS),
+        entry.get("gold_reward", entry.get("gold")),
+        entry.get("reward_model", entry.get("reward")),
+    ]
 
 
 def build(ctx: Context) -> Section | None:
     sft = ctx.runs.main("sft")
     policies = ctx.runs.of_stage("ppo") + ctx.runs.of_stage("dpo")
     reward = ctx.runs.main("reward")
-    world = next((o.metrics["toy_world"] for o in [sft, reward, *policies] if o is not None and o.metrics.get("toy_world")), None)
+    world = next(
+        (o.metrics["toy_world"] for o in [sft, reward, *policies] if o is not None and o.metrics.get("toy_world")),
+        None,
+    )
     if not world or world.get("scenario") != "biased_labeller":
         return None
     section = Section("sycophancy", "Sycophancy and reward hacking: labellers who prefer agreement")
@@ -53,20 +62,38 @@ def build(ctx: Context) -> Section | None:
         "**Sycophancy** is the share of responses that repeat a wrong guess, on held-out prompts with one."
     )
     rows: list[list[Any]] = []
-    reference = next((dig(p.metrics, "policy_eval", "reference") for p in policies if dig(p.metrics, "policy_eval", "reference")), None)
+    reference = next(
+        (dig(p.metrics, "policy_eval", "reference") for p in policies if dig(p.metrics, "policy_eval", "reference")),
+        None,
+    )
     if reference:
-        rows.append(trait_row(f"{sft.name if sft else 'SFT'} (T = 1)", "—", reference.get("sampled"), reference.get("greedy")))
+        rows.append(
+            trait_row(f"{sft.name if sft else 'SFT'} (T = 1)", "—", reference.get("sampled"), reference.get("greedy"))
+        )
     bon = reward.json("best_of_n.json") if reward is not None else None
     bon_rows = {row["n"]: row for row in (bon or {}).get("table", [])}
     if SHOWN_N in bon_rows:
         rows.append(trait_row(f"Best-of-{SHOWN_N} with {reward.name}", labeller_bias(reward), bon_rows[SHOWN_N]))
     for policy in policies:
-        bias = labeller_bias(ctx.runs.input_of(policy, "reward_model_path")) if policy.stage == "ppo" else labeller_bias(policy)
+        bias = (
+            labeller_bias(ctx.runs.input_of(policy, "reward_model_path"))
+            if policy.stage == "ppo"
+            else labeller_bias(policy)
+        )
         summary = dig(policy.metrics, "policy_eval", "policy") or {}
         rows.append(trait_row(f"{policy.name} ({policy.stage})", bias, summary.get("sampled"), summary.get("greedy")))
     section.table(
-        ["model", "labeller bias of its comparisons", "sycophancy (sampled)", "sycophancy (greedy)", "right | wrong guess",
-         "right | right guess", "right | no guess", "gold (sampled)", "RM score (sampled)"],
+        [
+            "model",
+            "labeller bias of its comparisons",
+            "sycophancy (sampled)",
+            "sycophancy (greedy)",
+            "right | wrong guess",
+            "right | right guess",
+            "right | no guess",
+            "gold (sampled)",
+            "RM score (sampled)",
+        ],
         rows,
         caption="Held-out test prompts; 'right | wrong guess' is the share of right answers on prompts with a wrong guess, and so "
         "on. PPO's bias is its reward model's; Best-of-N's picks are by the reward model, from the SFT model's samples.",
@@ -88,22 +115,37 @@ def build(ctx: Context) -> Section | None:
         gold_panel["Best-of-N"] = (kl, [row.get("gold") for row in table])
         sycophancy_panel["Best-of-N"] = (kl, [row.get("sycophancy") for row in table])
     for output in ctx.runs.of_stage("ppo"):
-        path = [e for e in output.log_history if number(e.get("kl_k1")) is not None and number(e.get("rm_reward")) is not None]
+        path = [
+            e
+            for e in output.log_history
+            if number(e.get("kl_k1")) is not None and number(e.get("rm_reward")) is not None
+        ]
         if path:
             kl = [e["kl_k1"] for e in path]
             rm_panel[f"{output.name} training (k1)"] = (kl, [e["rm_reward"] for e in path])
             gold_panel[f"{output.name} training (k1)"] = (kl, [e.get("gold_reward") for e in path])
-            sycophancy_panel[f"{output.name} training (k1)"] = ([], [])  # not measured in training; keeps the colours aligned
+            sycophancy_panel[f"{output.name} training (k1)"] = (
+                [],
+                [],
+            )  # not measured in training; keeps the colours aligned
     for policy in policies:
         kl = number(dig(policy.metrics, "policy_eval", "kl", "exact", "mean"))
         sampled = dig(policy.metrics, "policy_eval", "policy", "sampled") or {}
         if kl is not None:
-            for panel, key in ((rm_panel, "reward_model"), (gold_panel, "gold_reward"), (sycophancy_panel, "sycophancy")):
+            for panel, key in (
+                (rm_panel, "reward_model"),
+                (gold_panel, "gold_reward"),
+                (sycophancy_panel, "sycophancy"),
+            ):
                 if sampled.get(key) is not None:
                     panel[f"{policy.name} (test)"] = ([kl], [sampled[key]])
     section.figure(
-        figures.panels({"reward-model score": rm_panel, "gold reward": gold_panel, "sycophancy": sycophancy_panel},
-                       ctx.figure_path("sycophancy_vs_kl"), "as the policy moves away from the SFT model", "KL to the SFT model (nats)"),
+        figures.panels(
+            {"reward-model score": rm_panel, "gold reward": gold_panel, "sycophancy": sycophancy_panel},
+            ctx.figure_path("sycophancy_vs_kl"),
+            "as the policy moves away from the SFT model",
+            "KL to the SFT model (nats)",
+        ),
         "Reward-model score, gold reward and sycophancy rate against KL to the SFT model: Best-of-N (plug-in KL, N = 1, 2, 4 …), "
         "PPO during training (training prompts, k1 estimator) and each trained policy on the test prompts (exact KL). A score "
         "that climbs while gold stays or falls is the reward model being exploited.",

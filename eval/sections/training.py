@@ -26,13 +26,20 @@ def build(ctx: Context) -> Section | None:
     if not panels:
         return None
     section = Section("loss-curves", "Loss curves")
-    section.text("Training and evaluation loss against the optimizer step, as each stage's Trainer logged them "
-                 "(log_history.json). Units differ between stages: next-token cross-entropy (pretrain, SFT), the "
-                 "pairwise loss −log σ(r_c − r_r) (reward) and the DPO loss.")
-    section.figure(figures.panels(panels, ctx.figure_path("loss_curves"), "loss curves", "step"), "Loss curves per stage output.")
+    section.text(
+        "Training and evaluation loss against the optimizer step, as each stage's Trainer logged them "
+        "(log_history.json). Units differ between stages: next-token cross-entropy (pretrain, SFT), the "
+        "pairwise loss −log σ(r_c − r_r) (reward) and the DPO loss."
+    )
+    section.figure(
+        figures.panels(panels, ctx.figure_path("loss_curves"), "loss curves", "step"), "Loss curves per stage output."
+    )
     section.table(
         ["output", "stage", "final train loss", "final eval loss", "logged points"],
-        [[name, d["stage"], d["final_train_loss"], d["final_eval_loss"], len(d["train_loss"]["step"])] for name, d in data.items()],
+        [
+            [name, d["stage"], d["final_train_loss"], d["final_eval_loss"], len(d["train_loss"]["step"])]
+            for name, d in data.items()
+        ],
     )
     section.data = data
     return section

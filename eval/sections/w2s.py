@@ -22,42 +22,89 @@ def build(ctx: Context) -> Section | None:
     if not outputs:
         return None
     section = Section("weak-to-strong", "Weak-to-strong generalisation")
-    section.text("PGR = (acc_w2s − acc_weak) / (acc_ceiling − acc_weak): 0 when the strong student only matches its weak "
-                 "supervisor, 1 when it matches the strong model trained on ground truth; n/a where the ceiling does not beat "
-                 "the weak model. Median [min, max] over seeds; dots in the figure are single seeds.")
+    section.text(
+        "PGR = (acc_w2s − acc_weak) / (acc_ceiling − acc_weak): 0 when the strong student only matches its weak "
+        "supervisor, 1 when it matches the strong model trained on ground truth; n/a where the ceiling does not beat "
+        "the weak model. Median [min, max] over seeds; dots in the figure are single seeds."
+    )
     data = {}
     for output in outputs:
         metrics = output.metrics
         summary, per_seed = metrics.get("summary") or {}, metrics.get("per_seed") or []
         students = summary.get("students") or {}
         models, task = metrics.get("models") or {}, metrics.get("task") or {}
-        section.text(f"**{output.name}**: task `{task.get('name', task) if isinstance(task, dict) else task}`, weak "
-                     f"`{models.get('weak')}` → strong `{models.get('strong')}`, seeds {metrics.get('seeds')}; weak-label accuracy "
-                     f"on half B {_spread(summary.get('weak_label_accuracy'))}.")
+        section.text(
+            f"**{output.name}**: task `{task.get('name', task) if isinstance(task, dict) else task}`, weak "
+            f"`{models.get('weak')}` → strong `{models.get('strong')}`, seeds {metrics.get('seeds')}; weak-label accuracy "
+            f"on half B {_spread(summary.get('weak_label_accuracy'))}."
+        )
         section.table(
-            ["student loss", "weak acc", "w2s acc", "ceiling acc", "PGR", "PGR of median accuracies", "agreement (weak right / wrong)"],
-            [[name, _spread(summary.get("weak_accuracy")), _spread(row.get("accuracy")), _spread(summary.get("ceiling_accuracy")),
-              _spread(row.get("pgr")), number(row.get("pgr_of_median_accuracies")),
-              f"{_spread(row.get('agreement_weak_right'))} / {_spread(row.get('agreement_weak_wrong'))}"]
-             for name, row in students.items()],
+            [
+                "student loss",
+                "weak acc",
+                "w2s acc",
+                "ceiling acc",
+                "PGR",
+                "PGR of median accuracies",
+                "agreement (weak right / wrong)",
+            ],
+            [
+                [
+                    name,
+                    _spread(summary.get("weak_accuracy")),
+                    _spread(row.get("accuracy")),
+                    _spread(summary.get("ceiling_accuracy")),
+                    _spread(row.get("pgr")),
+                    number(row.get("pgr_of_median_accuracies")),
+                    f"{_spread(row.get('agreement_weak_right'))} / {_spread(row.get('agreement_weak_wrong'))}",
+                ]
+                for name, row in students.items()
+            ],
         )
         reasons = [reason for row in students.values() for reason in row.get("pgr_na_reasons", [])]
         if reasons:
             section.text("PGR n/a: " + "; ".join(dict.fromkeys(reasons)))
         medians = {name: number(dig(row, "pgr", "median")) for name, row in students.items()}
-        ranges = {name: (row["pgr"]["min"], row["pgr"]["max"]) for name, row in students.items() if number(dig(row, "pgr", "median")) is not None}
+        ranges = {
+            name: (row["pgr"]["min"], row["pgr"]["max"])
+            for name, row in students.items()
+            if number(dig(row, "pgr", "median")) is not None
+        }
         seeds = {name: [dig(seed, "students", name, "pgr") for seed in per_seed] for name in students}
-        section.figure(figures.bars(medians, ctx.figure_path(f"pgr_{output.name}"), f"{output.name}: PGR by student loss", "PGR",
-                                    errors=ranges, points=seeds, horizontal_line=0.0),
-                       f"{output.name}: median PGR per student loss, bars = min/max over seeds, dots = seeds.")
-        accuracies = {"weak": number(dig(summary, "weak_accuracy", "median")),
-                      **{f"w2s {name}": number(dig(row, "accuracy", "median")) for name, row in students.items()},
-                      "ceiling": number(dig(summary, "ceiling_accuracy", "median"))}
-        section.figure(figures.bars(accuracies, ctx.figure_path(f"w2s_accuracy_{output.name}"), f"{output.name}: test accuracy (median over seeds)", "accuracy"),
-                       f"{output.name}: test accuracy of the weak model, the students and the ceiling.")
+        section.figure(
+            figures.bars(
+                medians,
+                ctx.figure_path(f"pgr_{output.name}"),
+                f"{output.name}: PGR by student loss",
+                "PGR",
+                errors=ranges,
+                points=seeds,
+                horizontal_line=0.0,
+            ),
+            f"{output.name}: median PGR per student loss, bars = min/max over seeds, dots = seeds.",
+        )
+        accuracies = {
+            "weak": number(dig(summary, "weak_accuracy", "median")),
+            **{f"w2s {name}": number(dig(row, "accuracy", "median")) for name, row in students.items()},
+            "ceiling": number(dig(summary, "ceiling_accuracy", "median")),
+        }
+        section.figure(
+            figures.bars(
+                accuracies,
+                ctx.figure_path(f"w2s_accuracy_{output.name}"),
+                f"{output.name}: test accuracy (median over seeds)",
+                "accuracy",
+            ),
+            f"{output.name}: test accuracy of the weak model, the students and the ceiling.",
+        )
         data[output.name] = {
-            "models": models, "task": task, "seeds": metrics.get("seeds"), "pgr_median": medians, "pgr_per_seed": seeds,
-            "accuracy_median": accuracies, "summary": summary,
+            "models": models,
+            "task": task,
+            "seeds": metrics.get("seeds"),
+            "pgr_median": medians,
+            "pgr_per_seed": seeds,
+            "accuracy_median": accuracies,
+            "summary": summary,
         }
     section.data = data
     return section

@@ -59,7 +59,7 @@ def split_hh_transcript(chosen: str, rejected: str) -> tuple[str, str, str]:
     while cut != -1:
         prefix = chosen[: cut + len(HH_ASSISTANT)]
         if rejected.startswith(prefix):
-            return prefix, chosen[len(prefix):], rejected[len(prefix):]
+            return prefix, chosen[len(prefix) :], rejected[len(prefix) :]
         cut = chosen.rfind(HH_ASSISTANT, 0, cut)
     raise ValueError("the two transcripts share no prefix ending in '\\n\\nAssistant:'")
 
@@ -93,7 +93,9 @@ def _normalise(record: dict[str, Any], where: str) -> tuple[str, str, str]:
     return prompt, chosen, rejected
 
 
-def clean_pairs(records: Iterable[tuple[str, tuple[str, str, str]]], source: str, fmt: str) -> tuple[datasets.Dataset, PreferenceStats]:
+def clean_pairs(
+    records: Iterable[tuple[str, tuple[str, str, str]]], source: str, fmt: str
+) -> tuple[datasets.Dataset, PreferenceStats]:
     """Deduplicate and drop chosen == rejected; `records` yields (where, (prompt, chosen, rejected))."""
     stats = PreferenceStats(format=fmt)
     seen: set[tuple[str, str, str]] = set()
@@ -120,7 +122,10 @@ def clean_pairs(records: Iterable[tuple[str, tuple[str, str, str]]], source: str
     if stats.duplicates or stats.chosen_equals_rejected:
         logger.warning(
             "%s: removed %d duplicate pairs and %d pairs whose chosen equals rejected; %d pairs left",
-            source, stats.duplicates, stats.chosen_equals_rejected, stats.kept,
+            source,
+            stats.duplicates,
+            stats.chosen_equals_rejected,
+            stats.kept,
         )
     return datasets.Dataset.from_dict(columns), stats
 
@@ -154,7 +159,9 @@ def load_preferences(
         dataset = datasets.load_dataset(source, split=split)
     except Exception as error:  # the hub raises many kinds; the user needs the name and the reason
         raise DataError(f"could not load preference data set '{source}' (split {split}): {error}") from None
-    records = _limited(((f"{source}[{i}]", _normalise(dict(r), f"{source}[{i}]")) for i, r in enumerate(dataset)), max_pairs)
+    records = _limited(
+        ((f"{source}[{i}]", _normalise(dict(r), f"{source}[{i}]")) for i, r in enumerate(dataset)), max_pairs
+    )
     return clean_pairs(records, source, "hub")
 
 

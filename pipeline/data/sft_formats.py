@@ -99,7 +99,9 @@ def _check_messages(messages: Any, where: str) -> bool:
         if message["role"] not in ROLES:
             raise DataError(f"{where}: message {index} has role {message['role']!r}; use one of {', '.join(ROLES)}.")
         if not isinstance(message["content"], str):
-            raise DataError(f"{where}: message {index} content must be a string, got {type(message['content']).__name__}.")
+            raise DataError(
+                f"{where}: message {index} content must be a string, got {type(message['content']).__name__}."
+            )
     return any(message["role"] == "assistant" and message["content"].strip() for message in messages)
 
 
@@ -127,7 +129,10 @@ def _usable(records: list[dict], locations: list[str], dataset_format: str, sour
     if skipped:
         logger.warning(
             "%s: %d of %d examples have an empty response and are left out (first at %s)",
-            source, len(skipped), len(records), skipped[0],
+            source,
+            len(skipped),
+            len(records),
+            skipped[0],
         )
     if not kept:
         raise DataError(f"{source}: no example has a non-empty response, so there is nothing to learn from.")
@@ -187,7 +192,9 @@ def read_sft_json_array(path: Path, dataset_format: str = "auto") -> tuple[datas
     for index, record in enumerate(records):
         missing = [column for column in REQUIRED_COLUMNS[dataset_format] if column not in record]
         if missing:
-            raise DataError(f"{path}: item {index}: missing column '{missing[0]}' (the record has: {', '.join(record)}).")
+            raise DataError(
+                f"{path}: item {index}: missing column '{missing[0]}' (the record has: {', '.join(record)})."
+            )
     records = _usable(records, [f"{path}: item {index}" for index in range(len(records))], dataset_format, str(path))
     return _canonical(records, dataset_format), dataset_format
 

@@ -36,7 +36,9 @@ def _readable(path: Path) -> Iterator[None]:
     try:
         yield
     except (EOFError, gzip.BadGzipFile, zlib.error) as error:
-        raise DataError(f"{path}: not a readable gzip file ({error}): cut short, or not gzip despite its name.") from None
+        raise DataError(
+            f"{path}: not a readable gzip file ({error}): cut short, or not gzip despite its name."
+        ) from None
 
 
 def _binary_file(path: Path, line_number: int) -> DataError:
@@ -65,13 +67,17 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as error:
-                raise DataError(f"{path}:{line_number}: malformed JSON ({error.msg} at column {error.colno}).") from None
+                raise DataError(
+                    f"{path}:{line_number}: malformed JSON ({error.msg} at column {error.colno})."
+                ) from None
             if not isinstance(record, dict):
                 raise DataError(f"{path}:{line_number}: expected a JSON object per line, got {type(record).__name__}.")
             yield line_number, record
 
 
-def read_jsonl(path: str | Path, required_columns: tuple[str, ...] = (), types: dict[str, type] | None = None) -> list[dict]:
+def read_jsonl(
+    path: str | Path, required_columns: tuple[str, ...] = (), types: dict[str, type] | None = None
+) -> list[dict]:
     """Read and check a JSON Lines file: every record has the required columns with the expected types."""
     path = Path(path)
     records = []
@@ -119,7 +125,11 @@ def read_text_documents(path: str | Path, sample_by: str = "paragraph") -> list[
 
 
 def load_text_dataset(
-    source: str, text_column: str = "text", split: str = "train", config_name: str | None = None, sample_by: str = "paragraph"
+    source: str,
+    text_column: str = "text",
+    split: str = "train",
+    config_name: str | None = None,
+    sample_by: str = "paragraph",
 ) -> datasets.Dataset:
     """A Dataset with one column `text`, from a local .txt/.jsonl file or a hub data set with a text column."""
     path = Path(source)
@@ -136,7 +146,9 @@ def load_text_dataset(
     except Exception as error:  # the hub raises many kinds; the user needs the name and the reason
         raise DataError(f"could not load data set '{source}' (split {split}): {error}") from None
     if text_column not in dataset.column_names:
-        raise DataError(f"data set '{source}' has no column '{text_column}' (it has: {', '.join(dataset.column_names)}).")
+        raise DataError(
+            f"data set '{source}' has no column '{text_column}' (it has: {', '.join(dataset.column_names)})."
+        )
     dataset = dataset.select_columns([text_column])
     if text_column != "text":
         dataset = dataset.rename_column(text_column, "text")

@@ -50,8 +50,13 @@ def policy_comparisons(
     labeller = labeller or ToyWorld().labeller("policy samples")
     k = samples_per_prompt
     samples = generate(
-        policy, tokenizer, [prompt for prompt in prompts for _ in range(k)], strategy=strategy,
-        max_new_tokens=max_new_tokens, seed=seed, batch_size=256,
+        policy,
+        tokenizer,
+        [prompt for prompt in prompts for _ in range(k)],
+        strategy=strategy,
+        max_new_tokens=max_new_tokens,
+        seed=seed,
+        batch_size=256,
     )
     records = []
     for index, prompt in enumerate(prompts):
@@ -61,7 +66,9 @@ def policy_comparisons(
             records.append((f"policy sample {index}", (prompt, *pair)))
     counts = {"prompts": len(prompts), "samples": len(samples), "unfinished": sum(not s.finished for s in samples)}
     if not records:
-        logger.warning("the labeller never tells the policy's samples apart on %d prompts: no comparisons made", len(prompts))
+        logger.warning(
+            "the labeller never tells the policy's samples apart on %d prompts: no comparisons made", len(prompts)
+        )
         return None, {**counts, "pairs": 0}
     pairs, stats = clean_pairs(records, "policy comparisons", "toy-policy")
     logger.info("%d comparisons of the policy's own samples (%d prompts x %d samples)", len(pairs), len(prompts), k)
@@ -75,7 +82,14 @@ def own_sample_comparisons(
     of the recipe's world."""
     labeller = ToyWorld.from_recipe(recipe).labeller("policy samples")
     return policy_comparisons(
-        policy, tokenizer, comparison_prompts(recipe), recipe.toy_policy_samples, strategy, max_new_tokens, seed, labeller
+        policy,
+        tokenizer,
+        comparison_prompts(recipe),
+        recipe.toy_policy_samples,
+        strategy,
+        max_new_tokens,
+        seed,
+        labeller,
     )
 
 

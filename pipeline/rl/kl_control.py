@@ -41,7 +41,9 @@ class AdaptiveKLController:
         if self.value < 0:
             raise ValueError(f"the KL coefficient β must be >= 0, got {self.value}")
         if self.target <= 0 or self.horizon <= 0:
-            raise ValueError(f"the adaptive KL controller needs target > 0 and horizon > 0, got {self.target}, {self.horizon}")
+            raise ValueError(
+                f"the adaptive KL controller needs target > 0 and horizon > 0, got {self.target}, {self.horizon}"
+            )
 
     def update(self, current_kl: float, n_episodes: int) -> None:
         proportional_error = min(max(current_kl / self.target - 1.0, -0.2), 0.2)

@@ -12,7 +12,9 @@ def plot_reward_and_kl(log_history: list[dict[str, Any]], path: str | Path, titl
     """Left: the rewards (RM score, gold reward, what PPO optimised); right: mean per-sequence KL to the reference."""
     figure, (reward_axis, kl_axis) = plt.subplots(1, 2, figsize=(11, 4))
     curves = (
-        ("rm_reward", "reward model score"), ("gold_reward", "gold reward"), ("total_reward", "score − β·KL (optimised)"),
+        ("rm_reward", "reward model score"),
+        ("gold_reward", "gold reward"),
+        ("total_reward", "score − β·KL (optimised)"),
         ("reward", "reward (TRL: score − penalties)"),
     )
     for key, label in curves:

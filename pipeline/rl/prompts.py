@@ -11,9 +11,9 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Iterator
-from typing import Any
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -69,12 +69,17 @@ def load_prompt_sets(
     """Train and held-out eval prompts that fit in `max_prompt_tokens` tokens (`toy`: the recipe's toy world keys)."""
     if dataset == "toy":
         world = ToyWorld.from_recipe(toy or {})
-        train, evaluation = world.prompts(max_prompts or toy_prompts, split="train"), world.prompts(num_eval, split=eval_split(toy or {}))
+        train, evaluation = (
+            world.prompts(max_prompts or toy_prompts, split="train"),
+            world.prompts(num_eval, split=eval_split(toy or {})),
+        )
     else:
         prompts = read_prompts(dataset, split)
         random.Random(seed).shuffle(prompts)
         if len(prompts) <= num_eval:
-            raise DataError(f"{dataset}: {len(prompts)} unique prompts, not enough to hold out num_eval_prompts={num_eval}.")
+            raise DataError(
+                f"{dataset}: {len(prompts)} unique prompts, not enough to hold out num_eval_prompts={num_eval}."
+            )
         evaluation, train = prompts[:num_eval], prompts[num_eval:]
         train = train[:max_prompts]
     lengths = lambda texts: [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]  # noqa: E731
@@ -82,7 +87,11 @@ def load_prompt_sets(
     kept_eval = [p for p, n in zip(evaluation, lengths(evaluation)) if n <= max_prompt_tokens]
     too_long = len(train) - len(kept_train) + len(evaluation) - len(kept_eval)
     if too_long:
-        logger.warning("left out %d prompts longer than %d tokens (max_prompt_length, or the context minus response_length)", too_long, max_prompt_tokens)
+        logger.warning(
+            "left out %d prompts longer than %d tokens (max_prompt_length, or the context minus response_length)",
+            too_long,
+            max_prompt_tokens,
+        )
     if not kept_train or not kept_eval:
         raise DataError(
             f"{dataset}: no prompt fits in {max_prompt_tokens} tokens (max_prompt_length, or the model's context minus "
@@ -92,7 +101,13 @@ def load_prompt_sets(
 
 
 def step_prompts(
-    prompts: list[str], step: int, per_process: int, seed: int, process_index: int, num_processes: int, samples_per_prompt: int = 1
+    prompts: list[str],
+    step: int,
+    per_process: int,
+    seed: int,
+    process_index: int,
+    num_processes: int,
+    samples_per_prompt: int = 1,
 ) -> list[str]:
     """This process's share of step `step`'s rollouts: a seeded draw, so a resumed run draws the same ones.
 
@@ -115,7 +130,10 @@ def pretraining_batches(
         documents = ToyWorld.from_recipe(toy or {}).pretraining_corpus(4000)
     else:
         documents = list(load_text_dataset(source)["text"])
-    rows = [ids[: max_length - 1] + [tokenizer.eos_token_id] for ids in tokenizer(documents, add_special_tokens=False)["input_ids"]]
+    rows = [
+        ids[: max_length - 1] + [tokenizer.eos_token_id]
+        for ids in tokenizer(documents, add_special_tokens=False)["input_ids"]
+    ]
     if len(rows) < batch_size:
         raise DataError(f"ptx_dataset {source}: {len(rows)} documents, fewer than ptx_batch_size={batch_size}.")
     rng = random.Random(f"ptx:{seed}")

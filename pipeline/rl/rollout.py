@@ -45,7 +45,9 @@ class Rollout:
     values: torch.Tensor  # V_old(state before the token)
     entropy: torch.Tensor  # entropy of π_old's next-token distribution
     scores: torch.Tensor | None = None  # the reward for the whole response, missing-EOS penalty included
-    exact_kl: torch.Tensor | None = None  # KL(π_old(·|s_t) ‖ π_ref(·|s_t)) over the vocabulary at each state, on request
+    exact_kl: torch.Tensor | None = (
+        None  # KL(π_old(·|s_t) ‖ π_ref(·|s_t)) over the vocabulary at each state, on request
+    )
 
     @property
     def input_ids(self) -> torch.Tensor:
@@ -72,7 +74,9 @@ def encode_prompts(tokenizer, prompts: list[str], device: torch.device) -> tuple
     return torch.tensor(ids, device=device), torch.tensor(mask, device=device)
 
 
-def cut_at_eos(response_ids: torch.Tensor, eos_id: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def cut_at_eos(
+    response_ids: torch.Tensor, eos_id: int, pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(ids with pad after the first EOS, mask up to and including it, finished = an EOS occurred).
 
     The end is found from EOS, never from the pad id: with pad == EOS a pad-based mask would drop the
@@ -108,7 +112,9 @@ def response_logprobs(logits: torch.Tensor, response_ids: torch.Tensor, temperat
     return selective_log_softmax(logits.float(), response_ids, temperature=temperature)
 
 
-def causal_lm_logits(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_length: int) -> torch.Tensor:
+def causal_lm_logits(
+    model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_length: int
+) -> torch.Tensor:
     """A causal LM's logits at the positions that predict the last `response_length` tokens."""
     output = model(
         input_ids=input_ids,

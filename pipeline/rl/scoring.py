@@ -44,14 +44,20 @@ class RewardModelScorer:
         self.model.requires_grad_(False)
         self.batch_size = batch_size
         if policy_tokenizer is not None and policy_tokenizer.get_vocab() != self.tokenizer.get_vocab():
-            logger.info("the reward model's tokenizer differs from the policy's: responses are decoded and re-tokenised for it")
+            logger.info(
+                "the reward model's tokenizer differs from the policy's: responses are decoded and re-tokenised for it"
+            )
 
     def __call__(self, prompts: Sequence[str], responses: Sequence[str], finished: Sequence[bool]) -> torch.Tensor:
-        values = score(self.model, self.tokenizer, list(prompts), list(responses), self.batch_size, finished=list(finished))
+        values = score(
+            self.model, self.tokenizer, list(prompts), list(responses), self.batch_size, finished=list(finished)
+        )
         return torch.tensor(values)
 
 
-def make_scorer(kind: str, reward_model_path: str | None, device: torch.device, batch_size: int = 64, policy_tokenizer=None):
+def make_scorer(
+    kind: str, reward_model_path: str | None, device: torch.device, batch_size: int = 64, policy_tokenizer=None
+):
     if kind == "gold":
         return GoldScorer()
     if not reward_model_path:

@@ -52,7 +52,10 @@ def make_reward_function(scorer, gold: GoldScorer | None, eos_token_id: int, mis
         if log_metric is not None:
             log_metric("score", scores.mean().item())
             if gold is not None:
-                log_metric("gold_reward", (scores if isinstance(scorer, GoldScorer) else gold(prompts, completions, finished)).mean().item())
+                log_metric(
+                    "gold_reward",
+                    (scores if isinstance(scorer, GoldScorer) else gold(prompts, completions, finished)).mean().item(),
+                )
             if not isinstance(scorer, GoldScorer):
                 log_metric("rm_reward", scores.mean().item())
             log_metric("finished_fraction", sum(finished) / len(finished))
@@ -121,20 +124,32 @@ def final_norm_optimizer(policy, config) -> torch.optim.Optimizer | None:
     return adamw(groups, config)
 
 
-def train_with_trl(args, model_args, config, tokenizer, prompt_sets, checkpoint: str | None, recipe) -> dict[str, Any] | None:
+def train_with_trl(
+    args, model_args, config, tokenizer, prompt_sets, checkpoint: str | None, recipe
+) -> dict[str, Any] | None:
     """Train with GRPO or RLOO; save the policy as a full model; measure before/after like PPO. Returns metrics."""
     ppo_only = {
-        "target_kl": config.target_kl is not None, "ptx_coef": config.ptx_coef > 0, "samples_per_prompt": config.samples_per_prompt != 1,
-        "critic_warmup_steps": config.critic_warmup_steps > 0, "kl_in_loss": config.kl_in_loss, "kl_estimator": config.kl_estimator != "k1",
+        "target_kl": config.target_kl is not None,
+        "ptx_coef": config.ptx_coef > 0,
+        "samples_per_prompt": config.samples_per_prompt != 1,
+        "critic_warmup_steps": config.critic_warmup_steps > 0,
+        "kl_in_loss": config.kl_in_loss,
+        "kl_estimator": config.kl_estimator != "k1",
     }
     if any(ppo_only.values()):
         keys = ", ".join(key for key, is_set in ppo_only.items() if is_set)
-        logger.warning("%s: %s are options of the project's PPO; TRL's trainer ignores them (num_generations sets its groups)", config.algorithm, keys)
+        logger.warning(
+            "%s: %s are options of the project's PPO; TRL's trainer ignores them (num_generations sets its groups)",
+            config.algorithm,
+            keys,
+        )
     output_dir = Path(config.output_dir)
     trl_args = trl_config(config)
     policy = load_model(model_args, tokenizer, trust_remote_code=False)
     if not model_args.use_peft and len(tokenizer) != policy.config.get_text_config().vocab_size:
-        raise UserError("grpo/rloo without LoRA builds its reference from the model's path, whose vocabulary lacks the added pad token.")
+        raise UserError(
+            "grpo/rloo without LoRA builds its reference from the model's path, whose vocabulary lacks the added pad token."
+        )
     sft = load_model(model_args, tokenizer).eval().requires_grad_(False)  # for measuring before/after only
 
     _, trainer_class = TRAINERS[config.algorithm]
@@ -162,7 +177,15 @@ def train_with_trl(args, model_args, config, tokenizer, prompt_sets, checkpoint:
         policy = policy.merge_and_unload()
     policy.eval()
     evaluation = measure_policy(
-        accelerator, policy, sft, tokenizer, prompt_sets.eval, args, config, scorer if args.reward == "model" else None, gold,
+        accelerator,
+        policy,
+        sft,
+        tokenizer,
+        prompt_sets.eval,
+        args,
+        config,
+        scorer if args.reward == "model" else None,
+        gold,
     )
     tokenizer.padding_side = "right"
     if not accelerator.is_main_process:
@@ -175,19 +198,23 @@ def train_with_trl(args, model_args, config, tokenizer, prompt_sets, checkpoint:
     from pipeline.rl.plots import plot_reward_and_kl
 
     plot_reward_and_kl(history, output_dir / "reward_kl.png", f"{config.algorithm.upper()}: {recipe.path}")
-    metrics: dict[str, Any] = {
-        "algorithm": config.algorithm, **policy_metrics(evaluation.summary, args)
-    }
+    metrics: dict[str, Any] = {"algorithm": config.algorithm, **policy_metrics(evaluation.summary, args)}
     rollouts = trainer.state.global_step // (config.num_mini_batches * config.ppo_epochs)
-    metrics.update({
-        "final_kl_coef": config.kl_coef,
-        "steps": rollouts,
-        "optimizer_steps": trainer.state.global_step,
-        "episodes": rollouts * config.per_device_train_batch_size * accelerator.num_processes,
-        "num_generations": config.num_generations,
-        **prompt_sets.as_dict(),
-        "train_seconds": round(train_seconds, 2),
-        "samples_per_second": round(rollouts * config.per_device_train_batch_size * accelerator.num_processes / train_seconds, 2) if train_seconds else None,
-        "resumed_from": checkpoint,
-    })
+    metrics.update(
+        {
+            "final_kl_coef": config.kl_coef,
+            "steps": rollouts,
+            "optimizer_steps": trainer.state.global_step,
+            "episodes": rollouts * config.per_device_train_batch_size * accelerator.num_processes,
+            "num_generations": config.num_generations,
+            **prompt_sets.as_dict(),
+            "train_seconds": round(train_seconds, 2),
+            "samples_per_second": round(
+                rollouts * config.per_device_train_batch_size * accelerator.num_processes / train_seconds, 2
+            )
+            if train_seconds
+            else None,
+            "resumed_from": checkpoint,
+        }
+    )
     return metrics

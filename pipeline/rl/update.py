@@ -110,17 +110,29 @@ def ppo_update(
                     logits = logits.float() / settings.temperature  # the rollout's temperature (N+ details)
                     logprobs = response_logprobs(logits, batch["response_ids"][rows], 1.0)
                     policy = clipped_policy_loss(
-                        logprobs, batch["logprobs"][rows], batch["advantages"][rows], mask, settings.cliprange, token_count
+                        logprobs,
+                        batch["logprobs"][rows],
+                        batch["advantages"][rows],
+                        mask,
+                        settings.cliprange,
+                        token_count,
                     )
                     value = clipped_value_loss(
-                        values, batch["values"][rows], batch["returns"][rows], mask, settings.cliprange_value, token_count
+                        values,
+                        batch["values"][rows],
+                        batch["returns"][rows],
+                        mask,
+                        settings.cliprange_value,
+                        token_count,
                     )
                     mean_entropy = (entropy(logits) * mask).sum() / token_count
                     loss = settings.vf_coef * value.loss
                     if train_policy:
                         loss = loss + policy.loss - settings.entropy_coef * mean_entropy
                         if kl_loss_coef:  # the reference's full distributions are recomputed here, not stored
-                            ref_logits = reference.logits(input_ids, attention_mask, length).float() / settings.temperature
+                            ref_logits = (
+                                reference.logits(input_ids, attention_mask, length).float() / settings.temperature
+                            )
                             kl_loss = (exact_kl(logits, ref_logits) * mask).sum() / token_count
                             loss = loss + kl_loss_coef * kl_loss
                             sums["kl_loss"] += kl_loss.item() * float(token_count)
@@ -143,7 +155,9 @@ def ppo_update(
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             steps += 1
-    stats = {name: value / max(token_total, 1) for name, value in sums.items() if name not in ("grad_norm", "ptx_loss")}
+    stats = {
+        name: value / max(token_total, 1) for name, value in sums.items() if name not in ("grad_norm", "ptx_loss")
+    }
     if "grad_norm" in sums:
         stats["grad_norm"] = sums["grad_norm"] / max(steps, 1)
     if "ptx_loss" in sums:

@@ -45,7 +45,7 @@ class ValueModel(nn.Module):
         nn.init.zeros_(self.head.bias)
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str, vocabulary_size: int | None = None, **kwargs) -> "ValueModel":
+    def from_pretrained(cls, name_or_path: str, vocabulary_size: int | None = None, **kwargs) -> ValueModel:
         """The body of any causal LM or sequence classifier; a reward model's scalar `score` head too.
 
         Starting the critic from the reward model, head included, is InstructGPT's choice, kept by N+ details:
@@ -62,8 +62,12 @@ class ValueModel(nn.Module):
                 model.head.weight.copy_(score)
         return model
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
-        hidden = self.body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor
+    ) -> torch.Tensor:
+        hidden = self.body(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        )
         return self.head(hidden.last_hidden_state).squeeze(-1)
 
 
@@ -108,7 +112,9 @@ class ActorCritic(nn.Module):
         """
         position_ids = position_ids_from(attention_mask)
         if response_length is None:
-            output = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+            output = self.policy(
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+            )
             return output.logits[:, :-1], None
         output = self.policy(
             input_ids=input_ids,

@@ -29,7 +29,9 @@ CACHE_VERSION = 1
 
 
 def config_key(config: dict[str, Any]) -> str:
-    canonical = json.dumps({"cache_version": CACHE_VERSION, **config}, sort_keys=True, default=str, separators=(",", ":"))
+    canonical = json.dumps(
+        {"cache_version": CACHE_VERSION, **config}, sort_keys=True, default=str, separators=(",", ":")
+    )
     return hashlib.sha256(canonical.encode()).hexdigest()[:20]
 
 
@@ -56,7 +58,12 @@ class ResultCache:
             return None
         try:
             return json.loads(path.read_text(encoding="utf-8"))["result"]
-        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):  # cut short, garbage, or not our layout
+        except (
+            UnicodeDecodeError,
+            json.JSONDecodeError,
+            KeyError,
+            TypeError,
+        ):  # cut short, garbage, or not our layout
             logger.warning("ignoring a damaged cache entry %s: it is computed again", path)
             return None
 

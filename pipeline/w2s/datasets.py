@@ -84,7 +84,12 @@ def format_cosmos_qa(record: dict[str, Any], rng: random.Random, where: str) -> 
 
 def format_boolq(record: dict[str, Any], rng: random.Random, where: str) -> list[Example]:
     _require(record, ("passage", "question", "answer"), where)
-    return [{"text": f"Passage: {record['passage']}\nQuestion: {record['question']}", "label": _label(record["answer"], where)}]
+    return [
+        {
+            "text": f"Passage: {record['passage']}\nQuestion: {record['question']}",
+            "label": _label(record["answer"], where),
+        }
+    ]
 
 
 def format_sst2(record: dict[str, Any], rng: random.Random, where: str) -> list[Example]:
@@ -156,8 +161,10 @@ def load_task(
         world = toy or ToyWorld()
         train = _toy_examples(world, train_size or 2000, "train")
         test = _toy_examples(world, test_size or 1000, toy_test_split)
-        source = (f"toy world (seed {world.seed}, skills {','.join(world.skills)}, max_digits {world.max_digits}, "
-                  f"max_word_len {world.max_word_len}; test: its {toy_test_split} split)")
+        source = (
+            f"toy world (seed {world.seed}, skills {','.join(world.skills)}, max_digits {world.max_digits}, "
+            f"max_word_len {world.max_word_len}; test: its {toy_test_split} split)"
+        )
         return TaskData("toy", train, test, source)
     if dataset in REGISTRY:
         spec = REGISTRY[dataset]
@@ -169,8 +176,12 @@ def load_task(
             source = str(local)
         else:
             logger.info("%s not found: loading %s from the hub", local, spec.hub_name)
-            train = _format_records(spec.formatter, _hub_records(spec.hub_name, spec.hub_splits["train"]), spec.hub_name, data_seed)
-            test = _format_records(spec.formatter, _hub_records(spec.hub_name, spec.hub_splits["test"]), spec.hub_name, data_seed)
+            train = _format_records(
+                spec.formatter, _hub_records(spec.hub_name, spec.hub_splits["train"]), spec.hub_name, data_seed
+            )
+            test = _format_records(
+                spec.formatter, _hub_records(spec.hub_name, spec.hub_splits["test"]), spec.hub_name, data_seed
+            )
             source = f"hub:{spec.hub_name}"
         return TaskData(dataset, _take(train, train_size, data_seed), _take(test, test_size, data_seed), source)
     path = Path(dataset)
@@ -202,7 +213,10 @@ def _toy_examples(world: ToyWorld, size: int, split: str) -> list[Example]:
         examples = world.w2s_examples(size, split=split)
     except ValueError as error:
         raise DataError(f"toy world: {error}; lower train_size/test_size or add skills.") from None
-    return [{"text": e["text"], "label": int(e["label"]), "group": f"toy-{split}:{toy_question(e['text'])}"} for e in examples[:size]]
+    return [
+        {"text": e["text"], "label": int(e["label"]), "group": f"toy-{split}:{toy_question(e['text'])}"}
+        for e in examples[:size]
+    ]
 
 
 def _find_split(folder: Path, split: str) -> Path:
@@ -214,7 +228,9 @@ def _find_split(folder: Path, split: str) -> Path:
 
 def _format_file(formatter: Formatter, path: Path, data_seed: int) -> list[Example]:
     records = read_jsonl(path)
-    return _format_records(formatter, ((f"{path}:{index + 1}", record) for index, record in enumerate(records)), str(path), data_seed)
+    return _format_records(
+        formatter, ((f"{path}:{index + 1}", record) for index, record in enumerate(records)), str(path), data_seed
+    )
 
 
 def _hub_records(name: str, split: str) -> Iterable[tuple[str, dict[str, Any]]]:
@@ -227,7 +243,9 @@ def _hub_records(name: str, split: str) -> Iterable[tuple[str, dict[str, Any]]]:
     return ((f"{name}[{split}][{index}]", record) for index, record in enumerate(dataset))
 
 
-def _format_records(formatter: Formatter, records: Iterable[tuple[str, dict]], source: str, data_seed: int) -> list[Example]:
+def _format_records(
+    formatter: Formatter, records: Iterable[tuple[str, dict]], source: str, data_seed: int
+) -> list[Example]:
     # The stream depends on the task and split (the last two path parts), not on where the files lie.
     rng = random.Random(f"w2s-format:{'/'.join(Path(source).parts[-2:])}:{data_seed}")
     examples = []

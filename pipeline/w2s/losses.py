@@ -72,8 +72,13 @@ def logconf_loss(logits: torch.Tensor, weak_targets: torch.Tensor, coefficient: 
 
 
 def soft_label_loss(
-    name: str, logits: torch.Tensor, soft_targets: torch.Tensor, progress: float = 0.0,
-    alpha: float = 0.75, warmup_fraction: float = 0.2, ramp: Ramp = "linear",
+    name: str,
+    logits: torch.Tensor,
+    soft_targets: torch.Tensor,
+    progress: float = 0.0,
+    alpha: float = 0.75,
+    warmup_fraction: float = 0.2,
+    ramp: Ramp = "linear",
 ) -> torch.Tensor:
     """The named loss (`xent` or `logconf`) at training `progress`."""
     if name == "xent":

@@ -42,7 +42,12 @@ def plot_w2s(per_seed: list[dict], losses: list[str], path: str | Path, title: s
     left.set_ylabel("test accuracy")
     left.set_title("accuracy (median, min-max, seeds)")
 
-    _bars(right, list(losses), [[seed["students"][loss]["pgr"] for seed in per_seed] for loss in losses], palette[: len(losses)])
+    _bars(
+        right,
+        list(losses),
+        [[seed["students"][loss]["pgr"] for seed in per_seed] for loss in losses],
+        palette[: len(losses)],
+    )
     right.axhline(0.0, color="grey", linewidth=1)
     right.axhline(1.0, color="grey", linewidth=1, linestyle="--")
     right.set_ylabel("performance gap recovered")
@@ -69,7 +74,9 @@ def plot_sweep(rows: list[dict], path: str | Path, title: str) -> Path:
             x = index + (offset - (len(losses) - 1) / 2) * width
             median = row["pgr"]["median"]
             axis.bar(x, median, width=width, color=f"C{offset}", alpha=0.75, label=loss if index == 0 else None)
-            axis.errorbar(x, median, yerr=[[median - row["pgr"]["min"]], [row["pgr"]["max"] - median]], color="black", capsize=4)
+            axis.errorbar(
+                x, median, yerr=[[median - row["pgr"]["min"]], [row["pgr"]["max"] - median]], color="black", capsize=4
+            )
     axis.axhline(0.0, color="grey", linewidth=1)
     axis.set_xticks(range(len(pairs)))
     axis.set_xticklabels(pairs, rotation=15)

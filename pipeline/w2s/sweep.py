@@ -27,13 +27,19 @@ logger = logging.getLogger("pipeline.w2s.sweep")
 
 
 def parse_arguments(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.w2s.sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.w2s.sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", required=True, help="a weak_to_strong recipe: the settings shared by every pair")
     parser.add_argument("--pairs", nargs="+", required=True, help="WEAK:STRONG model pairs (stage dirs or hub names)")
     parser.add_argument("--seeds", nargs="+", type=int, default=None, help="seeds (default: the recipe's)")
     parser.add_argument("--losses", nargs="+", default=None, help="losses (default: the recipe's)")
-    parser.add_argument("--output_dir", required=True, help="the sweep's folder: one stage output per pair, shared cache")
-    parser.add_argument("--force", action="store_true", help="re-run every pair from scratch (the shared cache is kept)")
+    parser.add_argument(
+        "--output_dir", required=True, help="the sweep's folder: one stage output per pair, shared cache"
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="re-run every pair from scratch (the shared cache is kept)"
+    )
     return parser.parse_known_args(argv)
 
 
@@ -54,7 +60,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         if not sep or not weak or not strong:
             raise RecipeError(f"--pairs: expected WEAK:STRONG, got {pair!r}")
         run_dir = output_dir / pair_name(weak, strong)
-        overrides = ["--weak_model", weak, "--strong_model", strong, "--output_dir", str(run_dir), "--cache_dir", str(output_dir / "cache")]
+        overrides = [
+            "--weak_model",
+            weak,
+            "--strong_model",
+            strong,
+            "--output_dir",
+            str(run_dir),
+            "--cache_dir",
+            str(output_dir / "cache"),
+        ]
         if args.seeds:
             overrides += ["--seeds", json.dumps(args.seeds)]
         if args.losses:
@@ -64,11 +79,19 @@ def main(argv: Sequence[str] | None = None) -> None:
         metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
         summary = metrics["summary"]
         for loss, row in summary["students"].items():
-            rows.append({
-                "pair": pair_name(weak, strong), "weak": weak, "strong": strong, "loss": loss,
-                "weak_accuracy": summary["weak_accuracy"], "ceiling_accuracy": summary["ceiling_accuracy"],
-                "w2s_accuracy": row["accuracy"], "pgr": row["pgr"], "pgr_na_reasons": row["pgr_na_reasons"],
-            })
+            rows.append(
+                {
+                    "pair": pair_name(weak, strong),
+                    "weak": weak,
+                    "strong": strong,
+                    "loss": loss,
+                    "weak_accuracy": summary["weak_accuracy"],
+                    "ceiling_accuracy": summary["ceiling_accuracy"],
+                    "w2s_accuracy": row["accuracy"],
+                    "pgr": row["pgr"],
+                    "pgr_na_reasons": row["pgr_na_reasons"],
+                }
+            )
     output_dir.mkdir(parents=True, exist_ok=True)
     write_json(output_dir / "sweep.json", rows)
     table = format_sweep(rows)
@@ -83,7 +106,10 @@ def format_sweep(rows: list[dict]) -> str:
             return "n/a"
         return f"{stats['median']:.{digits}f} [{stats['min']:.{digits}f}, {stats['max']:.{digits}f}]"
 
-    lines = ["| weak | strong | loss | weak acc | w2s acc | ceiling acc | PGR (median [min, max]) |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| weak | strong | loss | weak acc | w2s acc | ceiling acc | PGR (median [min, max]) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for row in rows:
         lines.append(
             f"| {row['weak']} | {row['strong']} | {row['loss']} | {cell(row['weak_accuracy'])} | {cell(row['w2s_accuracy'])} "

@@ -50,7 +50,10 @@ class LossSettings:
 
 
 def load_classifier(
-    model_name_or_path: str, model_config: ModelConfig, train_with_dropout: bool = False, trust_remote_code: bool = False,
+    model_name_or_path: str,
+    model_config: ModelConfig,
+    train_with_dropout: bool = False,
+    trust_remote_code: bool = False,
     linear_probe: bool = False,
 ) -> tuple[PreTrainedModel, Any]:
     """(model with a fresh zero-initialised 2-class head, tokenizer with a pad token distinct from EOS).
@@ -61,7 +64,9 @@ def load_classifier(
     values = {f.name: getattr(model_config, f.name) for f in dataclasses.fields(ModelConfig) if f.init}
     model_args = ModelConfig(**{**values, "model_name_or_path": model_name_or_path})
     with _quiet_loading():  # the new head is "missing from the checkpoint" by design: no warning table per sub-run
-        model = load_model(model_args, tokenizer, head="sequence_classification", num_labels=2, trust_remote_code=trust_remote_code)
+        model = load_model(
+            model_args, tokenizer, head="sequence_classification", num_labels=2, trust_remote_code=trust_remote_code
+        )
     model.config.use_cache = False  # no past key values in the outputs (Trainer would gather them)
     head = getattr(model, "score", None)  # GPT-2, Llama, Qwen, ...: the head of AutoModelForSequenceClassification
     if isinstance(head, torch.nn.Linear):
@@ -174,7 +179,9 @@ class SoftLabelTrainer(Trainer):
         if model.training:
             progress = self.state.global_step / max(self.state.max_steps, 1)
             settings = self.loss_settings
-            loss = soft_label_loss(settings.name, logits, soft_labels, progress, settings.alpha, settings.warmup_fraction, settings.ramp)
+            loss = soft_label_loss(
+                settings.name, logits, soft_labels, progress, settings.alpha, settings.warmup_fraction, settings.ramp
+            )
         else:  # validation: plain cross-entropy against the (weak) labels
             loss = soft_label_loss("xent", logits, soft_labels)
         return (loss, outputs) if return_outputs else loss
@@ -237,7 +244,9 @@ def predict_probs(trainer: Trainer, tokenizer, texts: list[str]) -> np.ndarray:
     return torch.softmax(logits, dim=-1).numpy()
 
 
-def sub_run_arguments(base: TrainingArguments, output_dir: str, learning_rate: float, seed: int, early_stopping: bool, **overrides) -> TrainingArguments:
+def sub_run_arguments(
+    base: TrainingArguments, output_dir: str, learning_rate: float, seed: int, early_stopping: bool, **overrides
+) -> TrainingArguments:
     """The stage's TrainingArguments for one sub-run: its own lr, seed and scratch directory."""
     values: dict[str, Any] = dict(
         output_dir=output_dir,

@@ -28,7 +28,11 @@ class GoldReward(evaluate.Metric):
             citation="",
             inputs_description=_KWARGS_DESCRIPTION,
             features=datasets.Features(
-                {"predictions": datasets.Value("string"), "prompts": datasets.Value("string"), "finished": datasets.Value("bool")}
+                {
+                    "predictions": datasets.Value("string"),
+                    "prompts": datasets.Value("string"),
+                    "finished": datasets.Value("bool"),
+                }
             ),
         )
 
