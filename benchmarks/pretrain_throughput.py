@@ -100,13 +100,13 @@ def run_plain_loop(args, recipe: dict, compile_model: bool) -> tuple[float, floa
     """The same training as a bare loop: same model builder, same blocks, same optimizer; (tokens/s, FLOP/token)."""
     from transformers import get_cosine_schedule_with_warmup
 
+    from pipeline.data.packing import pack_into_blocks
     from pipeline.pretrain import (
         PretrainArguments,
         build_model,
         build_tokenizer,
         flops_per_token,
         load_documents,
-        pack_into_blocks,
     )
 
     known = set(PretrainArguments.__dataclass_fields__) - {"path_fields"}

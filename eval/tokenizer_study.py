@@ -120,12 +120,13 @@ def gpt_bits(tokenizer, train: list[str], held_out: list[str], steps: int, seed:
     import torch
     from transformers import Trainer, TrainingArguments, default_data_collator
 
-    from pipeline.pretrain import PretrainArguments, build_model, pack_into_blocks
+    from pipeline.data.packing import pack_into_blocks
+    from pipeline.models import gpt2_from_scratch
 
-    args = PretrainArguments(n_layer=1, n_head=2, n_embd=64, block_size=64)
-    blocks = pack_into_blocks(datasets.Dataset.from_dict({"text": train}), tokenizer, args.block_size)
+    block_size = 64
+    blocks = pack_into_blocks(datasets.Dataset.from_dict({"text": train}), tokenizer, block_size)
     torch.manual_seed(seed)
-    model = build_model(args, tokenizer)
+    model = gpt2_from_scratch(tokenizer, n_layer=1, n_head=2, n_embd=64, context_length=block_size)
     with tempfile.TemporaryDirectory() as scratch:
         training = TrainingArguments(
             output_dir=scratch,
@@ -148,7 +149,7 @@ def gpt_bits(tokenizer, train: list[str], held_out: list[str], steps: int, seed:
     nats, covered = 0.0, 0
     with torch.inference_mode():
         for document, row in zip(held_out, _token_rows(tokenizer, held_out)):
-            if len(row) > args.block_size:  # longer than the model's context: left out of the measurement
+            if len(row) > block_size:  # longer than the model's context: left out of the measurement
                 continue
             ids = torch.tensor([row])
             logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), dim=-1)

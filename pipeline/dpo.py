@@ -45,6 +45,14 @@ from pipeline.data.preferences import load_preferences
 from pipeline.data.toy_comparisons import check_policy_comparison_keys, own_sample_comparisons
 from pipeline.data.toy_world import ToyWorld, ToyWorldKeys, recipe_traits
 from pipeline.errors import DataError, RecipeError, run_cli
+from pipeline.finetuning import (
+    ModelArguments,
+    build_policy,
+    full_precision,
+    keep_adapters_in_fp32,
+    merge_adapter,
+    mode_name,
+)
 from pipeline.models import fit_max_length, load_model, load_tokenizer, parameter_counts
 from pipeline.plots import plot_loss_curves  # also selects matplotlib's file-only backend
 from pipeline.policy_eval import (
@@ -58,13 +66,6 @@ from pipeline.policy_eval import (
 )
 from pipeline.recipes import parse_recipe, require_non_negative, require_positive, resolved_recipe
 from pipeline.resources import MemoryCheck
-from pipeline.sft import (  # the model is built, merged and counted as in SFT
-    SFTModelArguments,
-    build_model,
-    keep_adapters_in_fp32,
-    merge_adapter,
-    mode_name,
-)
 from pipeline.training import GracefulInterrupt
 
 logger = logging.getLogger("pipeline.dpo")
@@ -177,9 +178,11 @@ class DPOArguments(ToyWorldKeys):
 
 
 @dataclass
-class DPOModelArguments(SFTModelArguments):
+class DPOModelArguments(ModelArguments):
     """TRL's ModelConfig: the SFT model to start from (model_name_or_path), dtype, use_peft and lora_*,
     load_in_4bit for QLoRA; checked before anything is loaded."""
+
+    model_example: ClassVar[str] = "the SFT model, e.g. runs/toy/sft"
 
 
 @dataclass
@@ -401,7 +404,7 @@ def build_trainer(
 ) -> DPOTrainer:
     """TRL's DPOTrainer on the SFT model; with LoRA/QLoRA, TRL wraps the policy in the adapters itself."""
     trainer = DPOTrainer(
-        model=build_model(model_args, tokenizer, training_args),
+        model=build_policy(model_args, tokenizer, training_args),
         ref_model=load_reference(model_args, tokenizer, training_args),
         args=training_args,
         train_dataset=train_set,
@@ -432,7 +435,7 @@ def policy_and_reference(
     """What to compare after training: the saved policy, and the SFT model (None = adapters disabled)."""
     if merged is not None and (model_args.load_in_4bit or model_args.load_in_8bit):
         # QLoRA: the 4-bit base is only a training device; compare the saved full-precision model with the SFT model.
-        sft = load_model(dataclasses.replace(model_args, load_in_4bit=False, load_in_8bit=False), tokenizer)
+        sft = load_model(full_precision(model_args), tokenizer)
         return merged, sft.to(merged.device)
     if model_args.use_peft:
         return trainer.model, None
@@ -575,7 +578,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if model_args.use_peft:
         tokenizer.save_pretrained(output_dir)
         if args.merge_adapters:
-            merged = merge_adapter(model_args, tokenizer, adapter_dir, output_dir, training_args.trust_remote_code)
+            base = load_model(full_precision(model_args), tokenizer, trust_remote_code=training_args.trust_remote_code)
+            merged = merge_adapter(base, adapter_dir, tokenizer, output_dir)
             merged.to(trainer.args.device)
 
     policy, sft_model = policy_and_reference(trainer, model_args, merged, tokenizer)

@@ -18,7 +18,13 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    GPT2Config,
+    PreTrainedModel,
+)
 from trl import ModelConfig
 from trl.trainer.utils import get_quantization_config
 
@@ -370,3 +376,29 @@ def parameter_counts(model: torch.nn.Module) -> dict[str, float]:
         "trainable_parameters": trainable,
         "trainable_share": round(trainable / max(total, 1), 6),
     }
+
+
+def gpt2_from_scratch(
+    tokenizer,
+    n_layer: int,
+    n_head: int,
+    n_embd: int,
+    context_length: int,
+    dropout: float = 0.0,
+    attn_implementation: str = "sdpa",
+) -> PreTrainedModel:
+    """A freshly initialised GPT-2 of the given shape for `tokenizer` (EOS doubles as BOS, pad apart)."""
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=context_length,
+        n_embd=n_embd,
+        n_layer=n_layer,
+        n_head=n_head,
+        resid_pdrop=dropout,
+        embd_pdrop=dropout,
+        attn_pdrop=dropout,
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation)

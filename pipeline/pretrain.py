@@ -23,9 +23,7 @@ from typing import ClassVar, Literal
 import datasets
 import torch
 from transformers import (
-    AutoModelForCausalLM,
     AutoTokenizer,
-    GPT2Config,
     Trainer,
     TrainingArguments,
     default_data_collator,
@@ -33,10 +31,12 @@ from transformers import (
 )
 
 from pipeline.contract import open_stage_run, write_json
+from pipeline.data.packing import pack_into_blocks
 from pipeline.data.text import load_text_dataset
 from pipeline.data.toy_world import ToyWorld, ToyWorldKeys, gold_reward
 from pipeline.decoding import DEFAULT_STRATEGIES, sample_table
 from pipeline.errors import DataError, run_cli
+from pipeline.models import gpt2_from_scratch
 from pipeline.plots import plot_loss_curves
 from pipeline.recipes import parse_recipe, require_positive, resolved_recipe
 from pipeline.resources import MemoryCheck
@@ -172,44 +172,10 @@ def build_tokenizer(args: PretrainArguments, train_documents: datasets.Dataset, 
     return train_tokenizer(train_documents["text"], kind=args.tokenizer, vocab_size=args.vocab_size)
 
 
-def pack_into_blocks(documents: datasets.Dataset, tokenizer, block_size: int) -> datasets.Dataset:
-    """Tokenize, end every document with EOS, concatenate and cut into blocks (the remainder is dropped)."""
-    eos = tokenizer.eos_token_id
-
-    def tokenize(batch):
-        return {"ids": [ids + [eos] for ids in tokenizer(batch["text"], add_special_tokens=False)["input_ids"]]}
-
-    def group(batch):
-        stream = [token for ids in batch["ids"] for token in ids]
-        usable = len(stream) // block_size * block_size
-        blocks = [stream[start : start + block_size] for start in range(0, usable, block_size)]
-        return {"input_ids": blocks, "labels": [list(block) for block in blocks]}
-
-    tokenized = documents.map(tokenize, batched=True, remove_columns=documents.column_names, desc="tokenizing")
-    # One batch for the whole set keeps every token (a per-batch remainder would be lost for each batch).
-    packed = tokenized.map(group, batched=True, batch_size=len(tokenized), remove_columns=["ids"], desc="packing")
-    if len(packed) == 0:
-        raise DataError(
-            f"the data has fewer tokens than one block of {block_size}: lower block_size or add documents."
-        )
-    return packed
-
-
 def build_model(args: PretrainArguments, tokenizer) -> torch.nn.Module:
-    config = GPT2Config(
-        vocab_size=len(tokenizer),
-        n_positions=args.block_size,
-        n_embd=args.n_embd,
-        n_layer=args.n_layer,
-        n_head=args.n_head,
-        resid_pdrop=args.dropout,
-        embd_pdrop=args.dropout,
-        attn_pdrop=args.dropout,
-        bos_token_id=tokenizer.eos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+    return gpt2_from_scratch(
+        tokenizer, args.n_layer, args.n_head, args.n_embd, args.block_size, args.dropout, args.attn_implementation
     )
-    return AutoModelForCausalLM.from_config(config, attn_implementation=args.attn_implementation)
 
 
 def flops_per_token(model: torch.nn.Module, block_size: int) -> float:

@@ -32,7 +32,6 @@ reward of greedy and sampled (temperature 1.0) responses to held-out prompts bef
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 from collections.abc import Sequence
@@ -41,10 +40,8 @@ from pathlib import Path
 from typing import ClassVar, Literal
 
 import datasets
-import torch
-from peft import PeftModel, prepare_model_for_kbit_training
 from transformers import PreTrainedModel, set_seed
-from trl import ModelConfig, SFTConfig, SFTTrainer
+from trl import SFTConfig, SFTTrainer
 from trl.chat_template_utils import has_generation_markers
 from trl.trainer.utils import get_peft_config
 
@@ -53,7 +50,15 @@ from pipeline.data.sft_formats import SIMPLE_CHAT_TEMPLATE, load_sft_dataset, to
 from pipeline.data.toy_world import ToyWorld, ToyWorldKeys, gold_reward, recipe_traits
 from pipeline.decoding import generate
 from pipeline.errors import DataError, UserError, run_cli
-from pipeline.models import check_lora_targets, linear_module_names, load_model, load_tokenizer, parameter_counts
+from pipeline.finetuning import (
+    ModelArguments,
+    build_policy,
+    full_precision,
+    keep_adapters_in_fp32,
+    merge_adapter,
+    mode_name,
+)
+from pipeline.models import load_model, load_tokenizer, parameter_counts
 from pipeline.plots import plot_loss_curves
 from pipeline.policy_eval import trait_share, trait_value
 from pipeline.recipes import parse_recipe, require_positive, resolved_recipe
@@ -62,9 +67,6 @@ from pipeline.training import GracefulInterrupt
 
 logger = logging.getLogger("pipeline.sft")
 
-# GPT-2's attention (c_attn, c_proj) and MLP (c_fc, c_proj) layers, all Conv1D. PEFT's own default for
-# GPT-2 is c_attn alone; adapting the MLP too learns more for the same handful of parameters.
-GPT2_LORA_TARGETS = ["c_attn", "c_proj", "c_fc"]
 # The strategies whose gold reward is reported before and after SFT: what the model knows (greedy) and
 # what it would do when sampled, as PPO and DPO sample it (temperature 1.0, no top-k/top-p).
 GOLD_STRATEGIES = ("greedy", "temperature_1.0")
@@ -120,31 +122,6 @@ class SFTArguments(ToyWorldKeys):
 
 
 @dataclass
-class SFTModelArguments(ModelConfig):
-    """TRL's ModelConfig (model_name_or_path, dtype, use_peft, lora_*, load_in_4bit, bnb_4bit_quant_type,
-    use_bnb_nested_quant), checked before anything is loaded."""
-
-    path_fields: ClassVar[dict[str, str]] = {"model_name_or_path": "model"}
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if isinstance(self.lora_target_modules, str) and self.lora_target_modules != "all-linear":
-            # ModelConfig turns a one-item list into a string, which PEFT would read as a regular expression
-            # that must match the whole module path ("transformer.h.0.attn.c_attn"): keep it a list.
-            self.lora_target_modules = [self.lora_target_modules]
-        if not self.model_name_or_path:
-            raise ValueError("missing key 'model_name_or_path' (e.g. runs/toy/pretrain, or gpt2 on a GPU machine)")
-        if (self.load_in_4bit or self.load_in_8bit) and not self.use_peft:
-            raise ValueError(
-                "key 'load_in_4bit' (QLoRA) trains LoRA adapters on a frozen 4-bit model: set use_peft: true"
-            )
-        if self.use_peft and self.lora_r <= 0:
-            raise ValueError(f"key 'lora_r' must be > 0, got {self.lora_r}")
-        if not 0.0 <= self.lora_dropout < 1.0:
-            raise ValueError(f"key 'lora_dropout' must be in [0, 1), got {self.lora_dropout}")
-
-
-@dataclass
 class SFTTrainingConfig(SFTConfig):
     """TRL's SFTConfig with CPU-friendly defaults: fp32 (bf16 is slow on most CPUs), no gradient
     checkpointing, a LoRA-sized learning rate, cosine schedule, no hub, no wandb."""
@@ -169,7 +146,7 @@ class SFTTrainingConfig(SFTConfig):
     ddp_find_unused_parameters: bool | None = False  # every trainable parameter is used in each step
 
 
-RECIPE_TYPES = (SFTArguments, SFTModelArguments, SFTTrainingConfig)
+RECIPE_TYPES = (SFTArguments, ModelArguments, SFTTrainingConfig)
 
 
 # --- data ---------------------------------------------------------------------------------------------
@@ -288,45 +265,13 @@ def check_special_tokens(dataset: datasets.Dataset, tokenizer, dataset_format: s
 # --- model --------------------------------------------------------------------------------------------
 
 
-def build_model(model_args: SFTModelArguments, tokenizer, training_args: SFTTrainingConfig) -> PreTrainedModel:
-    """The model to train: as loaded (full), or frozen and prepared for 4-bit training (QLoRA)."""
-    model = load_model(model_args, tokenizer, trust_remote_code=training_args.trust_remote_code)
-    if model_args.use_peft:
-        if model_args.lora_target_modules is None:
-            # GPT-2 family: attention and MLP (GPT2_LORA_TARGETS); other models: every linear layer.
-            gpt2_like = set(GPT2_LORA_TARGETS) <= set(linear_module_names(model))
-            model_args.lora_target_modules = list(GPT2_LORA_TARGETS) if gpt2_like else "all-linear"
-        check_lora_targets(model, model_args.lora_target_modules)
-    if model_args.load_in_4bit or model_args.load_in_8bit:
-        if training_args.device.type == "cpu":
-            copy_out_of_checkpoint_file(model)
-        # Freezes the base, casts norms/embeddings to fp32 and makes the inputs carry gradients.
-        # (bitsandbytes already placed the quantized model on the device.)
-        return prepare_model_for_kbit_training(model, use_gradient_checkpointing=training_args.gradient_checkpointing)
-    # On the training device already, so that the before-SFT samples are not generated on a CPU.
-    return model.to(training_args.device)
-
-
-def copy_out_of_checkpoint_file(model: torch.nn.Module) -> None:
-    """On a CPU the weights bitsandbytes leaves unquantized (embeddings, norms, biases) are views of the
-    memory-mapped safetensors file, which keeps the whole full-precision checkpoint that quantization read
-    resident (measured: +1.3 GB for GPT-2 medium, three times the 4-bit model). Copying them frees it."""
-    for parameter in model.parameters():
-        if getattr(parameter, "quant_state", None) is None:
-            parameter.data = parameter.data.clone()
-    for module in model.modules():
-        for name, buffer in module._buffers.items():
-            if buffer is not None:
-                module._buffers[name] = buffer.clone()
-
-
 def build_trainer(
     model: PreTrainedModel,
     tokenizer,
     train_set: datasets.Dataset,
     eval_set: datasets.Dataset | None,
     dataset_format: str,
-    model_args: SFTModelArguments,
+    model_args: ModelArguments,
     training_args: SFTTrainingConfig,
     callbacks: Sequence = (),
 ) -> SFTTrainer:
@@ -346,31 +291,6 @@ def build_trainer(
         keep_adapters_in_fp32(trainer.model)
     check_special_tokens(trainer.train_dataset, tokenizer, dataset_format, training_args.max_length)
     return trainer
-
-
-def keep_adapters_in_fp32(model: torch.nn.Module) -> None:
-    """TRL casts QLoRA adapters to bf16 (the QLoRA paper's GPU recipe). On a CPU bf16 matmuls are slow, and
-    bf16 weights round away updates smaller than ~1/256 of their size, so there the adapters stay fp32."""
-    for parameter in model.parameters():
-        if parameter.requires_grad and parameter.dtype == torch.bfloat16:
-            parameter.data = parameter.data.float()
-
-
-def merge_adapter(
-    model_args: SFTModelArguments, tokenizer, adapter_dir: Path, output_dir: Path, trust_remote_code: bool
-):
-    """Merge the adapter into a full-precision copy of the base model and save it as a plain causal LM.
-
-    Also for QLoRA the merge goes into full-precision weights: merging into the 4-bit ones would
-    re-quantize them and lose most of the update.
-    """
-    base_args = dataclasses.replace(model_args, load_in_4bit=False, load_in_8bit=False)
-    base = load_model(base_args, tokenizer, trust_remote_code=trust_remote_code)
-    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
-    merged.save_pretrained(output_dir, safe_serialization=True)
-    tokenizer.save_pretrained(output_dir)
-    logger.info("merged the adapter into %s (the adapter alone is in %s)", output_dir, adapter_dir)
-    return merged
 
 
 # --- evaluation ---------------------------------------------------------------------------------------
@@ -425,12 +345,6 @@ def sample_and_score(model, tokenizer, prompts: list[str], args: SFTArguments, s
     return records, gold, traits
 
 
-def mode_name(model_args: SFTModelArguments) -> str:
-    return (
-        "qlora" if (model_args.load_in_4bit or model_args.load_in_8bit) else "lora" if model_args.use_peft else "full"
-    )
-
-
 # --- the stage ----------------------------------------------------------------------------------------
 
 
@@ -449,7 +363,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     lengths = count_long_sequences(train_set, tokenizer, training_args.max_length, "train")
     eval_lengths = count_long_sequences(eval_set, tokenizer, training_args.max_length, "eval")
 
-    model = build_model(model_args, tokenizer, training_args)
+    model = build_policy(model_args, tokenizer, training_args)
     prompts = generation_prompts(args, eval_set, tokenizer)
     samples, gold_before, traits_before = [], {}, {}
     if training_args.should_save:
@@ -491,9 +405,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if model_args.use_peft:
         tokenizer.save_pretrained(output_dir)
         if args.merge_adapters:
-            final_model = merge_adapter(
-                model_args, tokenizer, adapter_dir, output_dir, training_args.trust_remote_code
-            )
+            base = load_model(full_precision(model_args), tokenizer, trust_remote_code=training_args.trust_remote_code)
+            final_model = merge_adapter(base, adapter_dir, tokenizer, output_dir)
             final_model.to(trainer.args.device)
 
     after_samples, gold_after, traits_after = sample_and_score(

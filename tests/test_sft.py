@@ -20,6 +20,7 @@ from pipeline.contract import read_manifest
 from pipeline.data.sft_formats import SIMPLE_CHAT_TEMPLATE
 from pipeline.data.toy_world import ToyWorld
 from pipeline.errors import DataError, RecipeError, UserError
+from pipeline.finetuning import ModelArguments, build_policy
 from pipeline.models import load_tokenizer
 from pipeline.recipes import parse_recipe
 
@@ -247,10 +248,10 @@ def build(tiny_base, train_set, dataset_format, **config):
     """The stage's own trainer on a tiny base, as main() builds it."""
     args = {"output_dir": "unused", "use_cpu": True, "max_length": 64, "eval_strategy": "no", **config}
     training_args = sft.SFTTrainingConfig(**args)
-    model_args = sft.SFTModelArguments(model_name_or_path=str(tiny_base), use_peft=True, lora_r=4)
+    model_args = ModelArguments(model_name_or_path=str(tiny_base), use_peft=True, lora_r=4)
     tokenizer = load_tokenizer(str(tiny_base))
     sft.configure_loss(dataset_format, tokenizer, training_args)
-    model = sft.build_model(model_args, tokenizer, training_args)
+    model = build_policy(model_args, tokenizer, training_args)
     return sft.build_trainer(model, tokenizer, train_set, None, dataset_format, model_args, training_args), tokenizer
 
 
