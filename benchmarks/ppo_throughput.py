@@ -166,24 +166,32 @@ def main() -> None:
             f"{'GPU ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}; model {model}"
         )
         print(
-            f"toy PPO config (recipes/toy/ppo.yaml) with {args.batch_size} prompts per step, responses <= {args.response_length} "
+            f"toy PPO config (recipes/toy/ppo.yaml) with {args.batch_size} prompts per step, "
+            f"responses <= {args.response_length} "
             f"tokens, reward {args.reward}, {args.steps} steps per variant\n"
         )
         results = [run_variant(args, model, workdir, lora) for lora in (False, True)]
 
     policy_parameters = results[1]["parameters"] - results[1]["trainable_parameters"]  # LoRA run: the frozen policy
-    header = f"{'variant':<8} {'samples/s':>10} {'tokens/s':>9} {'s/step':>7} {'generation':>11} {'forward':>8} {'scoring':>8} {'optimisation':>13} {'peak MB':>9} {'counted MB':>11} {'trainable':>10}"
+    header = (
+        f"{'variant':<8} {'samples/s':>10} {'tokens/s':>9} {'s/step':>7} {'generation':>11} {'forward':>8} "
+        f"{'scoring':>8} {'optimisation':>13} {'peak MB':>9} {'counted MB':>11} {'trainable':>10}"
+    )
     print(header)
     for r in results:
         split = r["split"]
         print(
-            f"{r['variant']:<8} {r['samples_per_second']:>10.1f} {r['tokens_per_second']:>9.0f} {r['seconds_per_step']:>7.2f} "
-            f"{split['generation']:>11.0%} {split['forward']:>8.0%} {split['scoring']:>8.0%} {split['optimisation']:>13.0%} "
-            f"{r['peak_memory_mb']:>9.0f} {counted_memory_mb(r, policy_parameters):>11.1f} {r['trainable_parameters']:>10,}"
+            f"{r['variant']:<8} {r['samples_per_second']:>10.1f} {r['tokens_per_second']:>9.0f} "
+            f"{r['seconds_per_step']:>7.2f} "
+            f"{split['generation']:>11.0%} {split['forward']:>8.0%} {split['scoring']:>8.0%} "
+            f"{split['optimisation']:>13.0%} "
+            f"{r['peak_memory_mb']:>9.0f} {counted_memory_mb(r, policy_parameters):>11.1f} "
+            f"{r['trainable_parameters']:>10,}"
         )
     print("\npeak MB: process peak RSS on a CPU (includes Python + torch, ~0.5 GB), torch's peak allocated on a GPU;")
     print(
-        "counted MB: fp32 weights (+ the reference copy without LoRA) + gradients and Adam moments of the trainable parameters."
+        "counted MB: fp32 weights (+ the reference copy without LoRA) + gradients and Adam moments of the trainable "
+        "parameters."
     )
 
 

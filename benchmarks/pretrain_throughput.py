@@ -171,7 +171,8 @@ def main() -> None:
     transformers.logging.set_verbosity_error()
     logging.getLogger("pipeline").setLevel(logging.WARNING)
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads; data: {SHAKESPEARE if SHAKESPEARE.is_file() else 'toy world'}"
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
+        f"data: {SHAKESPEARE if SHAKESPEARE.is_file() else 'toy world'}"
     )
     peak = measure_matmul_peak()
     print(f"fp32 matmul peak, measured once for both runs: {peak / 1e9:.1f} GFLOP/s\n")
@@ -190,15 +191,16 @@ def main() -> None:
                 torch._dynamo.reset()
                 rates["stage"].append(run_stage(args, recipe, Path(workdir)))
                 print(
-                    f"compile={compile_model} repeat {repeat + 1}: loop {rates['loop'][-1]:.0f}, stage {rates['stage'][-1]:.0f} tokens/s",
+                    f"compile={compile_model} repeat {repeat + 1}: loop {rates['loop'][-1]:.0f}, "
+                    f"stage {rates['stage'][-1]:.0f} tokens/s",
                     flush=True,
                 )
             results[compile_model] = rates
 
     print(
-        f"\nmodel: {args.n_layer} layers x {args.n_head} heads x {args.n_embd} wide, block {args.block_size}, batch {args.batch_size}, "
-        f"dropout {args.dropout}; {flops / 1e6:.1f} MFLOP/token; {args.steps} measured steps after {args.warmup}; "
-        f"median (range) over {args.repeats} alternating repetitions"
+        f"\nmodel: {args.n_layer} layers x {args.n_head} heads x {args.n_embd} wide, block {args.block_size}, batch "
+        f"{args.batch_size}, dropout {args.dropout}; {flops / 1e6:.1f} MFLOP/token; {args.steps} measured steps after "
+        f"{args.warmup}; median (range) over {args.repeats} alternating repetitions"
     )
     print(f"{'compile':<8} {'run':<7} {'tokens/s, median (range)':>30} {'MFU':>7} {'stage / loop':>24}")
     for compile_model, rates in results.items():

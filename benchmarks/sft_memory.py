@@ -297,7 +297,8 @@ def main() -> None:
         model_dir, _ = build_model_and_data(args, work)
         print(
             f"model: GPT-2 shape, {args.n_layer} layers x {args.n_embd} wide, {args.n_head} heads, vocab 50257 "
-            f"(random init, saved in {model_dir}); batch {args.batch_size} x {args.seq_len} tokens, {args.steps} steps, "
+            f"(random init, saved in {model_dir}); batch {args.batch_size} x {args.seq_len} tokens, "
+            f"{args.steps} steps, "
             f"gradient checkpointing {'on' if args.gradient_checkpointing else 'off'}; "
             f"device {'cuda: ' + torch.cuda.get_device_name() if cuda else f'cpu ({os.cpu_count()} cores)'}",
             flush=True,
@@ -333,7 +334,8 @@ def report(results: list[dict], cuda: bool) -> None:
     )
     for r in results:
         print(
-            f"{r['runner']:<7} {r['mode']:<6} {r['train_peak_mb']:>27.0f} MB {r['weights_mb']:>7.0f} MB {r['process_peak_mb']:>14.0f} MB "
+            f"{r['runner']:<7} {r['mode']:<6} {r['train_peak_mb']:>27.0f} MB {r['weights_mb']:>7.0f} MB "
+            f"{r['process_peak_mb']:>14.0f} MB "
             f"{r['step_seconds']:>12.3f} s {r['step_cpu_seconds']:>12.3f} s {r['trainable_parameters']:>12,}"
         )
     by: dict[tuple[str, str], dict] = {}
@@ -349,7 +351,8 @@ def report(results: list[dict], cuda: bool) -> None:
             ratio = r["train_peak_mb"] / full["train_peak_mb"]
             goal = f" (goal <= 0.40: {'met' if ratio <= 0.4 else 'NOT met'})" if mode == "qlora" else ""
             print(
-                f"{mode} / full: training peak memory x{ratio:.2f}{goal}, step time x{r['step_seconds'] / full['step_seconds']:.2f}"
+                f"{mode} / full: training peak memory x{ratio:.2f}{goal}, "
+                f"step time x{r['step_seconds'] / full['step_seconds']:.2f}"
             )
     for (runner, mode), direct in by.items():
         if runner == "direct" and ("stage", mode) in by:

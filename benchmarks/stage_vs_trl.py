@@ -9,10 +9,11 @@ should cost nothing per step. Each repetition runs, in this process and alternat
 off: no samples of the SFT model, no Best-of-N, no extra reward-model layers) and TRL's RewardTrainer /
 DPOTrainer built here from the same model folder, the same pairs (the toy world's, as the stage loads them)
 and the same config values (TRL's own defaults where the recipe sets nothing, except gradient checkpointing, which
-TRL turns on by default and the CPU recipes turn off: compared with it on, the stage looked 1.3x faster). Both are timed around `trainer.train()` (the stage reports it as
-train_seconds), so tokenization and evaluation are outside the window for both. Steps/s ratio = stage /
-direct, median and range over the repetitions. The SFT stage has the same comparison in
-benchmarks/sft_memory.py (stage vs direct). This is a benchmark, not a test: it prints, it does not assert.
+TRL turns on by default and the CPU recipes turn off: compared with it on, the stage looked 1.3x faster). Both are
+timed around `trainer.train()` (the stage reports it as train_seconds), so tokenization and evaluation are outside
+the window for both. Steps/s ratio = stage / direct, median and range over the repetitions. The SFT stage has the
+same comparison in benchmarks/sft_memory.py (stage vs direct). This is a benchmark, not a test: it prints, it does
+not assert.
 """
 
 from __future__ import annotations
@@ -144,7 +145,8 @@ def default_model() -> str:
     path = REPO / "runs" / "toy" / "sft"
     if not (path / "manifest.json").is_file():
         raise SystemExit(
-            "no toy SFT model: run `make demo` (or python -m pipeline.sft --config recipes/toy/sft.yaml) first, or pass --model"
+            "no toy SFT model: run `make demo` (or python -m pipeline.sft --config recipes/toy/sft.yaml) first, "
+            "or pass --model"
         )
     return str(path)
 
@@ -176,7 +178,8 @@ def main() -> None:
                 rates["direct"].append(run_direct(stage, recipe, workdir))
                 rates["stage"].append(run_stage(stage, recipe, workdir))
                 print(
-                    f"{stage} repeat {repeat + 1}: direct {rates['direct'][-1]:.3f}, stage {rates['stage'][-1]:.3f} steps/s",
+                    f"{stage} repeat {repeat + 1}: direct {rates['direct'][-1]:.3f}, "
+                    f"stage {rates['stage'][-1]:.3f} steps/s",
                     flush=True,
                 )
             rows.append((stage, rates))

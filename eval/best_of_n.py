@@ -1,6 +1,7 @@
 """Best-of-N sampling with a reward model, from the command line: the table, the KL-regularised optimum and the plot.
 
-    python -m eval.best_of_n --policy runs/toy/sft --reward_model runs/toy/reward   # -> runs/toy/reward_best_of_n.json/png
+    python -m eval.best_of_n --policy runs/toy/sft \\
+        --reward_model runs/toy/reward   # -> runs/toy/reward_best_of_n.json/png
     python -m eval.best_of_n --policy runs/toy/sft --reward_model runs/toy/reward --num_prompts 64 --n_max 64 \\
         --output runs/toy/best_of_n_64.json
 

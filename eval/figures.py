@@ -161,7 +161,8 @@ def histograms(
 def grouped_bars(
     panels_values: Mapping[str, Mapping[str, Mapping[str, float | None]]], path: Path, title: str, columns: int = 2
 ) -> Path | None:
-    """One panel per metric; in each, one group of bars per category (e.g. strategy), one bar per series (e.g. model)."""
+    """One panel per metric; in each, one group of bars per category (e.g. strategy), one bar per series
+    (e.g. model)."""
     if not panels_values:
         return None
     columns = min(columns, len(panels_values))

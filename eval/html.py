@@ -79,7 +79,8 @@ def render_html(title: str, sections: list[Section]) -> str:
                 body.append(_table(block))
             elif isinstance(block, Figure):
                 body.append(
-                    f'<figure><img alt="{html.escape(block.caption, quote=True)}" src="{data_uri(block.path.read_bytes())}">'
+                    f'<figure><img alt="{html.escape(block.caption, quote=True)}" '
+                    f'src="{data_uri(block.path.read_bytes())}">'
                     f"<figcaption>{inline(block.caption)}</figcaption></figure>"
                 )
             elif isinstance(block, Code):

@@ -6,9 +6,9 @@ What `python -m pipeline run recipes/toy --seeds 3` calls at the end. One run of
 report gives, for every headline figure of every stage output found in all the seed folders, the median and
 the range (min..max) over the seeds beside each seed's value (figures a stage did not measure, such as the
 share of the flawed demonstrators' habit in the plain world, are left out), and counts per policy in how
-many seeds it beat the sharpening frontier (pipeline.policy_eval.judge). It reads what the stages wrote (metrics.json) and loads no
-model. Written into --output: report.md, report.html, report.json (per-seed values included) and a figure of
-every seed's policies and frontier, gold reward against KL to the SFT model.
+many seeds it beat the sharpening frontier (pipeline.policy_eval.judge). It reads what the stages wrote (metrics.json)
+and loads no model. Written into --output: report.md, report.html, report.json (per-seed values included) and a
+figure of every seed's policies and frontier, gold reward against KL to the SFT model.
 """
 
 from __future__ import annotations
@@ -216,12 +216,12 @@ def build_seed_report(seed_dirs: Sequence[str | Path], output: str | Path) -> di
     rows = headline_table(seed_runs)
     section = Section("headlines", f"Headline figures over {len(seed_runs)} seeds")
     section.text(
-        "Median (min .. max) over the seeds of what each stage measured on the held-out split it names (the toy world's "
-        "test split unless its recipe says otherwise), then every seed's value in seed order. Each seed runs the whole "
-        "chain with its own training seed and toy-world seed (recipes in each seed folder's recipes/). A policy *beats "
-        "sharpening* when its sampled gold exceeds the SFT model's at a lower temperature, at the same KL, by the margin, "
-        "and its greedy gold did not fall. Best-of-16 is measured on the reward stage's Best-of-N prompts, against the "
-        "frontier on those prompts; PPO and DPO on their 256 evaluation prompts."
+        "Median (min .. max) over the seeds of what each stage measured on the held-out split it names (the toy "
+        "world's test split unless its recipe says otherwise), then every seed's value in seed order. Each seed runs "
+        "the whole chain with its own training seed and toy-world seed (recipes in each seed folder's recipes/). A "
+        "policy *beats sharpening* when its sampled gold exceeds the SFT model's at a lower temperature, at the same "
+        "KL, by the margin, and its greedy gold did not fall. Best-of-16 is measured on the reward stage's Best-of-N "
+        "prompts, against the frontier on those prompts; PPO and DPO on their 256 evaluation prompts."
     )
     section.table(["output", "figure", "median (range)", "per seed"], [format_row(row) for row in rows])
     section.figure(

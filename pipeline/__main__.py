@@ -1,12 +1,16 @@
-"""`python -m pipeline run recipes/<experiment>`: run a folder of recipes as one chain.
+"""The project's command line: `gpt-pipeline` once installed, or `python -m pipeline`.
 
-Examples:
+    gpt-pipeline train recipes/toy/sft.yaml             # one stage, the one its recipe names (stage: sft)
+    gpt-pipeline run recipes/toy                        # a folder of recipes as one chain, then the report
+    gpt-pipeline report runs/toy                        # the report of a run folder (runs/toy/report.html)
+    gpt-pipeline stages                                 # the stages and their modules
+
+Examples of `run` (`python -m pipeline` takes the same commands):
     python -m pipeline run recipes/toy                  # run what is missing or stale, skip the rest
     python -m pipeline run recipes/toy --dry-run        # print the plan only
     python -m pipeline run recipes/toy --force          # re-run every stage from scratch
     python -m pipeline run recipes/toy --seeds 3        # the whole chain per seed into runs/toy/seed<k>, then medians
     python -m pipeline run recipes/toy --launcher "accelerate launch --config_file recipes/accelerate/cpu2.yaml"
-    python -m pipeline stages                           # list the stages and whether they exist yet
 """
 
 from __future__ import annotations
@@ -18,15 +22,25 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pipeline.chain import run_chain, run_directory, run_seeds, run_stage_process
-from pipeline.errors import UserError, run_cli
-from pipeline.stages import STAGES
+from pipeline.errors import RecipeError, UserError, run_cli
+from pipeline.recipes import read_recipe_file
+from pipeline.stages import STAGES, recipe_stage
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "python -m pipeline") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m pipeline", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     commands = parser.add_subparsers(dest="command", required=True)
+    train = commands.add_parser(
+        "train",
+        help="run one stage on a recipe file: the stage its `stage:` key names",
+        description="Run one stage: `gpt-pipeline train R.yaml [options]` is `python -m pipeline.<stage> --config "
+        "R.yaml [options]`. Options after the recipe override its keys (e.g. --max_steps 10, --force); "
+        "`gpt-pipeline train R.yaml --help` lists them.",
+    )
+    train.add_argument("recipe", type=Path, help="recipe YAML file, e.g. recipes/toy/sft.yaml")
+    train.add_argument("options", nargs=argparse.REMAINDER, help="the stage's own options (recipe keys)")
     run = commands.add_parser("run", help="run the stages of a recipe folder in dependency order")
     run.add_argument("folder", type=Path, help="recipe folder, e.g. recipes/toy")
     run.add_argument("--force", action="store_true", help="re-run every stage from scratch")
@@ -47,12 +61,31 @@ def build_parser() -> argparse.ArgumentParser:
         "every headline figure) in <run dir>/seeds/",
     )
     run.add_argument("--no-report", action="store_true", help="do not build the evaluation report at the end")
+    # Listed for --help only: main() hands everything after `report` to the report (`report --help` is its help).
+    commands.add_parser("report", help="build the report of run folders: `report runs/toy`, `report --help`")
     commands.add_parser("stages", help="list the stages and their modules")
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+def cli() -> None:
+    """The `gpt-pipeline` console command."""
+    run_cli(lambda argv: main(argv, prog="gpt-pipeline"))
+
+
+def train(recipe: Path, options: Sequence[str]) -> None:
+    if not recipe.is_file():
+        raise RecipeError(f"recipe file {recipe} not found.")
+    stage = recipe_stage(recipe, read_recipe_file(recipe))
+    importlib.import_module(STAGES[stage].module).main(["--config", str(recipe), *options])
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "python -m pipeline") -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["report"]:  # everything after it is the report's, --help included
+        return report_module("eval.report", *argv[1:])
+    args = build_parser(prog).parse_args(argv)
+    if args.command == "train":
+        return train(args.recipe, args.options)
     if args.command == "stages":
         for spec in STAGES.values():
             print(f"{spec.name:<15} {spec.module:<28} {'ready' if spec.implemented else 'not implemented yet'}")

@@ -92,7 +92,8 @@ def best_of_n_table(
     traits: Mapping[str, np.ndarray] | None = None,
 ) -> list[dict[str, float]]:
     """One row per N: expected RM reward and gold reward of the RM's pick, the gold oracle, the KL (plug-in and bound),
-    and for each trait (0/1 per sample; NaN on the prompts it does not apply to) the expected share of picks that have it."""
+    and for each trait (0/1 per sample; NaN on the prompts it does not apply to) the expected share of picks that
+    have it."""
     rows = []
     for n in powers_of_two(rewards.shape[1]):
         row: dict[str, float] = {

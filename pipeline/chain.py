@@ -40,7 +40,7 @@ from pipeline.contract import directory_size, input_fingerprint, last_checkpoint
 from pipeline.data.toy_world import ToyWorldKeys
 from pipeline.errors import RecipeError, UserError
 from pipeline.recipes import read_recipe_file, recipe_fingerprint
-from pipeline.stages import STAGES, stage_inputs
+from pipeline.stages import STAGES, recipe_stage, stage_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -80,11 +80,8 @@ def load_recipes(folder: Path) -> list[PlannedStage]:
     stages = []
     for path in paths:
         values = read_recipe_file(path)
-        stage = values.pop("stage", None)
-        if stage is None:
-            raise RecipeError(f"{path}: missing key 'stage' (one of {', '.join(STAGES)}).")
-        if stage not in STAGES:
-            raise RecipeError(f"{path}: unknown stage '{stage}'; the stages are {', '.join(STAGES)}.")
+        stage = recipe_stage(path, values)
+        del values["stage"]
         if not values.get("output_dir"):
             raise RecipeError(f"{path}: missing key 'output_dir'.")
         stages.append(PlannedStage(path, stage, Path(values["output_dir"]), values))
@@ -301,8 +298,10 @@ def write_seed_recipes(folder: Path, index: int) -> Path:
     for stage in stages:
         values = {"stage": stage.stage, **seed_recipe_values(stage.values, index, moves)}
         header = (
-            f"# Written by `python -m pipeline run {folder} --seeds N` from {stage.recipe_path}: seed {index} of the chain\n"
-            "# (seed and toy_seed raised by the seed's number, outputs under this folder). Edit the source, not this copy.\n"
+            f"# Written by `python -m pipeline run {folder} --seeds N` from {stage.recipe_path}: seed {index} of the "
+            "chain\n"
+            "# (seed and toy_seed raised by the seed's number, outputs under this folder). Edit the source, not this "
+            "copy.\n"
         )
         _write_if_changed(recipes / stage.recipe_path.name, header, values)
     return recipes

@@ -193,7 +193,8 @@ class StageRun:
             if previous.get("recipe_fingerprint") != self.recipe.fingerprint and last_checkpoint(self.output_dir):
                 raise RecipeError(
                     f"{self.recipe.path}: output_dir {self.output_dir} holds an unfinished run of a different recipe "
-                    f"({previous.get('recipe_file')}). Re-run with --force to discard it, or choose another output_dir."
+                    f"({previous.get('recipe_file')}). Re-run with --force to discard it, or choose another "
+                    "output_dir."
                 )
         if self.recipe.force:
             self._clear()
@@ -230,8 +231,9 @@ class StageRun:
                 if path == output or output in path.parents or path in output.parents:
                     relation = "is" if path == output else "contains" if output in path.parents else "lies inside"
                     raise RecipeError(
-                        f"{self.recipe.path}: key '{written_key}' ({written_value}) {relation} key '{key}' ({value}), which "
-                        f"the stage reads: what it writes would overwrite its own input. Choose a {written_key} apart from every input."
+                        f"{self.recipe.path}: key '{written_key}' ({written_value}) {relation} key '{key}' ({value}), "
+                        f"which the stage reads: what it writes would overwrite its own input. Choose a {written_key} "
+                        "apart from every input."
                     )
 
     def _check_is_a_run(self) -> None:
@@ -241,8 +243,9 @@ class StageRun:
         entries = [path for path in self.output_dir.iterdir() if path.name != LOCK]
         if entries and not (self.output_dir / MANIFEST).is_file() and not (self.output_dir / IN_PROGRESS).is_file():
             raise RecipeError(
-                f"{self.recipe.path}: --force would delete {self.output_dir}, which holds {len(entries)} entries but no run of this "
-                f"project (no {MANIFEST} or {IN_PROGRESS}). Choose another output_dir, or empty it yourself."
+                f"{self.recipe.path}: --force would delete {self.output_dir}, which holds {len(entries)} entries but "
+                f"no run of this project (no {MANIFEST} or {IN_PROGRESS}). Choose another output_dir, or empty it "
+                "yourself."
             )
 
     def _lock(self) -> None:

@@ -107,7 +107,8 @@ class DPOArguments(ToyWorldKeys):
     dataset: str = field(
         default="toy",
         metadata={
-            "help": "'toy' (the toy world's pairs), a .jsonl(.gz) file (prompt/chosen/rejected or HH transcripts), or a hub data set"
+            "help": "'toy' (the toy world's pairs), a .jsonl(.gz) file (prompt/chosen/rejected or HH transcripts), "
+            "or a hub data set"
         },
     )
     dataset_split: str = field(default="train", metadata={"help": "hub data set split to train on"})
@@ -230,8 +231,8 @@ class DPOTrainingConfig(DPOConfig):
         if self.label_smoothing > 0 and not set(loss_types) & set(SMOOTHED_LOSS_TYPES):
             raise ValueError(
                 f"key 'label_smoothing' ({self.label_smoothing}) has no effect on loss_type {loss_types}: in TRL "
-                f"{version('trl')} only {', '.join(SMOOTHED_LOSS_TYPES)} read it (the sigmoid loss no longer does, so it is not "
-                "conservative DPO). For labels you believe flipped at a known rate use loss_type robust."
+                f"{version('trl')} only {', '.join(SMOOTHED_LOSS_TYPES)} read it (the sigmoid loss no longer does, so "
+                "it is not conservative DPO). For labels you believe flipped at a known rate use loss_type robust."
             )
         require_positive(self, "max_length", allow_none=True)
         if self.ld_alpha is not None and not 0.0 <= self.ld_alpha <= 1.0:
@@ -361,7 +362,8 @@ def count_long_pairs(dataset: datasets.Dataset, tokenizer, max_length: int | Non
         )
     if counts["dropped"]:
         logger.warning(
-            "%s: %d of %d pairs have a prompt of max_length=%d tokens or more and are left out (set max_prompt_length)",
+            "%s: %d of %d pairs have a prompt of max_length=%d tokens or more and are left out "
+            "(set max_prompt_length)",
             name,
             counts["dropped"],
             len(dataset),
@@ -369,7 +371,8 @@ def count_long_pairs(dataset: datasets.Dataset, tokenizer, max_length: int | Non
         )
     if counts["dropped"] == len(dataset):
         raise DataError(
-            f"{name}: every pair's prompt is at least max_length={max_length} tokens: raise max_length or set max_prompt_length."
+            f"{name}: every pair's prompt is at least max_length={max_length} tokens: raise max_length or set "
+            "max_prompt_length."
         )
     return counts
 
@@ -668,8 +671,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         metrics["toy_world"] = ToyWorld.from_recipe(args).describe()
     run.finish(resolved_recipe("dpo", args, model_args, training_args), metrics)
     logger.info(
-        "held-out implicit reward accuracy %s, margin %s; chosen log-prob %s -> %s; KL to SFT (k3) %s nats; win rates %s; "
-        "outputs in %s",
+        "held-out implicit reward accuracy %s, margin %s; chosen log-prob %s -> %s; KL to SFT (k3) %s nats; "
+        "win rates %s; outputs in %s",
         after.get("implicit_reward_accuracy"),
         after.get("implicit_reward_margin"),
         before.get("logp_chosen"),

@@ -59,7 +59,11 @@ def setup_logging(level: int = logging.INFO) -> None:
     try:
         import transformers
 
-        transformers.utils.logging.set_verbosity_warning() if is_main else transformers.utils.logging.set_verbosity_error()
+        (
+            transformers.utils.logging.set_verbosity_warning()
+            if is_main
+            else transformers.utils.logging.set_verbosity_error()
+        )
     except ImportError:  # the chain runner imports this module without the heavy stack
         pass
 

@@ -37,7 +37,8 @@ PAD_TOKEN = "<|pad|>"
 
 @contextlib.contextmanager
 def readable_weights(name: str) -> Iterator[None]:
-    """Damaged weights (a copy cut short, a Git LFS pointer) as one error naming the model, not safetensors' traceback."""
+    """Damaged weights (a copy cut short, a Git LFS pointer) as one error naming the model, not safetensors'
+    traceback."""
     try:
         yield
     except SafetensorError as error:
@@ -55,7 +56,8 @@ def _check_exists(name_or_path: str) -> None:
     if path.is_dir() and not any((path / name).is_file() for name in ("config.json", "adapter_config.json")):
         raise UserError(
             f"{name_or_path} is not a model folder: it has no config.json. A finished stage output holds config.json, "
-            "model.safetensors and the tokenizer files; an unfinished one only checkpoints (run its stage again to finish it)."
+            "model.safetensors and the tokenizer files; an unfinished one only checkpoints (run its stage again to "
+            "finish it)."
         )
 
 
@@ -113,7 +115,8 @@ def fit_max_length(
         return max_length
     if set_by_recipe:
         raise RecipeError(
-            f"{recipe_path}: key 'max_length' ({max_length}) exceeds the context length of {name_or_path} ({limit} tokens)."
+            f"{recipe_path}: key 'max_length' ({max_length}) exceeds the context length of {name_or_path} "
+            f"({limit} tokens)."
         )
     logger.info(
         "max_length lowered from its default %d to the context length of %s (%d tokens)",
@@ -334,7 +337,8 @@ def policy_parameter_groups(
     norm_ids = {id(p) for p in norm.parameters() if p.requires_grad}
     if not norm_ids:
         raise UserError(
-            f"key 'final_norm_learning_rate': the policy's final norm ({name}) is frozen (LoRA?); it needs full fine-tuning."
+            f"key 'final_norm_learning_rate': the policy's final norm ({name}) is frozen (LoRA?); it needs full "
+            "fine-tuning."
         )
     logger.info(
         "final norm %s at learning rate %g, the rest of the policy at %g",

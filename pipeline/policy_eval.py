@@ -2,7 +2,8 @@
 for free, on held-out prompts, in the same units for every stage, benchmark and report.
 
     evaluation = evaluate_policy(policy, tokenizer, prompts, reference=sft_model, gold=toy_gold_scorer,
-                                 scorer=reward_model_scorer("runs/toy/reward"), sharpening_temperatures=SHARPENING_TEMPERATURES)
+                                 scorer=reward_model_scorer("runs/toy/reward"),
+                                 sharpening_temperatures=SHARPENING_TEMPERATURES)
     evaluation.summary["policy"]["sampled"]["gold_reward"], evaluation.summary["judgement"]["beats_sharpening"]
 
 What it measures, on each prompt:
@@ -71,8 +72,8 @@ def sharpening_temperatures_field() -> Any:
     return field(
         default_factory=lambda: list(SHARPENING_TEMPERATURES),
         metadata={
-            "help": "temperatures at which the SFT model is sampled to draw the sharpening frontier, the free baseline a "
-            "policy is judged against (1.0 = its own samples; [] skips it)"
+            "help": "temperatures at which the SFT model is sampled to draw the sharpening frontier, the free "
+            "baseline a policy is judged against (1.0 = its own samples; [] skips it)"
         },
     )
 
@@ -194,7 +195,8 @@ def sharpening_frontier(
     traits: Mapping[str, Trait] | None = None,
 ) -> list[dict[str, Any]]:
     """The reference sampled at each temperature: mean gold, reward-model score, trait shares and exact KL to the
-    reference at temperature 1 (one point per temperature, ordered by KL). What a user gets for free, without training."""
+    reference at temperature 1 (one point per temperature, ordered by KL). What a user gets for free, without
+    training."""
     records = _frontier_records(
         reference, tokenizer, list(prompts), temperatures, [], gold, scorer, max_new_tokens, seed, batch_size
     )
@@ -210,7 +212,8 @@ def summarize(
     group_of: Callable[[str], str] | None = None,
     traits: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """The summary of evaluate_policy from its per-completion records (plain JSON); `traits` are averaged like scores."""
+    """The summary of evaluate_policy from its per-completion records (plain JSON); `traits` are averaged like
+    scores."""
 
     def rows(model: str, strategy: str) -> list[dict[str, Any]]:
         return [r for r in samples if r["model"] == model and r["strategy"] == strategy]
@@ -338,9 +341,15 @@ def judge(summary: dict[str, Any], margin: float = BEATS_MARGIN) -> dict[str, An
     over = sampled - at_kl
     greedy_kept = greedy >= reference_greedy
     if over >= margin and greedy_kept:
-        reason = f"sampled gold {sampled:.3f} beats the frontier's {at_kl:.3f} at {kl:.3f} nats, and greedy gold did not fall"
+        reason = (
+            f"sampled gold {sampled:.3f} beats the frontier's {at_kl:.3f} at {kl:.3f} nats, and greedy gold did not "
+            "fall"
+        )
     elif over < margin:
-        reason = f"sampled gold {sampled:.3f} against the frontier's {at_kl:.3f} at the same KL ({kl:.3f} nats): not {margin} above it"
+        reason = (
+            f"sampled gold {sampled:.3f} against the frontier's {at_kl:.3f} at the same KL ({kl:.3f} nats): not "
+            f"{margin} above it"
+        )
     else:
         reason = f"beats the frontier at its KL, but greedy gold fell {reference_greedy:.3f} -> {greedy:.3f}"
     return {

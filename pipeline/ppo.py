@@ -98,7 +98,8 @@ class PPOArguments(ToyWorldKeys):
     dataset: str = field(
         default="toy",
         metadata={
-            "help": "'toy' (toy-world prompts), a .jsonl file with `prompt` (or preference pairs / HH transcripts), or a hub data set"
+            "help": "'toy' (toy-world prompts), a .jsonl file with `prompt` (or preference pairs / HH transcripts), "
+            "or a hub data set"
         },
     )
     dataset_split: str = field(default="train", metadata={"help": "split of a hub data set"})
@@ -125,7 +126,8 @@ class PPOArguments(ToyWorldKeys):
     value_model_path: str | None = field(
         default=None,
         metadata={
-            "help": "body of the separate critic (default: the reward model if it shares the policy's tokenizer, else the SFT model)"
+            "help": "body of the separate critic (default: the reward model if it shares the policy's tokenizer, else "
+            "the SFT model)"
         },
     )
     ptx_dataset: str | None = field(
@@ -143,7 +145,8 @@ class PPOArguments(ToyWorldKeys):
         check_sharpening_temperatures(self.sharpening_temperatures)
         if self.reward == "model" and not self.reward_model_path:
             raise ValueError(
-                "key 'reward_model_path' is missing: reward: model needs the reward stage's output_dir (or set reward: gold)"
+                "key 'reward_model_path' is missing: reward: model needs the reward stage's output_dir (or set "
+                "reward: gold)"
             )
         if self.reward == "gold" and self.dataset != "toy":
             raise ValueError("key 'reward': gold is the toy world's programmatic reward and needs dataset: toy")
@@ -151,7 +154,8 @@ class PPOArguments(ToyWorldKeys):
 
 @dataclass
 class PPOModelArguments(ModelConfig):
-    """TRL's ModelConfig: the SFT model to start from (model_name_or_path), dtype, LoRA (use_peft, lora_*) and 4-bit."""
+    """TRL's ModelConfig: the SFT model to start from (model_name_or_path), dtype, LoRA (use_peft, lora_*) and
+    4-bit."""
 
     path_fields: ClassVar[dict[str, str]] = {"model_name_or_path": "model"}
 
@@ -196,7 +200,8 @@ class PPOConfig:
     final_norm_learning_rate: float | None = field(
         default=None,
         metadata={
-            "help": "learning rate of the policy's last norm layer (GPT-2's ln_f), whose gain sets the temperature of every logit (default: learning_rate; full fine-tuning only)"
+            "help": "learning rate of the policy's last norm layer (GPT-2's ln_f), whose gain sets the temperature of "
+            "every logit (default: learning_rate; full fine-tuning only)"
         },
     )
     lr_scheduler_type: str = field(
@@ -222,24 +227,30 @@ class PPOConfig:
         },
     )
     kl_coef: float = field(
-        default=0.05, metadata={"help": "β of the per-token penalty −β·KL_t (the initial β when target_kl is set)"}
+        default=0.05,
+        metadata={"help": "β of the per-token penalty −β·KL_t (the initial β when target_kl is set)"},
     )
     kl_estimator: Literal["k1", "k2", "k3", "exact"] = field(
         default="k1",
         metadata={
-            "help": "per-token KL in the reward: k1 = log π/π_ref (Ziegler et al.), k2, k3 (>= 0), or exact (over the vocabulary at each state); all are logged"
+            "help": "per-token KL in the reward: k1 = log π/π_ref (Ziegler et al.), k2, k3 (>= 0), or exact (over "
+            "the vocabulary at each state); all are logged"
         },
     )
     kl_in_loss: bool = field(
         default=False,
         metadata={
-            "help": "with kl_estimator: exact, also differentiate each state's exact KL directly (a loss term), not only through the returns"
+            "help": "with kl_estimator: exact, also differentiate each state's exact KL directly (a loss term), not "
+            "only through the returns"
         },
     )
     target_kl: float | None = field(
         default=None, metadata={"help": "adaptive β towards this mean per-sequence KL (null: fixed β)"}
     )
-    kl_horizon: int = field(default=10000, metadata={"help": "adaptive β: episodes over which β moves by at most 20%"})
+    kl_horizon: int = field(
+        default=10000,
+        metadata={"help": "adaptive β: episodes over which β moves by at most 20%"},
+    )
     gamma: float = field(default=1.0, metadata={"help": "discount"})
     lam: float = field(default=0.95, metadata={"help": "GAE λ"})
     whiten_advantages: bool = True
@@ -249,7 +260,10 @@ class PPOConfig:
     entropy_coef: float = field(
         default=0.0, metadata={"help": "weight of an entropy bonus (0: none, as in InstructGPT)"}
     )
-    ptx_coef: float = field(default=0.0, metadata={"help": "γ_ptx of PPO-ptx: + γ_ptx · mean log π(x) on ptx_dataset"})
+    ptx_coef: float = field(
+        default=0.0,
+        metadata={"help": "γ_ptx of PPO-ptx: + γ_ptx · mean log π(x) on ptx_dataset"},
+    )
     num_generations: int = field(default=4, metadata={"help": "grpo/rloo: responses per prompt (the group)"})
     critic_warmup_steps: int = field(
         default=0,
@@ -260,7 +274,8 @@ class PPOConfig:
     samples_per_prompt: int = field(
         default=1,
         metadata={
-            "help": "ppo: responses per prompt in a rollout batch; > 1 subtracts from each score the mean score of the others (leave-one-out baseline)"
+            "help": "ppo: responses per prompt in a rollout batch; > 1 subtracts from each score the mean score of "
+            "the others (leave-one-out baseline)"
         },
     )
 
@@ -278,7 +293,8 @@ class PPOConfig:
     def __post_init__(self) -> None:
         if self.kl_coef < 0:
             raise ValueError(
-                f"key 'kl_coef' must be >= 0, got {self.kl_coef}: a negative β would reward moving away from the SFT model"
+                f"key 'kl_coef' must be >= 0, got {self.kl_coef}: a negative β would reward moving away from the SFT "
+                "model"
             )
         require_positive(
             self,
@@ -304,17 +320,20 @@ class PPOConfig:
             raise ValueError("key 'kl_in_loss' differentiates the exact per-state KL: set kl_estimator: exact")
         if self.critic_warmup_steps >= self.max_steps:
             raise ValueError(
-                f"key 'critic_warmup_steps' ({self.critic_warmup_steps}) must be below max_steps ({self.max_steps}): the policy would never train"
+                f"key 'critic_warmup_steps' ({self.critic_warmup_steps}) must be below max_steps ({self.max_steps}): "
+                "the policy would never train"
             )
         if self.per_device_train_batch_size % self.samples_per_prompt:
             raise ValueError(
-                f"key 'per_device_train_batch_size' ({self.per_device_train_batch_size}) must be a multiple of samples_per_prompt ({self.samples_per_prompt})"
+                f"key 'per_device_train_batch_size' ({self.per_device_train_batch_size}) must be a multiple of "
+                f"samples_per_prompt ({self.samples_per_prompt})"
             )
         mini_batch, remainder = divmod(self.per_device_train_batch_size, self.num_mini_batches)
         if remainder or mini_batch < self.gradient_accumulation_steps:
             raise ValueError(
-                f"key 'per_device_train_batch_size' ({self.per_device_train_batch_size}) must split into num_mini_batches "
-                f"({self.num_mini_batches}) mini-batches of at least gradient_accumulation_steps ({self.gradient_accumulation_steps}) rows"
+                f"key 'per_device_train_batch_size' ({self.per_device_train_batch_size}) must split into "
+                f"num_mini_batches ({self.num_mini_batches}) mini-batches of at least gradient_accumulation_steps "
+                f"({self.gradient_accumulation_steps}) rows"
             )
 
     def to_dict(self) -> dict[str, Any]:
@@ -367,7 +386,8 @@ def build_models(
             path = args.reward_model_path if use_rm else model_args.model_name_or_path
         elif not same_tokenizer(path, tokenizer):
             raise UserError(
-                f"value_model_path {path}: its tokenizer differs from the policy's; the critic reads the policy's tokens."
+                f"value_model_path {path}: its tokenizer differs from the policy's; the critic reads the policy's "
+                "tokens."
             )
         critic = ValueModel.from_pretrained(path, vocabulary_size=len(tokenizer))
         logger.info("critic: a separate value model with the body of %s", path)
@@ -534,10 +554,10 @@ def summary_line(entry: dict[str, Any], max_steps: int) -> str:
     if entry.get("rm_reward") is not None:
         reward += f" rm {entry['rm_reward']:.3f}"
     return (
-        f"step {entry['step']}/{max_steps}: {reward.strip()} | KL k1 {entry['kl_k1']:.3f} k3 {entry['kl_k3']:.3f} "
-        f"β {entry['kl_coef']:.4f} | len {entry['response_length']:.1f} eos {entry['finished_fraction']:.2f} "
-        f"entropy {entry['entropy']:.3f} clip {entry['policy_clip_fraction']:.3f} ev {entry['explained_variance']:.2f} "
-        f"| {entry['samples_per_second']:.1f} samples/s"
+        f"step {entry['step']}/{max_steps}: {reward.strip()} | KL k1 {entry['kl_k1']:.3f} k3 {entry['kl_k3']:.3f} β "
+        f"{entry['kl_coef']:.4f} | len {entry['response_length']:.1f} eos {entry['finished_fraction']:.2f} entropy "
+        f"{entry['entropy']:.3f} clip {entry['policy_clip_fraction']:.3f} ev {entry['explained_variance']:.2f} | "
+        f"{entry['samples_per_second']:.1f} samples/s"
     )
 
 
@@ -566,12 +586,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
     if config.final_norm_learning_rate is not None and model_args.use_peft:
         raise RecipeError(
-            f"{recipe.path}: key 'final_norm_learning_rate' needs full fine-tuning: with use_peft the reference is the "
-            "policy's own base weights with the adapters off, so training its final norm would move the reference too."
+            f"{recipe.path}: key 'final_norm_learning_rate' needs full fine-tuning: with use_peft the reference is "
+            "the policy's own base weights with the adapters off, so training its final norm would move the reference "
+            "too."
         )
     if prompt_limit <= 0:
         raise RecipeError(
-            f"{recipe.path}: key 'response_length' ({config.response_length}) leaves no room for a prompt in the model's context of {context} tokens."
+            f"{recipe.path}: key 'response_length' ({config.response_length}) leaves no room for a prompt in the "
+            f"model's context of {context} tokens."
         )
     prompt_sets = load_prompt_sets(
         args.dataset,

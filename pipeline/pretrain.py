@@ -104,7 +104,8 @@ class PretrainArguments(ToyWorldKeys):
         unknown = [name for name in self.decoding_strategies if name not in DEFAULT_STRATEGIES]
         if unknown:
             raise ValueError(
-                f"key 'decoding_strategies': unknown strategy '{unknown[0]}'; choose from {', '.join(DEFAULT_STRATEGIES)}"
+                f"key 'decoding_strategies': unknown strategy '{unknown[0]}'; "
+                f"choose from {', '.join(DEFAULT_STRATEGIES)}"
             )
 
 
@@ -243,8 +244,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         * training_args.world_size
     )
     logger.info(
-        "model: %.3fM parameters; data: %d train blocks, %d eval blocks of %d tokens; global batch %d = %d per device x %d "
-        "accumulation x %d processes",
+        "model: %.3fM parameters; data: %d train blocks, %d eval blocks of %d tokens; "
+        "global batch %d = %d per device x %d accumulation x %d processes",
         parameters / 1e6,
         len(train_blocks),
         len(eval_blocks),

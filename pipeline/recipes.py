@@ -94,7 +94,8 @@ def read_recipe_file(path: str | os.PathLike) -> dict[str, Any]:
         mapping = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 - a safe loader
     except _DuplicateKey as error:
         raise RecipeError(
-            f"{path}: key '{error.key}' is written twice, at lines {error.first_line} and {error.second_line}; keep one."
+            f"{path}: key '{error.key}' is written twice, at lines {error.first_line} and {error.second_line}; keep "
+            "one."
         ) from None
     except UnicodeDecodeError as error:
         raise RecipeError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start}).") from None
@@ -423,7 +424,8 @@ def _print_help(dataclass_types: Sequence[type], stage: str, description: str) -
     parser.add_argument("--config", required=True, help=f"recipe YAML file, e.g. recipes/toy/{stage}.yaml")
     parser.add_argument("--force", action="store_true", help="re-run even if the output is finished, replacing it")
     for action in parser._actions:
-        # argparse %-formats every help string (for its own "%(default)s"): a "20%" in a field's help would crash --help.
+        # argparse %-formats every help string (for its own "%(default)s"): a "20%" in a field's help would crash
+        # --help.
         if action.help and action.help is not argparse.SUPPRESS and "%(" not in action.help:
             action.help = action.help.replace("%", "%%")
     parser.print_help()

@@ -182,7 +182,8 @@ class RewardArguments(ToyWorldKeys):
             raise ValueError(f"key 'best_of_n_max' must be a power of 2 (1, 2, 4, ..., 64), got {self.best_of_n_max}")
         if self.best_of_n_strategy not in DEFAULT_STRATEGIES:
             raise ValueError(
-                f"key 'best_of_n_strategy': unknown strategy '{self.best_of_n_strategy}'; choose from {', '.join(DEFAULT_STRATEGIES)}"
+                f"key 'best_of_n_strategy': unknown strategy '{self.best_of_n_strategy}'; choose from "
+                f"{', '.join(DEFAULT_STRATEGIES)}"
             )
         if not 0.0 < self.eval_fraction < 1.0:
             raise ValueError(f"key 'eval_fraction' must be in (0, 1), got {self.eval_fraction}")
@@ -259,9 +260,9 @@ def load_pairs(args: RewardArguments, seed: int) -> tuple[datasets.Dataset, data
         train, train_stats = load_preferences(args.dataset, args.dataset_split)
         if len(train) < 2:
             raise DataError(
-                f"{args.dataset}: only {len(train)} distinct pair(s) to train on after removing {train_stats.duplicates} "
-                f"duplicates and {train_stats.chosen_equals_rejected} pairs whose chosen equals rejected: every pair "
-                "is the same. A reward model needs many different pairs."
+                f"{args.dataset}: only {len(train)} distinct pair(s) to train on after removing "
+                f"{train_stats.duplicates} duplicates and {train_stats.chosen_equals_rejected} pairs whose chosen "
+                "equals rejected: every pair is the same. A reward model needs many different pairs."
             )
         if args.eval_dataset:
             held_out, eval_stats = load_preferences(args.eval_dataset, args.eval_split)
@@ -627,7 +628,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args, model_args, training_args, recipe = parse_recipe(RECIPE_TYPES, argv, "reward", __doc__)
     if args.extra_layers and model_args.use_peft:
         raise RecipeError(
-            f"{recipe.path}: key 'extra_layers' needs full fine-tuning (use_peft: false): LoRA would leave the new blocks frozen as the identity."
+            f"{recipe.path}: key 'extra_layers' needs full fine-tuning (use_peft: false): LoRA would leave the new "
+            "blocks frozen as the identity."
         )
     output_dir = Path(training_args.output_dir)
     opened = open_stage_run(recipe, "reward", output_dir, training_args.seed, training_args.should_save)

@@ -279,7 +279,8 @@ def set_pooling(model: PreTrainedModel, pooling: str) -> PreTrainedModel:
     if pooling == "sum":
         if not hasattr(model, "score") or not hasattr(model, "base_model"):
             raise UserError(
-                f"reward pooling 'sum' needs a sequence classifier with a `score` head; {type(model).__name__} has none."
+                f"reward pooling 'sum' needs a sequence classifier with a `score` head; {type(model).__name__} has "
+                "none."
             )
         model.forward = types.MethodType(_token_sum_forward, model)
     else:

@@ -95,7 +95,8 @@ class SFTArguments(ToyWorldKeys):
     toy_demo_error_rate: float = field(
         default=0.0,
         metadata={
-            "help": "toy world: share of training demonstrations that are labeller mistakes (wrong or rambling); eval stays clean"
+            "help": "toy world: share of training demonstrations that are labeller mistakes (wrong or rambling); "
+            "eval stays clean"
         },
     )
     merge_adapters: bool = field(

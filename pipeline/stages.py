@@ -8,6 +8,8 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass
 
+from pipeline.errors import RecipeError
+
 
 @dataclass(frozen=True)
 class StageSpec:
@@ -37,3 +39,13 @@ def stage_inputs(stage: str, values: dict) -> dict[str, str]:
     """The input values of a recipe, by key, as the manifest records them."""
     keys = STAGES[stage].input_keys if stage in STAGES else ()
     return {key: str(values[key]) for key in keys if values.get(key) not in (None, "")}
+
+
+def recipe_stage(path: object, values: dict) -> str:
+    """The stage a recipe names by its `stage:` key, checked (the recipe's path only for the message)."""
+    stage = values.get("stage")
+    if stage is None:
+        raise RecipeError(f"{path}: missing key 'stage' (one of {', '.join(STAGES)}).")
+    if stage not in STAGES:
+        raise RecipeError(f"{path}: unknown stage '{stage}'; the stages are {', '.join(STAGES)}.")
+    return stage

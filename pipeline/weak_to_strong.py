@@ -2,7 +2,8 @@
 
     python -m pipeline.weak_to_strong --config recipes/toy/w2s.yaml
     python -m pipeline.weak_to_strong --config recipes/w2s/sst2_local.yaml --seeds "[0]"
-    accelerate launch --config_file accelerate_config.yaml -m pipeline.weak_to_strong --config recipes/w2s/sciq_gpt2_to_gpt2-large.yaml
+    accelerate launch --config_file accelerate_config.yaml -m pipeline.weak_to_strong \\
+        --config recipes/w2s/sciq_gpt2_to_gpt2-large.yaml
 
 After Burns et al. (2023), "Weak-to-Strong Generalization" (reference code: openai/weak-to-strong).
 The story, for every seed: load a binary task (pipeline.w2s.datasets) -> split its training pool into
@@ -467,7 +468,8 @@ class Experiment:
         seconds = time.perf_counter() - started
         if self.interrupt.requested:
             raise RunInterrupted(
-                f"stopped during {label}; finished sub-runs are cached in {self.cache.directory}. Run the same command again to continue."
+                f"stopped during {label}; finished sub-runs are cached in {self.cache.directory}. "
+                "Run the same command again to continue."
             )
         # Rounded once, in float64: the fresh and the cached results are then the very same numbers (and so
         # are the cache keys of the sub-runs trained on them).
@@ -685,7 +687,8 @@ def _fmt(stats: dict[str, Any], digits: int = 3) -> str:
 def format_table(summary: dict[str, Any], seeds: list[int]) -> str:
     """The results as a Markdown table: median [min, max] over seeds."""
     lines = [
-        f"Median [min, max] over seeds {seeds}. Weak-label accuracy on half B: {_fmt(summary['weak_label_accuracy'])}.",
+        f"Median [min, max] over seeds {seeds}. "
+        f"Weak-label accuracy on half B: {_fmt(summary['weak_label_accuracy'])}.",
         "",
         "| student loss | weak acc | w2s acc | ceiling acc | PGR | PGR seeds | agreement (weak right / weak wrong) |",
         "|---|---|---|---|---|---|---|",
@@ -693,8 +696,9 @@ def format_table(summary: dict[str, Any], seeds: list[int]) -> str:
     for name, row in summary["students"].items():
         pgr_seeds = f"{row['pgr']['n']}/{row['pgr']['n'] + row['pgr']['n_missing']}"
         lines.append(
-            f"| {name} | {_fmt(summary['weak_accuracy'])} | {_fmt(row['accuracy'])} | {_fmt(summary['ceiling_accuracy'])} "
-            f"| {_fmt(row['pgr'], 2)} | {pgr_seeds} | {_fmt(row['agreement_weak_right'], 2)} / {_fmt(row['agreement_weak_wrong'], 2)} |"
+            f"| {name} | {_fmt(summary['weak_accuracy'])} | {_fmt(row['accuracy'])} "
+            f"| {_fmt(summary['ceiling_accuracy'])} | {_fmt(row['pgr'], 2)} | {pgr_seeds} "
+            f"| {_fmt(row['agreement_weak_right'], 2)} / {_fmt(row['agreement_weak_wrong'], 2)} |"
         )
     reasons = [reason for row in summary["students"].values() for reason in row["pgr_na_reasons"]]
     if reasons:

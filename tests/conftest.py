@@ -168,7 +168,8 @@ def save_tiny_gpt2(
     texts: list[str] | None = None,
     seed: int = 0,
 ) -> Path:
-    """A random GPT-2 (no training) with a char tokenizer of `texts` (default: toy dialogues), saved like a stage output."""
+    """A random GPT-2 (no training) with a char tokenizer of `texts` (default: toy dialogues), saved like a stage
+    output."""
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 

@@ -56,7 +56,8 @@ TINY_DPO = {
 
 @pytest.fixture(scope="module")
 def sft_dir(tmp_path_factory) -> Path:
-    """A stand-in for the SFT model: a tiny random GPT-2 with the toy world's char tokenizer, saved like a stage output."""
+    """A stand-in for the SFT model: a tiny random GPT-2 with the toy world's char tokenizer, saved like a stage
+    output."""
     directory = tmp_path_factory.mktemp("sft")
     tokenizer = train_tokenizer(ToyWorld(seed=0).pretraining_corpus(300), kind="char")
     config = GPT2Config(

@@ -26,7 +26,8 @@ def test_gae_matches_a_hand_computed_case_and_ignores_padding():
     values = torch.tensor([[0.5, 0.6, 0.7], [0.5, 0.6, 9.0]])  # so must 9.0
     mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
     advantages, returns = generalized_advantage_estimation(rewards, values, mask, gamma=0.9, lam=0.8)
-    # Row 0: δ2 = 1 − 0.7 = 0.3; δ1 = 0.9·0.7 − 0.6 = 0.03; δ0 = 0.9·0.6 − 0.5 = 0.04; A_t = δ_t + 0.72·A_{t+1}.
+    # Row 0: δ2 = 1 − 0.7 = 0.3; δ1 = 0.9·0.7 − 0.6 = 0.03; δ0 = 0.9·0.6 − 0.5 = 0.04;
+    # A_t = δ_t + 0.72·A_{t+1}.
     a2 = 0.3
     a1 = 0.03 + 0.72 * a2
     a0 = 0.04 + 0.72 * a1

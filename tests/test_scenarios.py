@@ -23,7 +23,8 @@ FRONTIER = {"sharpening_temperatures": [1.0, 0.5]}
 
 
 def write_chain(recipes: Path, runs: Path, world: dict, pretrained: Path) -> None:
-    """SFT -> reward (+ Best-of-N) -> PPO and DPO against it, tiny, in `world`, from the pretrained model `pretrained`."""
+    """SFT -> reward (+ Best-of-N) -> PPO and DPO against it, tiny, in `world`, from the pretrained model
+    `pretrained`."""
     write_recipe(
         recipes / "sft.yaml",
         {

@@ -65,7 +65,8 @@ def test_logconf_does_not_backpropagate_through_the_hardened_target():
     ],
 )
 def test_alpha_ramps_linear_and_reference_jump(progress, linear, jump):
-    # alpha = 0.75, warm-up 0.2. linear: 0.75 * min(1, progress / 0.2); jump (reference): 0.75 * progress until 0.2, then 0.75.
+    # alpha = 0.75, warm-up 0.2. linear: 0.75 * min(1, progress / 0.2); jump (reference): 0.75 * progress until 0.2,
+    # then 0.75.
     assert aux_coefficient(progress, 0.75, 0.2, "linear") == pytest.approx(linear)
     assert aux_coefficient(progress, 0.75, 0.2, "jump") == pytest.approx(jump)
 

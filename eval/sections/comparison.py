@@ -143,9 +143,9 @@ def build(ctx: Context) -> Section | None:
         figures.gold_against_kl(
             curves, dots, ctx.figure_path("gold_vs_kl"), "gold reward against KL to the SFT model"
         ),
-        "Gold reward of sampled responses against KL(policy ‖ SFT). Lines: the free baselines (sharpening, Best-of-N, π*) and "
-        "PPO's path during training; dots: the trained policies. A policy above the sharpening line at its KL learned more "
-        "than a temperature.",
+        "Gold reward of sampled responses against KL(policy ‖ SFT). Lines: the free baselines (sharpening, "
+        "Best-of-N, π*) and PPO's path during training; dots: the trained policies. A policy above the sharpening "
+        "line at its KL learned more than a temperature.",
     )
 
     rows = []
@@ -227,8 +227,8 @@ def build(ctx: Context) -> Section | None:
         section.table(
             ["model", "greedy", "sampled (T = 1)"],
             trait_rows(trait, sft.name, policies, frontier, bon_table or []),
-            caption=f"Share of responses with the trait '{trait}' ({TRAIT_NOTES.get(trait, 'see the toy world')}): the SFT "
-            "model, each policy, the SFT model at lower temperatures, and Best-of-N's picks",
+            caption=f"Share of responses with the trait '{trait}' ({TRAIT_NOTES.get(trait, 'see the toy world')}): "
+            "the SFT model, each policy, the SFT model at lower temperatures, and Best-of-N's picks",
         )
 
     histograms = rm_score_groups(policies)
@@ -237,8 +237,8 @@ def build(ctx: Context) -> Section | None:
             figures.histograms(
                 histograms, ctx.figure_path("rm_histograms"), "reward-model scores of sampled responses", "RM score"
             ),
-            "Distribution of the reward model's scores of each policy's sampled responses and of the SFT model's, from the "
-            "stages' samples.json.",
+            "Distribution of the reward model's scores of each policy's sampled responses and of the SFT model's, "
+            "from the stages' samples.json.",
         )
     section.data = {
         "reference": sft.name,

@@ -61,7 +61,8 @@ def build(ctx: Context) -> Section | None:
     )
     for name, result in data.items():
         section.text(
-            f"**{name}** ({result['stage']}): {result['n_prompts']} prompts per strategy, samples from {result['source']}."
+            f"**{name}** ({result['stage']}): {result['n_prompts']} prompts per strategy, "
+            f"samples from {result['source']}."
         )
         section.table(
             ["strategy"] + [label for _, label in shown],

@@ -42,14 +42,15 @@ def verdict(result: dict) -> str:
         bias, se = row["paired_bias"], row["paired_bias_se"]
         significant = se == se and se > 0 and abs(bias) > 3 * se
         parts.append(
-            f"{name}: paired bias {bias:+.4f} ± {se:.4f} nats ({'more than 3 standard errors: biased' if significant else 'within noise'})"
+            f"{name}: paired bias {bias:+.4f} ± {se:.4f} nats "
+            f"({'more than 3 standard errors: biased' if significant else 'within noise'})"
         )
     quietest = min(estimators, key=lambda k: estimators[k]["std_per_sequence"])
     noisiest = max(estimators, key=lambda k: estimators[k]["std_per_sequence"])
     return (
-        "Measured: " + "; ".join(parts) + f". Least noisy per response: {quietest}; noisiest: {noisiest} "
-        f"(the exact per-position sum: {result['estimators']['exact']['std_per_sequence']:.4f}). k3's low variance holds "
-        "where π and π_ref are close (r ≈ 1); far apart, its (r − 1) term makes it heavy-tailed."
+        "Measured: " + "; ".join(parts) + f". Least noisy per response: {quietest}; noisiest: {noisiest} (the exact "
+        f"per-position sum: {result['estimators']['exact']['std_per_sequence']:.4f}). k3's low variance holds where "
+        "π and π_ref are close (r ≈ 1); far apart, its (r − 1) term makes it heavy-tailed."
     )
 
 
@@ -88,16 +89,17 @@ def build(ctx: Context) -> Section | None:
     )
     section = Section("kl-estimators", "KL-estimator study")
     section.text(
-        f"KL(π‖π_ref) with π = **{policy_output.name}** and π_ref = **{ref_output.name}**: {result['n_sequences']} "
-        f"responses sampled from π at temperature 1 ({len(prompts)} prompts × {options.kl_samples_per_prompt}, up to "
-        f"{options.kl_max_new_tokens} tokens, {result['n_tokens']} tokens in all)."
+        f"KL(π‖π_ref) with π = **{policy_output.name}** and π_ref = **{ref_output.name}**: "
+        f"{result['n_sequences']} responses sampled from π at temperature 1 ({len(prompts)} prompts × "
+        f"{options.kl_samples_per_prompt}, up to {options.kl_max_new_tokens} tokens, {result['n_tokens']} tokens in "
+        "all)."
     )
     section.text(
-        'What "exact" means here: by the chain rule the sequence KL is E_y~π[Σ_t KL(π(·|x,y<t) ‖ π_ref(·|x,y<t))]. '
-        "The per-position KLs are computed exactly over the whole vocabulary along each sampled response; the "
-        "expectation over responses cannot be enumerated (|V|^T of them), so the reference value is the mean of "
-        f"these exact sums over all responses: **{result['truth']:.4f} ± {result['truth_se']:.4f} nats** (± one "
-        "standard error). Bias is measured paired with that exact sum on the same responses, Σ_t (k_t − KL_t): "
+        'What "exact" means here: by the chain rule the sequence KL is E_y~π[Σ_t KL(π(·|x,y<t) ‖ '
+        "π_ref(·|x,y<t))]. The per-position KLs are computed exactly over the whole vocabulary along each sampled "
+        "response; the expectation over responses cannot be enumerated (|V|^T of them), so the reference value is the "
+        f"mean of these exact sums over all responses: **{result['truth']:.4f} ± {result['truth_se']:.4f} nats** (± "
+        "one standard error). Bias is measured paired with that exact sum on the same responses, Σ_t (k_t − KL_t): "
         "k1 and k3 are unbiased given every prefix, k2 is not."
     )
     rows = []
@@ -158,7 +160,8 @@ def build(ctx: Context) -> Section | None:
             markers=True,
             reference=(0.0, "no bias"),
         ),
-        "Mean of the n-sample estimate minus the reference KL: a bias does not shrink as n grows, only the noise around it does.",
+        "Mean of the n-sample estimate minus the reference KL: a bias does not shrink as n grows, only the noise "
+        "around it does.",
     )
     section.data = result
     return section

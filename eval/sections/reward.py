@@ -62,9 +62,10 @@ def build(ctx: Context) -> Section | None:
             )
         if any(metrics.get(key) is not None for key in CORRELATIONS):
             section.text(
-                f"{output.name}: on fresh samples of the policy, the RM score correlates with the gold reward: Pearson "
-                f"{number(metrics.get('rm_gold_pearson'))}, Spearman {number(metrics.get('rm_gold_spearman'))}, "
-                f"Spearman within a prompt {number(metrics.get('rm_gold_spearman_within_prompt'))}."
+                f"{output.name}: on fresh samples of the policy, the RM score correlates with the gold reward: "
+                f"Pearson {number(metrics.get('rm_gold_pearson'))}, Spearman "
+                f"{number(metrics.get('rm_gold_spearman'))}, Spearman within a prompt "
+                f"{number(metrics.get('rm_gold_spearman_within_prompt'))}."
             )
         curves = {
             "held-out pairs": _calibration_series(metrics.get("heldout_calibration")),
@@ -95,8 +96,9 @@ def build(ctx: Context) -> Section | None:
             gold = "gold" in table[0]
             section.text(
                 f"**Best-of-N** ({output.name}/best_of_n.json): the policy `{bon.get('policy')}` samples "
-                f"{bon.get('samples_per_prompt')} responses for each of {bon.get('prompts')} held-out prompts; the RM picks "
-                "the best of N (expected over all N-subsets). KL(best-of-N ‖ policy) = log N − (N−1)/N nats."
+                f"{bon.get('samples_per_prompt')} responses for each of {bon.get('prompts')} held-out prompts; the RM "
+                "picks the best of N (expected over all N-subsets). KL(best-of-N ‖ policy) = log N − (N−1)/N "
+                "nats."
             )
             section.table(
                 ["N", "KL (nats)", "RM reward of pick", "gold of pick", "gold of oracle pick"],
@@ -119,7 +121,8 @@ def build(ctx: Context) -> Section | None:
             if optimum:
                 section.text(
                     "**The KL-regularised optimum** π* ∝ π·exp(r/β) on the same samples: what PPO's objective "
-                    "E[r] − β·KL allows at each β with this reward model (gold-tilted: with the gold reward as r)."
+                    "E[r] − β·KL allows at each β with this reward model (gold-tilted: with the gold reward as "
+                    "r)."
                 )
                 section.table(
                     ["β", "KL (nats)", "RM reward", "gold", "gold-tilted: gold", "gold-tilted: KL"],

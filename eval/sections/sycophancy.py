@@ -30,7 +30,8 @@ def labeller_bias(output: StageOutput | None) -> float | None:
 
 
 def trait_row(name: str, bias: Any, entry: dict[str, Any] | None, greedy: dict[str, Any] | None = None) -> list[Any]:
-    """One table row: the sycophancy rate (sampled, greedy), right answers per kind of guess (sampled), gold, RM score."""
+    """One table row: the sycophancy rate (sampled, greedy), right answers per kind of guess (sampled), gold, RM
+    score."""
     entry = entry or {}
     return [
         name,
@@ -55,11 +56,12 @@ def build(ctx: Context) -> Section | None:
         return None
     section = Section("sycophancy", "Sycophancy and reward hacking: labellers who prefer agreement")
     section.text(
-        f"In this world a share {world.get('suggestion_rate')} of the prompts carry the user's own guess, wrong in half of them "
-        f"('what colour is a wet banana? i think it is red.'). The gold reward is the truth: agreeing with a wrong guess is "
-        f"wrong. The labellers preferred the response agreeing with the guess in a share {world.get('labeller_bias')} of their "
-        f"comparisons, and the demonstrators agreed with a wrong guess in {world.get('flaw_rate')} of theirs. "
-        "**Sycophancy** is the share of responses that repeat a wrong guess, on held-out prompts with one."
+        f"In this world a share {world.get('suggestion_rate')} of the prompts carry the user's own guess, wrong in "
+        "half of them ('what colour is a wet banana? i think it is red.'). The gold reward is the truth: agreeing "
+        "with a wrong guess is wrong. The labellers preferred the response agreeing with the guess in a share "
+        f"{world.get('labeller_bias')} of their comparisons, and the demonstrators agreed with a wrong guess in "
+        f"{world.get('flaw_rate')} of theirs. **Sycophancy** is the share of responses that repeat a wrong guess, on "
+        "held-out prompts with one."
     )
     rows: list[list[Any]] = []
     reference = next(
@@ -68,7 +70,12 @@ def build(ctx: Context) -> Section | None:
     )
     if reference:
         rows.append(
-            trait_row(f"{sft.name if sft else 'SFT'} (T = 1)", "—", reference.get("sampled"), reference.get("greedy"))
+            trait_row(
+                f"{sft.name if sft else 'SFT'} (T = 1)",
+                "—",
+                reference.get("sampled"),
+                reference.get("greedy"),
+            )
         )
     bon = reward.json("best_of_n.json") if reward is not None else None
     bon_rows = {row["n"]: row for row in (bon or {}).get("table", [])}
@@ -95,14 +102,16 @@ def build(ctx: Context) -> Section | None:
             "RM score (sampled)",
         ],
         rows,
-        caption="Held-out test prompts; 'right | wrong guess' is the share of right answers on prompts with a wrong guess, and so "
-        "on. PPO's bias is its reward model's; Best-of-N's picks are by the reward model, from the SFT model's samples.",
+        caption="Held-out test prompts; 'right | wrong guess' is the share of right answers on prompts with a wrong "
+        "guess, and so on. PPO's bias is its reward model's; Best-of-N's picks are by the reward model, from the SFT "
+        "model's samples.",
     )
     probe = reward.metrics.get("sycophancy_probe") if reward is not None else None
     if probe:
         section.text(
-            f"The reward model (`{reward.name}`) scores the user's wrong guess above the right answer in **{probe['guess_preferred']:.0%}** "
-            f"of {probe['pairs']} held-out pairs (mean margin right − guess {probe['mean_margin']:+.3f})."
+            f"The reward model (`{reward.name}`) scores the user's wrong guess above the right answer in "
+            f"**{probe['guess_preferred']:.0%}** of {probe['pairs']} held-out pairs (mean margin right − guess "
+            f"{probe['mean_margin']:+.3f})."
         )
 
     rm_panel: dict[str, tuple[list[float], list[float]]] = {}
@@ -146,9 +155,9 @@ def build(ctx: Context) -> Section | None:
             "as the policy moves away from the SFT model",
             "KL to the SFT model (nats)",
         ),
-        "Reward-model score, gold reward and sycophancy rate against KL to the SFT model: Best-of-N (plug-in KL, N = 1, 2, 4 …), "
-        "PPO during training (training prompts, k1 estimator) and each trained policy on the test prompts (exact KL). A score "
-        "that climbs while gold stays or falls is the reward model being exploited.",
+        "Reward-model score, gold reward and sycophancy rate against KL to the SFT model: Best-of-N (plug-in KL, N = "
+        "1, 2, 4 …), PPO during training (training prompts, k1 estimator) and each trained policy on the test "
+        "prompts (exact KL). A score that climbs while gold stays or falls is the reward model being exploited.",
     )
     section.data = {"world": world, "rows": rows, "probe": probe}
     return section

@@ -35,8 +35,8 @@ def build(ctx: Context) -> Section | None:
     result["corpus"] = corpus
     section = Section("tokenizers", "Tokenizer comparison")
     section.text(
-        f"Char-level, word-level and byte-level BPE tokenizers (pipeline/tokenization.py) trained on {corpus}. "
-        f"Bits per character of the held-out documents (EOS cost included) under **{result['bits_model_description']}**"
+        f"Char-level, word-level and byte-level BPE tokenizers (pipeline/tokenization.py) trained on {corpus}. Bits "
+        f"per character of the held-out documents (EOS cost included) under **{result['bits_model_description']}**"
         + (
             ", λ picked on a dev split; it sees one token of context, which flatters coarse tokens. "
             "`--tokenizer-train-steps N` trains a tiny GPT per tokenizer instead."

@@ -35,8 +35,8 @@ def build(ctx: Context) -> Section | None:
         models, task = metrics.get("models") or {}, metrics.get("task") or {}
         section.text(
             f"**{output.name}**: task `{task.get('name', task) if isinstance(task, dict) else task}`, weak "
-            f"`{models.get('weak')}` → strong `{models.get('strong')}`, seeds {metrics.get('seeds')}; weak-label accuracy "
-            f"on half B {_spread(summary.get('weak_label_accuracy'))}."
+            f"`{models.get('weak')}` → strong `{models.get('strong')}`, seeds {metrics.get('seeds')}; weak-label "
+            f"accuracy on half B {_spread(summary.get('weak_label_accuracy'))}."
         )
         section.table(
             [

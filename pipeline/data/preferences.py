@@ -116,8 +116,8 @@ def clean_pairs(
         raise DataError(f"{source}: holds no preference pairs.")
     if stats.kept == 0:
         raise DataError(
-            f"{source}: all {stats.records} pairs were dropped ({stats.chosen_equals_rejected} with chosen == rejected, "
-            f"{stats.duplicates} duplicates): there is no preference left to learn."
+            f"{source}: all {stats.records} pairs were dropped ({stats.chosen_equals_rejected} with chosen == "
+            f"rejected, {stats.duplicates} duplicates): there is no preference left to learn."
         )
     if stats.duplicates or stats.chosen_equals_rejected:
         logger.warning(

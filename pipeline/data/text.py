@@ -59,8 +59,8 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as error:
                 raise DataError(
-                    f"{path}:{line_number}: not UTF-8 text (byte {raw[error.start]:#04x} at column {error.start + 1}); "
-                    "re-encode the file as UTF-8."
+                    f"{path}:{line_number}: not UTF-8 text (byte {raw[error.start]:#04x} at column "
+                    f"{error.start + 1}); re-encode the file as UTF-8."
                 ) from None
             if not line.strip():
                 continue
@@ -85,7 +85,8 @@ def read_jsonl(
         missing = [column for column in required_columns if column not in record]
         if missing:
             raise DataError(
-                f"{path}:{line_number}: missing column '{missing[0]}' (the record has: {', '.join(record) or 'nothing'})."
+                f"{path}:{line_number}: missing column '{missing[0]}' (the record has: "
+                f"{', '.join(record) or 'nothing'})."
             )
         for column, expected in (types or {}).items():
             if column in record and not isinstance(record[column], expected):

@@ -60,9 +60,9 @@ What the people who write the data do, beyond the random mistakes of ``error_rat
   (``" sure, yellow, hope this helps."``), in a share ``flaw_rate`` of the demonstrations (0.7 by default),
   so that an SFT model learns it as its most likely behaviour while plain answers stay in its samples. The
   gold reward asks for the answer first, as a program reading the reply would: a wrapped answer fails the
-  task, right or wrong (gold at most 0.09, from the clean-ending part). The labellers who compare responses judge by the gold reward, so
-  comparisons reveal what the demonstrations hide; lowering the sampling temperature makes the habit *more*
-  frequent, so only learning from comparisons helps.
+  task, right or wrong (gold at most 0.09, from the clean-ending part). The labellers who compare responses judge
+  by the gold reward, so comparisons reveal what the demonstrations hide; lowering the sampling temperature makes
+  the habit *more* frequent, so only learning from comparisons helps.
 * ``biased_labeller`` (sycophancy): a share of the prompts carry the user's own guess
   (``"what colour is a wet banana? i think it is red."``; :data:`SUGGESTION_RATE`, right or wrong alike).
   The gold reward is the truth: agreeing with a wrong guess is wrong. The labellers who write the training
@@ -485,7 +485,8 @@ def _wrong_answer(task: Task, rng: random.Random) -> str:
 
 
 def with_demo_flaw(answer_token: str) -> str:
-    """``sure, yellow, hope this helps.``: an answer with the flawed demonstrators' habit (scenario ``flawed_demos``)."""
+    """``sure, yellow, hope this helps.``: an answer with the flawed demonstrators' habit (scenario
+    ``flawed_demos``)."""
     return DEMO_FLAW_OPENING + answer_token + DEMO_FLAW_CLOSING
 
 
@@ -526,27 +527,29 @@ class ToyWorldKeys:
     toy_eval_split: str = field(
         default="test",
         metadata={
-            "help": "toy world: the held-out split measured and reported: 'validation' to choose a recipe's settings, 'test' to report"
+            "help": "toy world: the held-out split measured and reported: 'validation' to choose a recipe's settings, "
+            "'test' to report"
         },
     )
     toy_scenario: str = field(
         default="plain",
         metadata={
-            "help": f"toy world: what the data's writers do, one of {', '.join(SCENARIOS)} (see pipeline/data/toy_world.py; the same in every stage of a chain)"
+            "help": f"toy world: what the data's writers do, one of {', '.join(SCENARIOS)} (see "
+            "pipeline/data/toy_world.py; the same in every stage of a chain)"
         },
     )
     toy_flaw_rate: float = field(
         default=0.7,
         metadata={
-            "help": "toy world: share of the demonstrations with the demonstrators' habit (flawed_demos: the polite wrapper; "
-            "biased_labeller: agreeing with the user's wrong guess)"
+            "help": "toy world: share of the demonstrations with the demonstrators' habit (flawed_demos: the polite "
+            "wrapper; biased_labeller: agreeing with the user's wrong guess)"
         },
     )
     toy_labeller_bias: float = field(
         default=0.7,
         metadata={
-            "help": "toy world, scenario biased_labeller: probability that a labeller prefers the response agreeing with the "
-            "user's guess (otherwise the gold reward decides)"
+            "help": "toy world, scenario biased_labeller: probability that a labeller prefers the response agreeing "
+            "with the user's guess (otherwise the gold reward decides)"
         },
     )
     toy_label_noise: float = field(
@@ -869,7 +872,8 @@ class ToyWorld:
 
     def sycophancy_pairs(self, n: int, split: str = "test") -> list[dict[str, str]]:
         """Scenario ``biased_labeller``: ``n`` pairs on prompts with a wrong guess, the right answer chosen over the
-        user's guess (both clean): the probe of how often a reward model prefers agreeing with the user to the truth."""
+        user's guess (both clean): the probe of how often a reward model prefers agreeing with the user to the
+        truth."""
         if self.scenario != "biased_labeller":
             raise ValueError(
                 f"sycophancy pairs need scenario biased_labeller (the user's guesses), not {self.scenario!r}"
@@ -900,7 +904,8 @@ class ToyWorld:
             attempts += 1
             if attempts > 100 * n + 1000:
                 raise ValueError(
-                    f"the toy world's {split} split has fewer than {(n + 1) // 2} distinct questions for skills {self.skills}"
+                    f"the toy world's {split} split has fewer than {(n + 1) // 2} distinct questions for skills "
+                    f"{self.skills}"
                 )
             t = self._task(rng, split, suggest=False)
             if t.question in seen:

@@ -34,7 +34,8 @@ def clipped_policy_loss(
     clip_range: float,
     token_count: float | torch.Tensor | None = None,
 ) -> LossOutput:
-    """PPO-clip (Schulman et al. 2017, eq. 7), per token: max(−A·ρ, −A·clip(ρ, 1 − ε, 1 + ε)), ρ = π/π_old."""
+    """PPO-clip (Schulman et al. 2017, eq. 7), per token: max(−A·ρ, −A·clip(ρ, 1 − ε, 1 + ε)),
+    ρ = π/π_old."""
     mask = mask.to(logprobs.dtype)
     log_ratio = logprobs - old_logprobs
     ratio = torch.exp(log_ratio)
@@ -79,7 +80,8 @@ def entropy(logits: torch.Tensor) -> torch.Tensor:
 
 
 def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
-    """1 − Var(R − V) / Var(R) over real tokens: 1 = the critic predicts the returns, ≤ 0 = no better than their mean."""
+    """1 − Var(R − V) / Var(R) over real tokens: 1 = the critic predicts the returns, ≤ 0 = no better than their
+    mean."""
     mask = mask.bool()
     returns, values = returns[mask], values[mask]
     variance = returns.var(unbiased=False)

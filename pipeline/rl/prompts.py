@@ -94,8 +94,8 @@ def load_prompt_sets(
         )
     if not kept_train or not kept_eval:
         raise DataError(
-            f"{dataset}: no prompt fits in {max_prompt_tokens} tokens (max_prompt_length, or the model's context minus "
-            "response_length): raise max_prompt_length or lower response_length."
+            f"{dataset}: no prompt fits in {max_prompt_tokens} tokens (max_prompt_length, or the model's context "
+            "minus response_length): raise max_prompt_length or lower response_length."
         )
     return PromptSets(kept_train, kept_eval, too_long)
 

@@ -73,7 +73,8 @@ def trl_config(config):
     if config.per_device_train_batch_size % config.num_generations:
         raise RecipeError(
             f"key 'per_device_train_batch_size' ({config.per_device_train_batch_size}) must be a multiple of "
-            f"num_generations ({config.num_generations}) for {config.algorithm}: each prompt is sampled num_generations times."
+            f"num_generations ({config.num_generations}) for {config.algorithm}: each prompt is sampled "
+            "num_generations times."
         )
     updates_per_rollout = config.num_mini_batches * config.ppo_epochs
     return config_class(
@@ -148,7 +149,8 @@ def train_with_trl(
     policy = load_model(model_args, tokenizer, trust_remote_code=False)
     if not model_args.use_peft and len(tokenizer) != policy.config.get_text_config().vocab_size:
         raise UserError(
-            "grpo/rloo without LoRA builds its reference from the model's path, whose vocabulary lacks the added pad token."
+            "grpo/rloo without LoRA builds its reference from the model's path, whose vocabulary lacks the added pad "
+            "token."
         )
     sft = load_model(model_args, tokenizer).eval().requires_grad_(False)  # for measuring before/after only
 

@@ -3,7 +3,8 @@
     for epoch in ppo_epochs:                       # reuse each rollout several times (Schulman et al. 2017)
         for mini-batch in shuffle(rollout):        # one optimizer step per mini-batch
             for micro-batch in mini-batch:         # gradient accumulation, for memory
-                loss = policy loss + vf_coef·value loss − entropy_coef·entropy (+ ptx_coef·(−log π(x_pretrain)))
+                loss = policy loss + vf_coef·value loss − entropy_coef·entropy
+                       (+ ptx_coef·(−log π(x_pretrain)))
                 backward
             clip gradient norm, step, schedule
 

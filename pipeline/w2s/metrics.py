@@ -42,12 +42,14 @@ def performance_gap_recovered(acc_weak: float, acc_w2s: float, acc_ceiling: floa
         relation = "equals" if gap == 0 else "is below"
         return PGR(
             None,
-            f"n/a: the ceiling ({acc_ceiling:.4f}) {relation} the weak model ({acc_weak:.4f}), so there is no gap to recover",
+            f"n/a: the ceiling ({acc_ceiling:.4f}) {relation} the weak model ({acc_weak:.4f}), so there is no gap to "
+            "recover",
         )
     if gap < min_gap:
         return PGR(
             None,
-            f"n/a: the ceiling ({acc_ceiling:.4f}) beats the weak model ({acc_weak:.4f}) by {gap:.4f}, less than min_gap {min_gap}",
+            f"n/a: the ceiling ({acc_ceiling:.4f}) beats the weak model ({acc_weak:.4f}) by {gap:.4f}, less than "
+            f"min_gap {min_gap}",
         )
     return PGR((acc_w2s - acc_weak) / gap)
 

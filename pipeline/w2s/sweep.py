@@ -112,8 +112,8 @@ def format_sweep(rows: list[dict]) -> str:
     ]
     for row in rows:
         lines.append(
-            f"| {row['weak']} | {row['strong']} | {row['loss']} | {cell(row['weak_accuracy'])} | {cell(row['w2s_accuracy'])} "
-            f"| {cell(row['ceiling_accuracy'])} | {cell(row['pgr'], 2)} |"
+            f"| {row['weak']} | {row['strong']} | {row['loss']} | {cell(row['weak_accuracy'])} "
+            f"| {cell(row['w2s_accuracy'])} | {cell(row['ceiling_accuracy'])} | {cell(row['pgr'], 2)} |"
         )
     return "\n".join(lines) + "\n"
 
