@@ -38,12 +38,12 @@ from typing import Any, ClassVar, Literal
 import torch
 from accelerate import Accelerator
 from transformers import get_scheduler, set_seed
-from trl import ModelConfig
 from trl.trainer.utils import get_peft_config
 
 from pipeline.contract import open_stage_run, write_json
 from pipeline.data.toy_world import ToyWorldKeys
 from pipeline.errors import RecipeError, RunInterrupted, UserError, run_cli
+from pipeline.finetuning import ModelArguments
 from pipeline.kl import kl_estimates, sequence_kl
 from pipeline.models import (
     adamw,
@@ -153,21 +153,10 @@ class PPOArguments(ToyWorldKeys):
 
 
 @dataclass
-class PPOModelArguments(ModelConfig):
-    """TRL's ModelConfig: the SFT model to start from (model_name_or_path), dtype, LoRA (use_peft, lora_*) and
-    4-bit."""
+class PPOModelArguments(ModelArguments):
+    """TRL's ModelConfig: the SFT model to start from (model_name_or_path), dtype, LoRA and 4-bit."""
 
-    path_fields: ClassVar[dict[str, str]] = {"model_name_or_path": "model"}
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not self.model_name_or_path:
-            raise ValueError("missing key 'model_name_or_path' (the SFT model, e.g. runs/toy/sft)")
-        if (self.load_in_4bit or self.load_in_8bit) and not self.use_peft:
-            raise ValueError("key 'load_in_4bit' trains LoRA adapters on a frozen 4-bit model: set use_peft: true")
-        # ModelConfig turns a one-element list into a string, which PEFT would read as a regex of the full name.
-        if isinstance(self.lora_target_modules, str) and self.lora_target_modules != "all-linear":
-            self.lora_target_modules = [self.lora_target_modules]
+    model_example: ClassVar[str] = "the SFT model, e.g. runs/toy/sft"
 
 
 @dataclass

@@ -49,9 +49,8 @@ from typing import Any, ClassVar
 
 import datasets
 import numpy as np
-from peft import PeftModel
 from transformers import PreTrainedModel, set_seed
-from trl import ModelConfig, RewardConfig, RewardTrainer
+from trl import RewardConfig, RewardTrainer
 from trl.trainer.reward_trainer import suppress_seqcls_warning
 from trl.trainer.utils import get_peft_config
 
@@ -63,10 +62,9 @@ from pipeline.data.toy_comparisons import check_policy_comparison_keys, own_samp
 from pipeline.data.toy_world import ToyWorld, ToyWorldKeys, agrees_with_user, gold_reward, recipe_traits
 from pipeline.decoding import DEFAULT_STRATEGIES
 from pipeline.errors import DataError, RecipeError, run_cli
+from pipeline.finetuning import ModelArguments, choose_lora_targets, merge_adapter
 from pipeline.models import (
     add_identity_blocks,
-    check_lora_targets,
-    linear_module_names,
     load_model,
     load_tokenizer,
     parameter_counts,
@@ -94,7 +92,6 @@ from pipeline.training import GracefulInterrupt
 
 logger = logging.getLogger("pipeline.reward")
 
-GPT2_LORA_TARGETS = ["c_attn", "c_proj", "c_fc"]
 TOY_MARGIN = "gold_gap"  # margin_column value that derives margins from the toy world's gold reward
 TARGET_ACCURACY = 0.85  # the toy world's targets, reported in metrics.json
 TARGET_BEST_OF = 16
@@ -199,26 +196,19 @@ class RewardArguments(ToyWorldKeys):
 
 
 @dataclass
-class RewardModelArguments(ModelConfig):
+class RewardModelArguments(ModelArguments):
     """TRL's ModelConfig (model_name_or_path, dtype, use_peft, lora_*), with LoRA set up for a reward head."""
 
-    path_fields: ClassVar[dict[str, str]] = {"model_name_or_path": "model"}
+    model_example: ClassVar[str] = "e.g. runs/toy/sft"
+    quantization_refused: ClassVar[str | None] = "quantized reward models are not supported; use full or LoRA"
 
     # A sequence-classification task makes PEFT train the new `score` head in full next to the adapters.
     lora_task_type: str = "SEQ_CLS"
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not self.model_name_or_path:
-            raise ValueError("missing key 'model_name_or_path' (e.g. runs/toy/sft)")
-        if self.load_in_4bit or self.load_in_8bit:
-            raise ValueError(
-                "key 'load_in_4bit'/'load_in_8bit': quantized reward models are not supported; use full or LoRA"
-            )
         if self.use_peft and self.lora_task_type != "SEQ_CLS":
             raise ValueError(f"key 'lora_task_type' must be SEQ_CLS for a reward model (got {self.lora_task_type})")
-        if self.use_peft and self.lora_r <= 0:
-            raise ValueError(f"key 'lora_r' must be > 0, got {self.lora_r}")
 
 
 @dataclass
@@ -427,14 +417,11 @@ def build_model(
     set_pooling(model, pooling)
     add_identity_blocks(model, extra_layers, seed)
     if model_args.use_peft:
-        if model_args.lora_target_modules is None:
-            gpt2_like = set(GPT2_LORA_TARGETS) <= set(linear_module_names(model))
-            model_args.lora_target_modules = list(GPT2_LORA_TARGETS) if gpt2_like else "all-linear"
-        check_lora_targets(model, model_args.lora_target_modules)
+        choose_lora_targets(model, model_args)
     return model
 
 
-def merge_adapter(
+def merge_reward_model(
     model_args: RewardModelArguments,
     tokenizer,
     adapter_dir: Path,
@@ -447,10 +434,7 @@ def merge_adapter(
     base = build_model(
         dataclasses.replace(model_args, use_peft=False), tokenizer, trust_remote_code, append_eos, pooling=pooling
     )
-    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
-    merged.save_pretrained(output_dir, safe_serialization=True)
-    tokenizer.save_pretrained(output_dir)
-    return merged
+    return merge_adapter(base, adapter_dir, tokenizer, output_dir)
 
 
 # --- judging the reward model -------------------------------------------------------------------------
@@ -702,7 +686,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if model_args.use_peft:
         tokenizer.save_pretrained(output_dir)
         if args.merge_adapters:
-            reward_model = merge_adapter(
+            reward_model = merge_reward_model(
                 model_args,
                 tokenizer,
                 adapter_dir,
