@@ -31,6 +31,17 @@ Skills (:data:`SKILLS`)
 * ``colour``   ``"what colour is a wet banana?"``  -> ``"yellow"`` (fixed table, :data:`COLOURS`;
   an optional adjective from :data:`ADJECTIVES` that never changes the colour)
 
+Multi-step skills (:data:`STEP_SKILLS`; never among the default skills, a recipe names them in ``toy_skills``),
+one step per word (2 or 3), the steps separated by a space:
+
+* ``colour_each``   ``"name the colours: banana frog"``  -> ``"yellow green"`` (facts of :data:`COLOURS`; a held-out
+  question is a new combination of known objects)
+* ``reverse_each``  ``"reverse each word: mofira tek"``  -> ``"arifom ket"`` (new words, as ``reverse``; too hard
+  for the CPU demo's models, which reverse a new word of 5 letters or more almost never)
+
+ :func:`step_labels` checks each step as PRM800K labels them: a step is right
+  when it and every step before it are right; :func:`solved` checks the outcome (the gold reward's correctness).
+
 Words are pseudo-words (:func:`pseudo_word`: consonants and vowels in turn, 3..``max_word_len``
 letters, never a palindrome, so copy != reverse), drawn from a space of millions, so that a test word
 is a new word: copying and reversing must be learnt as procedures, not memorised string by string.
@@ -107,6 +118,10 @@ __all__ = [
     "DEMO_FLAW_OPENING",
     "SCENARIOS",
     "SKILLS",
+    "STEP_SKILLS",
+    "ALL_SKILLS",
+    "step_labels",
+    "solved",
     "SUGGESTION_KINDS",
     "SUGGESTION_RATE",
     "Labeller",
@@ -134,6 +149,11 @@ __all__ = [
 # --------------------------------------------------------------------------
 
 SKILLS: tuple[str, ...] = ("add", "copy", "reverse", "colour")
+#: Skills whose answer is a sequence of checkable steps (for process reward models); never a default skill.
+STEP_SKILLS: tuple[str, ...] = ("colour_each", "reverse_each")
+ALL_SKILLS: tuple[str, ...] = SKILLS + STEP_SKILLS
+#: How many words (steps) a multi-step question has.
+STEP_COUNTS: tuple[int, ...] = (2, 3)
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 SCENARIOS: tuple[str, ...] = ("plain", "flawed_demos", "biased_labeller", "noisy_labeller")
 
@@ -276,6 +296,17 @@ def _reverse_task(word: str) -> Task:
     return Task("reverse", f"reverse the word: {word}", word[::-1])
 
 
+def _colour_each_task(objects: Sequence[str]) -> Task:
+    unknown = [obj for obj in objects if obj not in COLOURS]
+    if unknown:
+        raise ValueError(f"unknown object {unknown[0]!r} in colour question; known: {', '.join(COLOURS)}")
+    return Task("colour_each", f"name the colours: {' '.join(objects)}", " ".join(COLOURS[obj] for obj in objects))
+
+
+def _reverse_each_task(words: Sequence[str]) -> Task:
+    return Task("reverse_each", f"reverse each word: {' '.join(words)}", " ".join(word[::-1] for word in words))
+
+
 def _colour_task(obj: str, adjective: str | None = None) -> Task:
     if obj not in COLOURS:
         raise ValueError(f"unknown object {obj!r} in colour question; known: {', '.join(COLOURS)}")
@@ -293,9 +324,15 @@ _QUESTION_PARSERS: tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], Task]]
     (re.compile(rf"what is {_NUM} \+ {_NUM}\?"), lambda m: _add_task(int(m[1]), int(m[2]))),
     (re.compile(r"repeat the word: ([a-z]+)"), lambda m: _copy_task(m[1])),
     (re.compile(r"reverse the word: ([a-z]+)"), lambda m: _reverse_task(m[1])),
+    (re.compile(r"reverse each word: ([a-z]+(?: [a-z]+)+)"), lambda m: _reverse_each_task(m[1].split())),
+    (re.compile(r"name the colours: ([a-z]+(?: [a-z]+)+)"), lambda m: _colour_each_task(m[1].split())),
     (re.compile(r"what colour is an? (?:([a-z]+) )?([a-z]+)\?"), lambda m: _colour_task(m[2], m[1])),
 )
-_QUESTION_FORMS = "'what is A + B?', 'repeat the word: W', 'reverse the word: W', 'what colour is a [ADJECTIVE] X?'"
+_QUESTION_FORMS = (
+    "'what is A + B?', 'repeat the word: W', 'reverse the word: W', 'reverse each word: W W ...', "
+    "'name the colours: X X ...', "
+    "'what colour is a [ADJECTIVE] X?'"
+)
 
 
 @lru_cache(maxsize=65536)
@@ -336,10 +373,10 @@ def split_document(document: str) -> tuple[str, str]:
 # --------------------------------------------------------------------------
 
 
-def response_answer(response: str) -> str:
-    """The answer a response gives: its first word, without a trailing '.' or ',' (what the gold reward checks)."""
-    words = response.split(maxsplit=1)
-    return words[0].rstrip(".,") if words else ""
+def response_answer(response: str, steps: int = 1) -> str:
+    """The answer a response gives: its first word (its first `steps` words for a multi-step answer), each
+    without a trailing '.' or ',' (what the gold reward checks)."""
+    return " ".join(word.rstrip(".,") for word in response.split(maxsplit=steps)[:steps])
 
 
 def agrees_with_user(prompt: str, response: str) -> bool:
@@ -353,7 +390,7 @@ def _score(answer: str, response: str, finished: bool = True) -> float:
     s = response.strip()
     if not s:
         return 0.0
-    head = response_answer(s)
+    head = response_answer(s, steps=len(answer.split()))
     correct = 1.0 if head == answer else 0.0
     if finished:
         extra = len(s) - len(head)
@@ -388,6 +425,25 @@ def gold_reward_batch(
     return [gold_reward(p, r, bool(f)) for p, r, f in zip(prompts, responses, finished)]
 
 
+def step_labels(prompt: str, response: str) -> list[bool]:
+    """One label per step the response takes (at most the question's number of steps; words beyond them are
+    not steps): right when this step and every step before it are right (PRM800K's convention: everything
+    from the first wrong step on is wrong). A single-step skill's answer is one step."""
+    expected = parse_prompt(prompt).answer.split()
+    given = [word.rstrip(".,") for word in response.split(maxsplit=len(expected))[: len(expected)]]
+    labels, right_so_far = [], True
+    for want, got in zip(expected, given):
+        right_so_far = right_so_far and want == got
+        labels.append(right_so_far)
+    return labels
+
+
+def solved(prompt: str, response: str) -> bool:
+    """The outcome: does the response give the right answer, every step of it (the gold reward's correctness)?"""
+    answer = parse_prompt(prompt).answer
+    return response_answer(response.strip(), steps=len(answer.split())) == answer
+
+
 # --------------------------------------------------------------------------
 # Realistic mistakes
 # --------------------------------------------------------------------------
@@ -404,6 +460,10 @@ def question_key(task: Task) -> str:
         return f"{min(a, b)}+{max(a, b)}"
     if task.skill in ("copy", "reverse"):
         return "word:" + task.question.rsplit(": ", 1)[1]
+    if task.skill == "reverse_each":  # its words are drawn from one split: the first one's key stands for all
+        return "word:" + task.question.rsplit(": ", 1)[1].split()[0]
+    if task.skill == "colour_each":  # known objects: a held-out question is a new combination of them
+        return "colours:" + task.question.rsplit(": ", 1)[1]
     if task.skill == "colour":
         noun = re.fullmatch(r"what colour is an? (.+)\?", task.question)[1]
         return f"colour:{noun}"
@@ -479,6 +539,14 @@ def _wrong_answer(task: Task, rng: random.Random) -> str:
         wrong = _dedupe_wrong(cands, ans)
     elif task.skill == "colour":
         wrong = [c for c in _PALETTE if c != ans]
+    elif task.skill in STEP_SKILLS:  # one step goes wrong (a near miss of that step); the others stay right
+        steps = ans.split()
+        at = rng.randrange(len(steps))
+        if task.skill == "reverse_each":
+            steps[at] = _wrong_answer(_reverse_task(steps[at][::-1]), rng)
+        else:
+            steps[at] = rng.choice([colour for colour in _PALETTE if colour != steps[at]])
+        wrong = [" ".join(steps)]
     else:  # pragma: no cover - Task is only built by this module
         raise ValueError(f"unknown skill {task.skill!r}")
     return rng.choice(wrong)
@@ -522,7 +590,10 @@ class ToyWorldKeys:
     )
     toy_skills: list[str] = field(
         default_factory=lambda: list(SKILLS),
-        metadata={"help": f"toy world: skills to mix, from {', '.join(SKILLS)} (the same in every stage of a chain)"},
+        metadata={
+            "help": f"toy world: skills to mix, from {', '.join(ALL_SKILLS)} (the same in every stage of a chain; "
+            "reverse_each, a multi-step skill, only where named)"
+        },
     )
     toy_eval_split: str = field(
         default="test",
@@ -564,10 +635,10 @@ class ToyWorldKeys:
             raise ValueError(
                 f"key 'toy_max_word_len' must be in {_MIN_WORD_LEN}..{_MAX_WORD_LEN}, got {self.toy_max_word_len}"
             )
-        unknown = [skill for skill in self.toy_skills if skill not in SKILLS]
+        unknown = [skill for skill in self.toy_skills if skill not in ALL_SKILLS]
         if unknown or not self.toy_skills:
             raise ValueError(
-                f"key 'toy_skills': choose one or more of {', '.join(SKILLS)}, got {list(self.toy_skills)}"
+                f"key 'toy_skills': choose one or more of {', '.join(ALL_SKILLS)}, got {list(self.toy_skills)}"
             )
         if self.toy_eval_split not in ("validation", "test"):
             raise ValueError(f"key 'toy_eval_split' must be 'validation' or 'test', got {self.toy_eval_split!r}")
@@ -629,9 +700,9 @@ class ToyWorld:
         if not _MIN_WORD_LEN <= self.max_word_len <= _MAX_WORD_LEN:
             raise ValueError(f"max_word_len must be in {_MIN_WORD_LEN}..{_MAX_WORD_LEN}, got {self.max_word_len}")
         self.skills = tuple(self.skills)
-        unknown = [s for s in self.skills if s not in SKILLS]
+        unknown = [s for s in self.skills if s not in ALL_SKILLS]
         if not self.skills or unknown:
-            raise ValueError(f"skills must be a non-empty subset of {SKILLS}, got {self.skills}")
+            raise ValueError(f"skills must be a non-empty subset of {ALL_SKILLS}, got {self.skills}")
         if self.scenario not in SCENARIOS:
             raise ValueError(f"scenario must be one of {SCENARIOS}, got {self.scenario!r}")
         for name in ("flaw_rate", "labeller_bias", "label_noise"):
@@ -722,6 +793,10 @@ class ToyWorld:
                 task = _copy_task(pseudo_word(rng, self.max_word_len))
             elif skill == "reverse":
                 task = _reverse_task(pseudo_word(rng, self.max_word_len))
+            elif skill == "reverse_each":
+                task = self._reverse_each(rng, split)
+            elif skill == "colour_each":
+                task = _colour_each_task(rng.sample(_OBJECTS, rng.choice(STEP_COUNTS)))
             else:
                 adjective = rng.choice(ADJECTIVES) if rng.random() < 0.9 else None
                 task = _colour_task(rng.choice(_OBJECTS), adjective)
@@ -729,8 +804,19 @@ class ToyWorld:
                 return self._suggested(task, rng) if suggest and self.scenario == "biased_labeller" else task
         raise RuntimeError(f"no {skill} question for split {split!r}")  # pragma: no cover
 
+    def _reverse_each(self, rng: random.Random, split: str) -> Task:
+        """2 or 3 words, each a word of `split` (so that a test word is never reversed, copied or stepped through
+        in training)."""
+        words = []
+        for _ in range(rng.choice(STEP_COUNTS)):
+            word = pseudo_word(rng, self.max_word_len)
+            while split_of(_reverse_task(word)) != split:
+                word = pseudo_word(rng, self.max_word_len)
+            words.append(word)
+        return _reverse_each_task(words)
+
     def _suggested(self, task: Task, rng: random.Random) -> Task:
-        if rng.random() >= SUGGESTION_RATE:
+        if rng.random() >= SUGGESTION_RATE or task.skill in STEP_SKILLS:  # a guess is one word
             return task
         guess = _wrong_answer(task, rng) if rng.random() < WRONG_SUGGESTION_SHARE else task.answer
         return replace(task, suggestion=guess)
