@@ -87,6 +87,21 @@ HEADLINES: dict[str, list[tuple[str, Callable[[dict], Any]]]] = {
     ],
     "ppo": POLICY_HEADLINES,
     "dpo": [*POLICY_HEADLINES, ("implicit reward accuracy", at("implicit_reward_accuracy"))],
+    "prm": [
+        ("solved, one sample (the generator)", at("solve_rate_n1")),
+        *[
+            (f"solved, best of {n}: {name}", at("best_of_n", str(n), key))
+            for n in (4, 16, 64)
+            for key, name in (
+                ("process", "PRM"),
+                ("outcome", "ORM"),
+                ("majority", "majority vote"),
+                ("oracle", "oracle"),
+            )
+        ],
+        ("accuracy at the labelled positions", at("position_accuracy")),
+        ("first wrong step located", at("first_error_located")),
+    ],
     "weak_to_strong": [
         ("weak accuracy", at("weak_accuracy_median")),
         ("strong ceiling accuracy", at("ceiling_accuracy_median")),

@@ -68,10 +68,10 @@ def write_json(path: Path, data: Any) -> None:
 
 def read_manifest(directory: str | os.PathLike) -> dict[str, Any] | None:
     """The finished run's manifest, or None: also when the file is damaged, which is never trusted as finished."""
-    return _read_json_object(Path(directory) / MANIFEST)
+    return read_json_object(Path(directory) / MANIFEST)
 
 
-def _read_json_object(path: Path) -> dict[str, Any] | None:
+def read_json_object(path: Path) -> dict[str, Any] | None:
     """A JSON object from `path`, or None when the file is absent or damaged (a warning says which)."""
     if not path.is_file():
         return None
@@ -189,7 +189,7 @@ class StageRun:
             )
         marker = self.output_dir / IN_PROGRESS
         if manifest is None and marker.is_file() and not self.recipe.force:
-            previous = _read_json_object(marker) or {}
+            previous = read_json_object(marker) or {}
             if previous.get("recipe_fingerprint") != self.recipe.fingerprint and last_checkpoint(self.output_dir):
                 raise RecipeError(
                     f"{self.recipe.path}: output_dir {self.output_dir} holds an unfinished run of a different recipe "
@@ -335,7 +335,7 @@ def checkpoint_missing(path: Path) -> str | None:
     """What a checkpoint folder lacks to resume from, or None when complete. Trainer and the PPO stage both write
     trainer_state.json last; besides it a resume needs the weights and the optimizer's state (optimizer.pt, or
     the sharded folders FSDP and DeepSpeed write)."""
-    if _read_json_object(path / "trainer_state.json") is None:
+    if read_json_object(path / "trainer_state.json") is None:
         return "no readable trainer_state.json"
     names = [entry.name for entry in path.iterdir()]
     if not any(

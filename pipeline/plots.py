@@ -30,3 +30,26 @@ def plot_loss_curves(log_history: list[dict[str, Any]], path: str | Path, title:
     figure.savefig(path, dpi=120)
     plt.close(figure)
     return path
+
+
+def plot_best_of_n_solve_rates(rows: list[dict[str, float]], path: str | Path, title: str) -> Path:
+    """Share of problems solved against N (log scale) for each way of picking one of N samples (as in Figure 3 of
+    "Let's Verify Step by Step": process and outcome verifiers, majority vote, and the oracle)."""
+    styles = {"process": "-o", "outcome": "-s", "majority": "--^", "oracle": ":"}
+    names = {"process": "process verifier (PRM)", "outcome": "outcome verifier (ORM)", "majority": "majority vote"}
+    figure, axis = plt.subplots(figsize=(6, 4))
+    ns = [row["n"] for row in rows]
+    for key, style in styles.items():
+        if key in rows[0]:
+            axis.plot(ns, [100 * row[key] for row in rows], style, label=names.get(key, key), color=None)
+    axis.set_xscale("log", base=2)
+    axis.set_xlabel("N = solutions sampled per problem")
+    axis.set_ylabel("% of problems solved (best of N)")
+    axis.set_title(title)
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    path = Path(path)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path

@@ -30,6 +30,7 @@ STAGES: dict[str, StageSpec] = {
         StageSpec("reward", "pipeline.reward", ("model_name_or_path", "dataset")),
         StageSpec("ppo", "pipeline.ppo", ("model_name_or_path", "reward_model_path", "dataset")),
         StageSpec("dpo", "pipeline.dpo", ("model_name_or_path", "dataset")),
+        StageSpec("prm", "pipeline.prm", ("model_name_or_path", "compare_with", "dataset")),
         StageSpec("weak_to_strong", "pipeline.weak_to_strong", ("weak_model", "strong_model", "dataset")),
     )
 }

@@ -17,7 +17,23 @@ from eval.sections import (
     sycophancy,
     tokenizers,
     training,
+    verifiers,
     w2s,
 )
 
-SECTIONS = (overview, training, pretrain, decoding, tokenizers, sft, reward, ppo, dpo, comparison, sycophancy, kl, w2s)
+SECTIONS = (
+    overview,
+    training,
+    pretrain,
+    decoding,
+    tokenizers,
+    sft,
+    reward,
+    ppo,
+    dpo,
+    comparison,
+    sycophancy,
+    kl,
+    verifiers,
+    w2s,
+)

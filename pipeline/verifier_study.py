@@ -1,0 +1,107 @@
+"""Best-of-N with verifiers: the share of problems solved when a verifier picks one of N samples, beside majority
+vote over final answers and the oracle; and how well a process verifier finds the first wrong step."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from pipeline.best_of_n import expected_best, powers_of_two
+from pipeline.data.toy_world import parse_prompt, response_answer, solved, step_labels
+from pipeline.decoding import Generation
+from pipeline.verifiers import solution_labels
+
+
+def oracle_solve_rate(solved_grid: np.ndarray, n: int) -> float:
+    """P(at least one of n random samples of a problem is right), exactly, averaged over problems."""
+    total = solved_grid.shape[1]
+    wrong = (~solved_grid).sum(axis=1)
+    return float(np.mean([1.0 - math.comb(int(w), n) / math.comb(total, n) for w in wrong]))
+
+
+def majority_solve_rate(answers: list[list[str]], solved_grid: np.ndarray, n: int, draws: int, seed: int) -> float:
+    """P(the most frequent final answer among n random samples is right), ties broken at random; Monte Carlo
+    over `draws` subsets per problem (exact at n = 1 in expectation)."""
+    rng = np.random.default_rng(seed)
+    rates = []
+    for problem, row in enumerate(answers):
+        ids = {answer: index for index, answer in enumerate(dict.fromkeys(row))}
+        codes = np.array([ids[answer] for answer in row])
+        right = np.zeros(len(ids), dtype=bool)
+        right[codes[solved_grid[problem]]] = True
+        hits = 0
+        for _ in range(draws):
+            counts = np.bincount(codes[rng.choice(len(row), n, replace=False)], minlength=len(ids))
+            winners = np.flatnonzero(counts == counts.max())
+            hits += right[rng.choice(winners)]
+        rates.append(hits / draws)
+    return float(np.mean(rates))
+
+
+def best_of_n_study(
+    samples: dict[str, Any], other: dict[str, Any] | None, supervision: str, draws: int, seed: int
+) -> list[dict[str, float]]:
+    """Share of test problems solved at each N: this verifier's pick, the other's, majority vote, the oracle."""
+    solved_grid = np.array(samples["solved"], dtype=bool)
+    rows = []
+    for n in powers_of_two(solved_grid.shape[1]):
+        row = {
+            "n": n,
+            supervision: round(expected_best(np.array(samples["scores"]), solved_grid.astype(float), n), 4),
+            "majority": round(majority_solve_rate(samples["answers"], solved_grid, n, draws, seed), 4),
+            "oracle": round(oracle_solve_rate(solved_grid, n), 4),
+        }
+        if other is not None:
+            row[other["supervision"]] = round(
+                expected_best(np.array(other["scores"]), solved_grid.astype(float), n), 4
+            )
+        rows.append(row)
+    return rows
+
+
+def first_error_located(probabilities: Sequence[Sequence[float]], prompts: Sequence[str], responses, finished):
+    """Of the finished test samples with a wrong step, the share whose first position below P(right) = 0.5 is
+    the first wrong step (the process verifier's step-level skill)."""
+    hits = total = 0
+    for probs, prompt, response, done in zip(probabilities, prompts, responses, finished):
+        labels = step_labels(prompt, response)
+        if not done or all(labels):
+            continue
+        total += 1
+        first_wrong = labels.index(False)
+        predicted = next((i for i, p in enumerate(probs[: len(labels)]) if p < 0.5), None)
+        hits += predicted == first_wrong
+    return round(hits / total, 4) if total else None
+
+
+def position_accuracy(probabilities, prompts, responses, finished, supervision: str) -> float:
+    """Accuracy of P(right) >= 0.5 at the labelled positions of the test samples, against the checker."""
+    right = total = 0
+    for probs, prompt, response, done in zip(probabilities, prompts, responses, finished):
+        labels = solution_labels(prompt, response, done, supervision)
+        chosen = probs[-1:] if supervision == "outcome" else probs
+        right += sum((p >= 0.5) == bool(label) for p, label in zip(chosen, labels))
+        total += len(labels)
+    return round(right / total, 4)
+
+
+def test_samples(prompts: list[str], generations: Sequence[Generation], k: int) -> dict[str, Any]:
+    """The held-out samples as the study reads them: one row of k per problem, with what the checker says."""
+
+    def grid(values: list) -> list[list]:
+        return [values[start : start + k] for start in range(0, len(values), k)]
+
+    responses = [generation.text for generation in generations]
+    finished = [generation.finished for generation in generations]
+    return {
+        "prompts": prompts[::k],
+        "responses": grid(responses),
+        "finished": grid(finished),
+        "solved": grid([done and solved(p, r) for p, r, done in zip(prompts, responses, finished)]),
+        "answers": grid(
+            [response_answer(r.strip(), len(parse_prompt(p).answer.split())) for p, r in zip(prompts, responses)]
+        ),
+    }
