@@ -29,9 +29,10 @@ def step_end_chars(prompt: str, response: str) -> list[int]:
     steps = len(parse_prompt(prompt).answer.split())
     ends = []
     for word in list(re.finditer(r"\S+", response))[:steps]:
-        stripped = word.group().rstrip(".,")
-        if stripped:
-            ends.append(word.start() + len(stripped) - 1)
+        # A step is a whitespace-separated word, as step_labels counts them; a word of bare punctuation is a
+        # (wrong) step too, ending at its last character.
+        stripped = word.group().rstrip(".,") or word.group()
+        ends.append(word.start() + len(stripped) - 1)
     return ends
 
 

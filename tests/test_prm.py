@@ -32,6 +32,8 @@ def test_each_step_is_labelled_at_its_last_character_and_the_end_at_eos(char_tok
     assert solution_labels(PROMPT, response, True, "process") == [1, 0, 0]  # steps, then the end (outcome)
     assert solution_labels(PROMPT, " arifom ket", True, "process") == [1, 1, 1]
     assert solution_labels(PROMPT, " arifom ket", False, "outcome") == [0]  # cut off: not a finished answer
+    ids, ends, eos = encode_solution(char_tokenizer, PROMPT, " arifom . kxt", max_length=128)
+    assert len(ends) == len(solution_labels(PROMPT, " arifom . kxt", True, "process")) - 1  # "." is a step
     ids, ends, eos = encode_solution(char_tokenizer, PROMPT, response, max_length=14)
     assert len(ids) == 14 and eos == 13 and char_tokenizer.decode([ids[end] for end in ends]) == "mt"
 
