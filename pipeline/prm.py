@@ -3,7 +3,7 @@
     python -m pipeline.prm --config recipes/toy_prm/orm.yaml
     python -m pipeline.prm --config recipes/toy_prm/prm.yaml      # supervision: process, compare_with the ORM
 
-After Lightman et al. (2023), "Let's Verify Step by Step": a fixed generator (the SFT model) samples solutions,
+After Lightman et al. (2023), "Let's Verify Step by Step": a fixed generator (a causal LM) samples solutions,
 and a verifier initialised from it learns from the generator's own samples, labelled by the toy world's checker,
 either whether each step is right (process supervision: a label at the end of every step, the end of the
 solution counting as its last step) or only whether the final answer is (outcome supervision: one label at the
@@ -104,7 +104,7 @@ class PRMArguments(ToyWorldKeys):
 class PRMModelArguments(ModelArguments):
     """The generator (model_name_or_path), whose body the verifier starts from; full fine-tuning only."""
 
-    model_example: ClassVar[str] = "the SFT model that generates the solutions, e.g. runs/toy_prm/sft"
+    model_example: ClassVar[str] = "the model that generates the solutions, e.g. runs/toy_prm/pretrain"
     quantization_refused: ClassVar[str | None] = "the verifier is fully fine-tuned in this version"
 
     def __post_init__(self) -> None:

@@ -22,12 +22,16 @@ def oracle_solve_rate(solved_grid: np.ndarray, n: int) -> float:
     return float(np.mean([1.0 - math.comb(int(w), n) / math.comb(total, n) for w in wrong]))
 
 
-def majority_solve_rate(answers: list[list[str]], solved_grid: np.ndarray, n: int, draws: int, seed: int) -> float:
+def majority_solve_rate(
+    answers: list[list[str | None]], solved_grid: np.ndarray, n: int, draws: int, seed: int
+) -> float:
     """P(the most frequent final answer among n random samples is right), ties broken at random; Monte Carlo
-    over `draws` subsets per problem (exact at n = 1 in expectation)."""
+    over `draws` subsets per problem (exact at n = 1 in expectation). A None answer (no final answer) is its
+    own answer, never equal to another."""
     rng = np.random.default_rng(seed)
     rates = []
     for problem, row in enumerate(answers):
+        row = [answer if answer is not None else ("no answer", i) for i, answer in enumerate(row)]
         ids = {answer: index for index, answer in enumerate(dict.fromkeys(row))}
         codes = np.array([ids[answer] for answer in row])
         right = np.zeros(len(ids), dtype=bool)
@@ -101,7 +105,11 @@ def test_samples(prompts: list[str], generations: Sequence[Generation], k: int) 
         "responses": grid(responses),
         "finished": grid(finished),
         "solved": grid([done and solved(p, r) for p, r, done in zip(prompts, responses, finished)]),
+        # A solution cut by the length limit gives no final answer: None, which majority vote counts apart.
         "answers": grid(
-            [response_answer(r.strip(), len(parse_prompt(p).answer.split())) for p, r in zip(prompts, responses)]
+            [
+                response_answer(r.strip(), len(parse_prompt(p).answer.split())) if done else None
+                for p, r, done in zip(prompts, responses, finished)
+            ]
         ),
     }

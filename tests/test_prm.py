@@ -52,6 +52,11 @@ def test_oracle_and_majority_vote_match_their_definitions():
     answers = [["a", "b", "b", "c"], ["x", "x", "y", "z"], ["r", "r", "r", "w"]]
     assert majority_solve_rate(answers, solved, 4, draws=50, seed=0) == pytest.approx(1 / 3)  # b beats a; r wins
     assert majority_solve_rate(answers, solved, 1, draws=4000, seed=0) == pytest.approx(np.mean(solved), abs=0.02)
+    # Unfinished samples give no answer: each counts apart (here a four-way tie), never as the right answer.
+    unfinished = [["a", None, None, "b"]]
+    assert majority_solve_rate(unfinished, np.array([[True, False, False, False]]), 4, 400, 0) == pytest.approx(
+        0.25, abs=0.06
+    )
 
 
 def test_a_verifier_that_knows_the_answer_picks_like_the_oracle_and_one_that_inverts_it_fails_unless_all_are_right():
