@@ -23,7 +23,7 @@ from pipeline.stages import STAGES
 
 logger = logging.getLogger(__name__)
 
-STAGE_ORDER: tuple[str, ...] = tuple(STAGES)  # pretrain, sft, reward, ppo, dpo, weak_to_strong
+STAGE_ORDER: tuple[str, ...] = tuple(STAGES)  # pretrain, sft, reward, ppo, dpo, prm, weak_to_strong
 SKIP_DIRS = ("checkpoint-", "cache", "report_figures", "soft_labels", "adapter")
 SEED_DIR = re.compile(r"seeds?\d*")  # runs/toy/seed0 ... of `--seeds`: their own chains, reported on their own
 
@@ -103,7 +103,7 @@ class RunSet:
 
     def missing_stages(self) -> list[str]:
         present = {output.stage for output in self.outputs}
-        return [stage for stage in STAGE_ORDER if stage not in present]
+        return [stage for stage in STAGE_ORDER if stage not in present and not STAGES[stage].optional]
 
     def resolve(self, value: str | None) -> StageOutput | None:
         """The stage output a recipe input names (`runs/toy/sft`), by path, else by directory name."""

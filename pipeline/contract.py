@@ -315,13 +315,14 @@ def open_stage_run(
         return None
 
 
-def last_checkpoint(output_dir: Path) -> str | None:
-    """The newest complete `checkpoint-N`; an incomplete one is passed over with a warning, so that a run resumes
-    from the one before it rather than with fresh optimizer moments (Trainer would silently start them anew)."""
+def last_checkpoint(output_dir: Path, before_step: int | None = None) -> str | None:
+    """The newest complete `checkpoint-N` (with N < `before_step`, if given); an incomplete one is passed over
+    with a warning, so that a run resumes from the one before it rather than with fresh optimizer moments
+    (Trainer would silently start them anew)."""
     checkpoints = []
     for path in Path(output_dir).glob("checkpoint-*"):
         suffix = path.name.split("-")[-1]
-        if not suffix.isdigit():
+        if not suffix.isdigit() or (before_step is not None and int(suffix) >= before_step):
             continue
         missing = checkpoint_missing(path)
         if missing:

@@ -16,6 +16,7 @@ class StageSpec:
     name: str
     module: str
     input_keys: tuple[str, ...]  # recipe keys naming models, stage outputs or data files the stage reads
+    optional: bool = False  # a study beside the main chain: a report does not call it missing
 
     @property
     def implemented(self) -> bool:
@@ -30,7 +31,7 @@ STAGES: dict[str, StageSpec] = {
         StageSpec("reward", "pipeline.reward", ("model_name_or_path", "dataset")),
         StageSpec("ppo", "pipeline.ppo", ("model_name_or_path", "reward_model_path", "dataset")),
         StageSpec("dpo", "pipeline.dpo", ("model_name_or_path", "dataset")),
-        StageSpec("prm", "pipeline.prm", ("model_name_or_path", "compare_with", "dataset")),
+        StageSpec("prm", "pipeline.prm", ("model_name_or_path", "compare_with", "dataset"), optional=True),
         StageSpec("weak_to_strong", "pipeline.weak_to_strong", ("weak_model", "strong_model", "dataset")),
     )
 }

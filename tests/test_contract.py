@@ -126,6 +126,21 @@ def test_last_checkpoint_passes_over_incomplete_checkpoints(tmp_path, caplog):
     assert last_checkpoint(tmp_path / "missing") is None
 
 
+def test_a_run_killed_after_its_final_checkpoint_resumes_from_the_one_before(tmp_path):
+    from pipeline.training import resumable
+
+    for step in (5, 10):
+        write_checkpoint(tmp_path / f"checkpoint-{step}")
+    final, before = str(tmp_path / "checkpoint-10"), str(tmp_path / "checkpoint-5")
+    assert resumable(final, max_steps=10) == before  # Trainer would train an 11th step from checkpoint-10
+    assert resumable(before, max_steps=10) == before
+    assert resumable(final, max_steps=20) == final
+    assert resumable(final, max_steps=-1) == final  # epochs, not steps: nothing to guard
+    (tmp_path / "checkpoint-5" / "optimizer.pt").unlink()
+    assert resumable(final, max_steps=10) is None  # no complete checkpoint before it: start over
+    assert resumable(None, max_steps=10) is None
+
+
 def test_input_fingerprints_follow_content(tmp_path):
     data = tmp_path / "data.txt"
     data.write_text("hello")
