@@ -20,16 +20,7 @@ def plot_loss_curves(log_history: list[dict[str, Any]], path: str | Path, title:
         axis.plot(*zip(*train), label="train loss")
     if evaluation:
         axis.plot(*zip(*evaluation), marker="o", label="eval loss")
-    axis.set_xlabel("step")
-    axis.set_ylabel("cross-entropy (nats/token)")
-    axis.set_title(title)
-    axis.grid(alpha=0.3)
-    axis.legend()
-    figure.tight_layout()
-    path = Path(path)
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    return _save(figure, axis, path, title, "step", "cross-entropy (nats/token)")
 
 
 def plot_best_of_n_solve_rates(rows: list[dict[str, float]], path: str | Path, title: str) -> Path:
@@ -41,10 +32,15 @@ def plot_best_of_n_solve_rates(rows: list[dict[str, float]], path: str | Path, t
     ns = [row["n"] for row in rows]
     for key, style in styles.items():
         if key in rows[0]:
-            axis.plot(ns, [100 * row[key] for row in rows], style, label=names.get(key, key), color=None)
+            axis.plot(ns, [100 * row[key] for row in rows], style, label=names.get(key, key))
     axis.set_xscale("log", base=2)
-    axis.set_xlabel("N = solutions sampled per problem")
-    axis.set_ylabel("% of problems solved (best of N)")
+    return _save(figure, axis, path, title, "N = solutions sampled per problem", "% of problems solved (best of N)")
+
+
+def _save(figure, axis, path: str | Path, title: str, xlabel: str, ylabel: str) -> Path:
+    """Label, grid and legend, then write the figure and close it."""
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel(ylabel)
     axis.set_title(title)
     axis.grid(alpha=0.3)
     axis.legend()
