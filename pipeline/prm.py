@@ -45,6 +45,7 @@ from pipeline.verifier_study import (
     best_of_n_study,
     first_error_located,
     position_accuracy,
+    rows_of,
     test_samples,
 )
 from pipeline.verifiers import build_verifier, labelled_dataset, position_probabilities, solution_score
@@ -216,7 +217,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     test_prompts, test_generations = sample_solutions(
         generator, tokenizer, held_out_prompts, args.best_of_n_max, args, seed=1
     )
-    samples = {"supervision": args.supervision, **test_samples(test_prompts, test_generations, args.best_of_n_max)}
+    responses = [generation.text for generation in test_generations]
+    finished = [generation.finished for generation in test_generations]
+    samples = {"supervision": args.supervision, **test_samples(test_prompts, responses, finished, args.best_of_n_max)}
     check_same_samples(other, samples, recipe.path)
     del generator
     logger.info(
@@ -239,13 +242,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     tokenizer.save_pretrained(output_dir)
 
     # Judging: the held-out samples scored; Best-of-N against majority vote, the oracle and the other verifier.
-    responses = [generation.text for generation in test_generations]
-    finished = [generation.finished for generation in test_generations]
     probabilities = position_probabilities(
         trainer.model, tokenizer, test_prompts, responses, max_length, training_args.per_device_eval_batch_size
     )
     scores = [solution_score(probs, args.supervision, args.aggregate) for probs in probabilities]
-    samples["scores"] = [scores[i : i + args.best_of_n_max] for i in range(0, len(scores), args.best_of_n_max)]
+    samples["scores"] = rows_of(scores, args.best_of_n_max)
     table = best_of_n_study(samples, other, args.supervision, args.majority_draws, training_args.seed)
     write_json(output_dir / SAMPLES_FILE, samples)
     write_json(output_dir / "best_of_n.json", {"rows": table, "compare_with": args.compare_with})

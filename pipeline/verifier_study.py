@@ -3,7 +3,6 @@ vote over final answers and the oracle; and how well a process verifier finds th
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,15 +10,7 @@ import numpy as np
 
 from pipeline.best_of_n import expected_best, powers_of_two
 from pipeline.data.toy_world import parse_prompt, response_answer, solved, step_labels
-from pipeline.decoding import Generation
 from pipeline.verifiers import solution_labels
-
-
-def oracle_solve_rate(solved_grid: np.ndarray, n: int) -> float:
-    """P(at least one of n random samples of a problem is right), exactly, averaged over problems."""
-    total = solved_grid.shape[1]
-    wrong = (~solved_grid).sum(axis=1)
-    return float(np.mean([1.0 - math.comb(int(w), n) / math.comb(total, n) for w in wrong]))
 
 
 def majority_solve_rate(
@@ -48,20 +39,17 @@ def majority_solve_rate(
 def best_of_n_study(
     samples: dict[str, Any], other: dict[str, Any] | None, supervision: str, draws: int, seed: int
 ) -> list[dict[str, float]]:
-    """Share of test problems solved at each N: this verifier's pick, the other's, majority vote, the oracle."""
+    """Share of test problems solved at each N: this verifier's pick, the other's, majority vote, and the oracle
+    (the pick by the checker itself: a right sample whenever one of the N is right)."""
     solved_grid = np.array(samples["solved"], dtype=bool)
+    solved_values = solved_grid.astype(float)
+    pickers = {supervision: np.array(samples["scores"]), "oracle": solved_values}
+    if other is not None:
+        pickers[other["supervision"]] = np.array(other["scores"])
     rows = []
     for n in powers_of_two(solved_grid.shape[1]):
-        row = {
-            "n": n,
-            supervision: round(expected_best(np.array(samples["scores"]), solved_grid.astype(float), n), 4),
-            "majority": round(majority_solve_rate(samples["answers"], solved_grid, n, draws, seed), 4),
-            "oracle": round(oracle_solve_rate(solved_grid, n), 4),
-        }
-        if other is not None:
-            row[other["supervision"]] = round(
-                expected_best(np.array(other["scores"]), solved_grid.astype(float), n), 4
-            )
+        row = {"n": n, **{name: round(expected_best(by, solved_values, n), 4) for name, by in pickers.items()}}
+        row["majority"] = round(majority_solve_rate(samples["answers"], solved_grid, n, draws, seed), 4)
         rows.append(row)
     return rows
 
@@ -92,24 +80,24 @@ def position_accuracy(probabilities, prompts, responses, finished, supervision: 
     return round(right / total, 4)
 
 
-def test_samples(prompts: list[str], generations: Sequence[Generation], k: int) -> dict[str, Any]:
+def rows_of(values: Sequence, k: int) -> list[list]:
+    """A flat list of k samples per problem, problem after problem, as one row per problem."""
+    return [list(values[start : start + k]) for start in range(0, len(values), k)]
+
+
+def test_samples(prompts: Sequence[str], responses: Sequence[str], finished: Sequence[bool], k: int) -> dict[str, Any]:
     """The held-out samples as the study reads them: one row of k per problem, with what the checker says."""
-
-    def grid(values: list) -> list[list]:
-        return [values[start : start + k] for start in range(0, len(values), k)]
-
-    responses = [generation.text for generation in generations]
-    finished = [generation.finished for generation in generations]
     return {
-        "prompts": prompts[::k],
-        "responses": grid(responses),
-        "finished": grid(finished),
-        "solved": grid([done and solved(p, r) for p, r, done in zip(prompts, responses, finished)]),
+        "prompts": list(prompts[::k]),
+        "responses": rows_of(responses, k),
+        "finished": rows_of(finished, k),
+        "solved": rows_of([done and solved(p, r) for p, r, done in zip(prompts, responses, finished)], k),
         # A solution cut by the length limit gives no final answer: None, which majority vote counts apart.
-        "answers": grid(
+        "answers": rows_of(
             [
                 response_answer(r.strip(), len(parse_prompt(p).answer.split())) if done else None
                 for p, r, done in zip(prompts, responses, finished)
-            ]
+            ],
+            k,
         ),
     }

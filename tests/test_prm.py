@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 from conftest import TINY_PRETRAIN, run_in_process, write_recipe
 
+from pipeline.best_of_n import expected_best
 from pipeline.contract import read_manifest
 from pipeline.data.toy_world import ToyWorld
 from pipeline.prm import SAMPLES_FILE
 from pipeline.tokenization import train_tokenizer
-from pipeline.verifier_study import best_of_n_study, majority_solve_rate, oracle_solve_rate
+from pipeline.verifier_study import best_of_n_study, majority_solve_rate
 from pipeline.verifiers import encode_solution, solution_labels, solution_score
 
 PROMPT = "User: reverse each word: mofira tek\nBot:"
@@ -46,6 +47,10 @@ def test_solution_scores_multiply_or_take_the_minimum_and_the_orm_reads_the_end(
 
 def test_oracle_and_majority_vote_match_their_definitions():
     solved = np.array([[True, False, False, False], [False, False, False, False], [True, True, True, False]])
+
+    def oracle_solve_rate(solved, n):  # the study's oracle: the checker picks, as the RM's gold oracle does
+        return expected_best(solved.astype(float), solved.astype(float), n)
+
     assert oracle_solve_rate(solved, 1) == pytest.approx(np.mean(solved))
     expected = np.mean([1 - math.comb(3, 2) / math.comb(4, 2), 0.0, 1.0])
     assert oracle_solve_rate(solved, 2) == pytest.approx(expected)
