@@ -199,17 +199,20 @@ def score_token_ids(
     was_training = reward_model.training
     reward_model.eval()
     device = next(reward_model.parameters()).device
-    scores: list[float] = []
+    # Rows are scored in order of length, so that each batch is padded to about its own rows' length rather than to
+    # the longest of a random mix (each row's score is independent of its batch-mates).
+    order = sorted(range(len(sequences)), key=lambda index: len(sequences[index]))
+    scores: list[float] = [0.0] * len(sequences)
     try:
-        for start in range(0, len(sequences), batch_size):
-            batch = pad_batch(sequences[start : start + batch_size], pad_id, padding_side, device)
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            batch = pad_batch([sequences[row] for row in rows], pad_id, padding_side, device)
             if prompt_lengths is not None and pooling_of(reward_model) == "sum":
-                batch["reward_mask"] = (
-                    batch["position_ids"]
-                    >= torch.tensor(prompt_lengths[start : start + batch_size], device=device)[:, None]
-                ).long()
+                starts = torch.tensor([prompt_lengths[row] for row in rows], device=device)
+                batch["reward_mask"] = (batch["position_ids"] >= starts[:, None]).long()
             logits = reward_model(**batch, use_cache=False).logits
-            scores.extend(logits[:, 0].float().tolist())
+            for row, value in zip(rows, logits[:, 0].float().tolist()):
+                scores[row] = value
     finally:
         reward_model.train(was_training)
     return scores

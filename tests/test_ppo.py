@@ -266,6 +266,68 @@ def test_rollout_of_a_policy_against_its_own_copy_has_exactly_zero_kl(tiny_polic
     assert len(rollout.texts) == 16 and all(tokenizer.eos_token not in text for text in rollout.texts)
 
 
+def test_rollout_in_length_groups_cut_to_their_columns_gives_the_padded_batch_figures(tiny_policy):
+    import copy
+
+    model, tokenizer = tiny_policy
+    actor_critic, reference = ActorCritic(model), Reference(model=copy.deepcopy(model))
+    rollouts = []
+    for forward_batch_size in (None, 3):  # one pass over the padded batch; groups of similar length, trimmed
+        torch.manual_seed(5)
+        rollouts.append(collect_rollout(actor_critic, reference, tokenizer, PROMPTS * 3, 16, 1.0, forward_batch_size))
+    padded, grouped = rollouts
+    assert torch.equal(padded.response_ids, grouped.response_ids)
+    lengths = padded.response_mask.sum(1)
+    assert lengths.min() < lengths.max()  # rows of different lengths: the groups are cut differently
+    mask = padded.response_mask.bool()
+    for name in ("logprobs", "ref_logprobs", "values", "entropy"):
+        assert torch.allclose(getattr(padded, name)[mask], getattr(grouped, name)[mask], atol=1e-5), name
+
+
+def test_length_grouped_micro_batches_give_the_gradient_of_the_whole_mini_batch(tiny_policy):
+    import copy
+    from types import SimpleNamespace
+
+    from accelerate import Accelerator
+
+    from pipeline.rl.update import ppo_update
+
+    model, tokenizer = tiny_policy
+    torch.manual_seed(4)
+    rollout = collect_rollout(
+        ActorCritic(copy.deepcopy(model)), Reference(model=copy.deepcopy(model)), tokenizer, PROMPTS * 3, 16, 1.0
+    )
+    mask = rollout.response_mask
+    batch = {
+        **{k: v for k, v in vars(rollout).items() if isinstance(v, torch.Tensor)},
+        "advantages": torch.randn(mask.shape) * mask,
+        "returns": torch.randn(mask.shape) * mask,
+    }
+    moved = []
+    for micro_batches in (1, 4):
+        actor_critic = ActorCritic(copy.deepcopy(model).requires_grad_(True))
+        before = {name: value.clone() for name, value in actor_critic.named_parameters()}
+        optimizer = torch.optim.SGD(actor_critic.parameters(), lr=1.0)  # the step is minus the gradient
+        settings = SimpleNamespace(
+            temperature=1.0,
+            ppo_epochs=1,
+            num_mini_batches=1,
+            gradient_accumulation_steps=micro_batches,
+            cliprange=0.2,
+            cliprange_value=0.2,
+            vf_coef=0.1,
+            entropy_coef=0.01,
+            ptx_coef=0.0,
+            max_grad_norm=0.0,
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+        ppo_update(Accelerator(cpu=True), actor_critic, optimizer, scheduler, batch, settings, torch.Generator())
+        moved.append({name: before[name] - value for name, value in actor_critic.named_parameters()})
+    assert any(step.abs().max() > 1e-4 for step in moved[0].values())
+    for name, step in moved[0].items():
+        assert torch.allclose(step, moved[1][name], atol=1e-6), name
+
+
 # --- several samples per prompt, critic warm-up -------------------------------------------------------
 
 

@@ -171,3 +171,22 @@ def test_malformed_jsonl_names_file_and_line(tiny_pretrain_recipe, tmp_path):
     assert result.returncode == 2
     assert f"error: {data}:3: malformed JSON" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_from_scratch_model_computes_gpt2s_own_function():
+    """Its fused activation is GPT-2's tanh-approximated GELU: loaded as a GPT-2 with "gelu_new", the same weights
+    give the same logits."""
+    import torch
+    from transformers import GPT2LMHeadModel
+
+    from pipeline.data.toy_world import ToyWorld
+    from pipeline.models import gpt2_from_scratch
+    from pipeline.tokenization import train_tokenizer
+
+    tokenizer = train_tokenizer(ToyWorld(seed=0).pretraining_corpus(100), kind="char")
+    model = gpt2_from_scratch(tokenizer, n_layer=2, n_head=2, n_embd=32, context_length=64).eval()
+    gpt2 = GPT2LMHeadModel(model.config.__class__(**{**model.config.to_dict(), "activation_function": "gelu_new"}))
+    gpt2.load_state_dict(model.state_dict())
+    ids = torch.tensor([tokenizer.encode("User: what colour is a frog?\nBot: green")])
+    with torch.no_grad():
+        assert torch.allclose(model(ids).logits, gpt2.eval()(ids).logits, atol=1e-5)

@@ -154,10 +154,36 @@ class Reference:
             return causal_lm_logits(model, input_ids, attention_mask, response_length)
 
 
-def _chunks(total: int, size: int | None) -> Iterator[slice]:
-    size = size or total
-    for start in range(0, total, size):
-        yield slice(start, min(start + size, total))
+def length_groups(response_mask: torch.Tensor, groups: int) -> list[torch.Tensor]:
+    """Row indices sorted by response length and split into `groups` near-equal groups (fewer if there are fewer
+    rows), so that the rows of one group need about the same number of columns."""
+    order = torch.argsort(response_mask.sum(dim=1), stable=True)
+    return [rows for rows in torch.tensor_split(order, min(groups, len(order))) if len(rows)]
+
+
+def trimmed_columns(query_mask: torch.Tensor, response_mask: torch.Tensor) -> tuple[int, int]:
+    """(first prompt column, response columns) that some row of these needs: columns of padding only, the left
+    padding of prompts and the right padding of responses, can be dropped without changing any real token's
+    output, because positions come from the attention mask (position_ids_from) and attention is causal.
+
+    Written here because a batch's padding is set by its longest row: in a PPO batch of short answers, one
+    rambling response makes every row pay for its length."""
+    first_prompt_column = int(query_mask.any(dim=0).long().argmax())
+    response_columns = max(int(response_mask.sum(dim=1).max()), 1)
+    return first_prompt_column, response_columns
+
+
+def trim(tensors: dict[str, torch.Tensor], first_prompt_column: int, response_columns: int) -> dict[str, torch.Tensor]:
+    """The tensors of `select` cut to the columns `trimmed_columns` chose (prompt tensors from the left, the
+    per-token ones from the right)."""
+    return {
+        name: value
+        if value.dim() < 2  # per-episode values: scores, finished
+        else value[:, first_prompt_column:]
+        if name.startswith("query_")
+        else value[:, :response_columns]
+        for name, value in tensors.items()
+    }
 
 
 @torch.no_grad()
@@ -186,29 +212,33 @@ def collect_rollout(
     )
     generated = time.perf_counter()
 
-    input_ids = torch.cat([query_ids, response_ids], dim=1)
-    attention_mask = torch.cat([query_mask, response_mask], dim=1)
-    length = response_ids.shape[1]
-    parts: dict[str, list[torch.Tensor]] = {"logprobs": [], "ref_logprobs": [], "values": [], "entropy": []}
-    if with_exact_kl:
-        parts["exact_kl"] = []
-    for rows in _chunks(len(prompts), forward_batch_size):
-        logits, values = actor_critic(input_ids[rows], attention_mask[rows], length)
+    # Rows of similar length go through together, each chunk cut to the columns it needs; the per-token results
+    # are put back in place (zero on padding, which every later step masks).
+    tensors: dict[str, torch.Tensor] = {
+        name: response_mask.new_zeros(response_mask.shape, dtype=torch.float32)
+        for name in ["logprobs", "ref_logprobs", "values", "entropy", *(["exact_kl"] if with_exact_kl else [])]
+    }
+    chunks = -(-len(prompts) // forward_batch_size) if forward_batch_size else 1
+    for rows in length_groups(response_mask, chunks):
+        start, length = trimmed_columns(query_mask[rows], response_mask[rows])
+        input_ids = torch.cat([query_ids[rows, start:], response_ids[rows, :length]], dim=1)
+        attention_mask = torch.cat([query_mask[rows, start:], response_mask[rows, :length]], dim=1)
+        logits, values = actor_critic(input_ids, attention_mask, length)
         logits = logits.float() / temperature
-        parts["logprobs"].append(response_logprobs(logits, response_ids[rows], 1.0))
-        parts["entropy"].append(entropy(logits))
-        parts["values"].append(values)
-        ref_logits = reference.logits(input_ids[rows], attention_mask[rows], length)
-        parts["ref_logprobs"].append(response_logprobs(ref_logits, response_ids[rows], temperature))
+        tensors["logprobs"][rows, :length] = response_logprobs(logits, response_ids[rows, :length], 1.0)
+        tensors["entropy"][rows, :length] = entropy(logits)
+        tensors["values"][rows, :length] = values.float()
+        ref_logits = reference.logits(input_ids, attention_mask, length)
+        ref_logprobs = response_logprobs(ref_logits, response_ids[rows, :length], temperature)
+        tensors["ref_logprobs"][rows, :length] = ref_logprobs
         if with_exact_kl:
-            parts["exact_kl"].append(exact_kl(logits, ref_logits.float() / temperature))
+            tensors["exact_kl"][rows, :length] = exact_kl(logits, ref_logits.float() / temperature)
     if timings is not None:
         timings["generation"] = timings.get("generation", 0.0) + generated - started
         timings["forward"] = timings.get("forward", 0.0) + time.perf_counter() - generated
 
     lengths = response_mask.sum(dim=1).tolist()
     texts = [tokenizer.decode(row[:n], skip_special_tokens=True) for row, n in zip(response_ids.tolist(), lengths)]
-    tensors = {name: torch.cat(chunks) for name, chunks in parts.items()}
     # Values on padding are meaningless: zero them so that GAE and the value loss never see them.
     tensors["values"] = tensors["values"] * response_mask
     return Rollout(prompts, texts, query_ids, query_mask, response_ids, response_mask, finished, **tensors)

@@ -25,7 +25,7 @@ from accelerate import Accelerator
 
 from pipeline.kl import exact_kl
 from pipeline.rl.losses import clipped_policy_loss, clipped_value_loss, entropy
-from pipeline.rl.rollout import response_logprobs
+from pipeline.rl.rollout import length_groups, response_logprobs, trim, trimmed_columns
 
 
 class UpdateSettings(Protocol):
@@ -55,10 +55,6 @@ def global_token_count(mask: torch.Tensor, accelerator: Accelerator) -> torch.Te
     return count[0] / accelerator.num_processes
 
 
-def _micro_batches(indices: torch.Tensor, steps: int) -> Iterator[torch.Tensor]:
-    yield from torch.tensor_split(indices, steps)
-
-
 def ppo_update(
     accelerator: Accelerator,
     model: torch.nn.Module,
@@ -82,7 +78,6 @@ def ppo_update(
     """
     frozen = [] if train_policy else list(accelerator.unwrap_model(model).policy.parameters())
     size = batch["response_ids"].shape[0]
-    length = batch["response_ids"].shape[1]
     mini_batch_size = size // settings.num_mini_batches
     sums: dict[str, float] = defaultdict(float)
     token_total = 0.0
@@ -94,7 +89,12 @@ def ppo_update(
         for start in range(0, mini_batch_size * settings.num_mini_batches, mini_batch_size):
             mini_batch = order[start : start + mini_batch_size]
             token_count = global_token_count(batch["response_mask"][mini_batch], accelerator)
-            micro_batches = list(_micro_batches(mini_batch, settings.gradient_accumulation_steps))
+            # Micro-batches of similar response length, each cut to the columns it needs: the sum of their losses,
+            # hence the gradient, is the mini-batch's, at the cost of the real tokens rather than the longest row's.
+            micro_batches = [
+                mini_batch[rows]
+                for rows in length_groups(batch["response_mask"][mini_batch], settings.gradient_accumulation_steps)
+            ]
             for index, rows in enumerate(micro_batches):
                 last = index == len(micro_batches) - 1
                 if ptx_batches is not None and settings.ptx_coef > 0 and train_policy:
@@ -104,27 +104,21 @@ def ppo_update(
                     sums["ptx_loss"] += ptx_loss.item()
                 sync = contextlib.nullcontext() if last else accelerator.no_sync(model)
                 with sync:
-                    mask = batch["response_mask"][rows]
-                    input_ids = torch.cat([batch["query_ids"][rows], batch["response_ids"][rows]], dim=1)
-                    attention_mask = torch.cat([batch["query_mask"][rows], mask], dim=1)
+                    micro = trim(
+                        {name: value[rows] for name, value in batch.items()},
+                        *trimmed_columns(batch["query_mask"][rows], batch["response_mask"][rows]),
+                    )
+                    mask, length = micro["response_mask"], micro["response_mask"].shape[1]
+                    input_ids = torch.cat([micro["query_ids"], micro["response_ids"]], dim=1)
+                    attention_mask = torch.cat([micro["query_mask"], mask], dim=1)
                     logits, values = model(input_ids, attention_mask, length)
                     logits = logits.float() / settings.temperature  # the rollout's temperature (N+ details)
-                    logprobs = response_logprobs(logits, batch["response_ids"][rows], 1.0)
+                    logprobs = response_logprobs(logits, micro["response_ids"], 1.0)
                     policy = clipped_policy_loss(
-                        logprobs,
-                        batch["logprobs"][rows],
-                        batch["advantages"][rows],
-                        mask,
-                        settings.cliprange,
-                        token_count,
+                        logprobs, micro["logprobs"], micro["advantages"], mask, settings.cliprange, token_count
                     )
                     value = clipped_value_loss(
-                        values,
-                        batch["values"][rows],
-                        batch["returns"][rows],
-                        mask,
-                        settings.cliprange_value,
-                        token_count,
+                        values, micro["values"], micro["returns"], mask, settings.cliprange_value, token_count
                     )
                     mean_entropy = (entropy(logits) * mask).sum() / token_count
                     loss = settings.vf_coef * value.loss
