@@ -303,16 +303,35 @@ class StageRun:
 
 
 def open_stage_run(
-    recipe: Recipe, stage: str, output_dir: str | os.PathLike, seed: int, is_main_process: bool
+    recipe: Recipe,
+    stage: str,
+    output_dir: str | os.PathLike,
+    seed: int,
+    is_main_process: bool,
+    max_steps: int | None = None,
 ) -> tuple[StageRun, str | None] | None:
     """Open a stage's output directory: (the run, the checkpoint to resume from or None), or None when the
-    directory already holds a finished run of this very recipe and inputs (then there is nothing to do)."""
+    directory already holds a finished run of this very recipe and inputs (then there is nothing to do).
+    `max_steps`: a Trainer stage's, so that the checkpoint is one it can resume from (`resumable`)."""
     run = StageRun(recipe, Path(output_dir), stage_inputs(stage, recipe.values), seed, is_main_process)
     try:
-        return run, run.start()
+        checkpoint = run.start()
+        return run, resumable(checkpoint, max_steps) if max_steps is not None else checkpoint
     except AlreadyFinished:
         logger.info("%s already holds a finished run of this recipe; nothing to do (--force re-runs it)", output_dir)
         return None
+
+
+def resumable(checkpoint: str | None, max_steps: int) -> str | None:
+    """The checkpoint to resume from: not one at `max_steps` or past it. Trainer resumed from its last step enters
+    the epoch loop before it checks the step count and trains one step too many (transformers 5.x), so a run
+    killed after its final checkpoint and before its outputs resumes from the checkpoint before that one, or
+    starts over: the same result (runs are deterministic), a little more time."""
+    if checkpoint is None or max_steps <= 0 or int(Path(checkpoint).name.rsplit("-", 1)[-1]) < max_steps:
+        return checkpoint
+    earlier = last_checkpoint(Path(checkpoint).parent, before_step=max_steps)
+    logger.info("%s is at max_steps: resuming from %s instead", checkpoint, earlier or "the start")
+    return earlier
 
 
 def last_checkpoint(output_dir: Path, before_step: int | None = None) -> str | None:

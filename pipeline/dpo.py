@@ -529,7 +529,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         training_args.trust_remote_code,
     )
     output_dir = Path(training_args.output_dir)
-    opened = open_stage_run(recipe, "dpo", output_dir, training_args.seed, training_args.should_save)
+    opened = open_stage_run(
+        recipe, "dpo", output_dir, training_args.seed, training_args.should_save, training_args.max_steps
+    )
     if opened is None:
         return
     run, checkpoint = opened

@@ -222,7 +222,9 @@ def write_samples(model, tokenizer, args: PretrainArguments, prompts: list[str],
 def main(argv: Sequence[str] | None = None) -> None:
     args, training_args, recipe = parse_recipe(RECIPE_TYPES, argv, "pretrain", __doc__)
     output_dir = Path(training_args.output_dir)
-    opened = open_stage_run(recipe, "pretrain", output_dir, training_args.seed, training_args.should_save)
+    opened = open_stage_run(
+        recipe, "pretrain", output_dir, training_args.seed, training_args.should_save, training_args.max_steps
+    )
     if opened is None:
         return
     run, checkpoint = opened

@@ -197,7 +197,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     args, model_args, training_args, recipe = parse_recipe(RECIPE_TYPES, argv, "prm", __doc__)
     other = load_comparison(args.compare_with, args.supervision, recipe.path)
     output_dir = Path(training_args.output_dir)
-    opened = open_stage_run(recipe, "prm", output_dir, training_args.seed, training_args.should_save)
+    opened = open_stage_run(
+        recipe, "prm", output_dir, training_args.seed, training_args.should_save, training_args.max_steps
+    )
     if opened is None:
         return
     run, checkpoint = opened

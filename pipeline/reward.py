@@ -616,7 +616,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             "blocks frozen as the identity."
         )
     output_dir = Path(training_args.output_dir)
-    opened = open_stage_run(recipe, "reward", output_dir, training_args.seed, training_args.should_save)
+    opened = open_stage_run(
+        recipe, "reward", output_dir, training_args.seed, training_args.should_save, training_args.max_steps
+    )
     if opened is None:
         return
     run, checkpoint = opened

@@ -352,7 +352,9 @@ def sample_and_score(model, tokenizer, prompts: list[str], args: SFTArguments, s
 def main(argv: Sequence[str] | None = None) -> None:
     args, model_args, training_args, recipe = parse_recipe(RECIPE_TYPES, argv, "sft", __doc__)
     output_dir = Path(training_args.output_dir)
-    opened = open_stage_run(recipe, "sft", output_dir, training_args.seed, training_args.should_save)
+    opened = open_stage_run(
+        recipe, "sft", output_dir, training_args.seed, training_args.should_save, training_args.max_steps
+    )
     if opened is None:
         return
     run, checkpoint = opened

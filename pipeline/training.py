@@ -5,12 +5,10 @@ from __future__ import annotations
 import logging
 import signal
 import time
-from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
 
-from pipeline.contract import last_checkpoint
 from pipeline.errors import RunInterrupted
 
 logger = logging.getLogger(__name__)
@@ -49,7 +47,7 @@ class GracefulInterrupt(TrainerCallback):
         checkpoint by then, and RunInterrupted tells the user how to resume.
         """
         started = time.perf_counter()
-        result = trainer.train(resume_from_checkpoint=resumable(checkpoint, trainer.args.max_steps))
+        result = trainer.train(resume_from_checkpoint=checkpoint)
         seconds = time.perf_counter() - started
         self.restore()
         if self.requested:
@@ -64,18 +62,6 @@ class GracefulInterrupt(TrainerCallback):
             control.should_save = True
             control.should_training_stop = True
         return control
-
-
-def resumable(checkpoint: str | None, max_steps: int) -> str | None:
-    """The checkpoint to resume from: not one at `max_steps` or past it. Trainer resumed from its last step enters
-    the epoch loop before it checks the step count and trains one step too many (transformers 5.x), so a run
-    killed after its final checkpoint and before its outputs resumes from the checkpoint before that one, or
-    starts over: the same result (runs are deterministic), a little more time."""
-    if checkpoint is None or max_steps <= 0 or int(Path(checkpoint).name.rsplit("-", 1)[-1]) < max_steps:
-        return checkpoint
-    earlier = last_checkpoint(Path(checkpoint).parent, before_step=max_steps)
-    logger.info("%s is at max_steps: resuming from %s instead", checkpoint, earlier or "the start")
-    return earlier
 
 
 class Throughput(TrainerCallback):

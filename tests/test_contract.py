@@ -127,7 +127,7 @@ def test_last_checkpoint_passes_over_incomplete_checkpoints(tmp_path, caplog):
 
 
 def test_a_run_killed_after_its_final_checkpoint_resumes_from_the_one_before(tmp_path):
-    from pipeline.training import resumable
+    from pipeline.contract import resumable
 
     for step in (5, 10):
         write_checkpoint(tmp_path / f"checkpoint-{step}")
