@@ -270,7 +270,8 @@ class StageRun:
     # -- finish ------------------------------------------------------------------------------------
 
     def finish(self, resolved: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
-        """Write recipe.yaml, metrics.json and, last and atomically, manifest.json."""
+        """Write recipe.yaml, metrics.json, the model card (README.md, where a model was saved) and, last and
+        atomically, manifest.json."""
         if not self.is_main_process:
             return {}
         from pipeline.resources import peak_memory  # here, not at the top: readers of manifests need no torch
@@ -279,6 +280,9 @@ class StageRun:
         metrics = {**metrics, **peak_memory(), "wall_time_s": round(wall_time, 2)}
         write_atomic(self.output_dir / RESOLVED_RECIPE, yaml.safe_dump(resolved, sort_keys=False))
         write_json(self.output_dir / METRICS, metrics)
+        from pipeline.model_card import write_model_card
+
+        write_model_card(self.output_dir, self.recipe.stage, resolved, metrics)
         files = sorted(p.name for p in self.output_dir.iterdir() if p.name not in (LOCK, IN_PROGRESS))
         manifest = {
             "stage": self.recipe.stage,
