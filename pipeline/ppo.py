@@ -76,6 +76,7 @@ from pipeline.rl.rollout import Reference, collect_rollout, select
 from pipeline.rl.scoring import GoldScorer, make_scorer
 from pipeline.rl.update import ppo_update
 from pipeline.rl.value import ActorCritic, ValueModel
+from pipeline.tracking import loggable, scalars, tracker_names
 from pipeline.training import GracefulInterrupt
 
 logger = logging.getLogger("pipeline.ppo")
@@ -269,6 +270,14 @@ class PPOConfig:
     )
 
     logging_steps: int = 1
+    report_to: list[str] = field(
+        default_factory=lambda: ["none"],
+        metadata={
+            "help": "trackers for the per-step figures, as Trainer's: none, tensorboard, wandb, trackio, mlflow, ... "
+            "(`pip install -e '.[tracking]'` installs tensorboard; logs under output_dir)"
+        },
+    )
+    run_name: str | None = field(default=None, metadata={"help": "the trackers' run name (default: output_dir's)"})
     save_steps: int = field(default=20, metadata={"help": "checkpoint every this many steps (resume after a kill)"})
     save_total_limit: int | None = 2
     use_cpu: bool = False
@@ -280,6 +289,7 @@ class PPOConfig:
     gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
+        self.report_to = tracker_names(self.report_to)
         if self.kl_coef < 0:
             raise ValueError(
                 f"key 'kl_coef' must be >= 0, got {self.kl_coef}: a negative β would reward moving away from the SFT "
@@ -553,7 +563,10 @@ def summary_line(entry: dict[str, Any], max_steps: int) -> str:
 def main(argv: Sequence[str] | None = None) -> None:
     args, model_args, config, recipe = parse_recipe(RECIPE_TYPES, argv, "ppo", __doc__)
     accelerator = Accelerator(
-        cpu=config.use_cpu, mixed_precision="bf16" if config.bf16 else "fp16" if config.fp16 else "no"
+        cpu=config.use_cpu,
+        mixed_precision="bf16" if config.bf16 else "fp16" if config.fp16 else "no",
+        log_with=config.report_to or None,
+        project_dir=config.output_dir,
     )
     if config.tf32 is not None and torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = config.tf32
@@ -653,6 +666,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             args.ptx_dataset, tokenizer, args.ptx_batch_size, ptx_length, config.seed, accelerator.device, toy=args
         )
 
+    if config.report_to:
+        accelerator.init_trackers(
+            config.run_name or output_dir.name, config=loggable(resolved_recipe("ppo", args, model_args, config))
+        )
     interrupt = GracefulInterrupt()
     started = time.perf_counter()
     for step in range(start_step + 1, config.max_steps + 1):
@@ -683,6 +700,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         log_history.append(entry)
         if step % config.logging_steps == 0 or step == config.max_steps:
             logger.info(summary_line(entry, config.max_steps))
+            accelerator.log(scalars(entry), step=step)
         if step % config.save_steps == 0 or interrupt.requested:
             if accelerator.is_main_process:
                 state = {"log_history": log_history, "kl_control": kl_control.state_dict()}
@@ -702,6 +720,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             )
     train_seconds = time.perf_counter() - started
     interrupt.restore()
+    accelerator.end_training()
 
     # The policy against the SFT model (its reference) and the SFT model's sharpening frontier, on held-out prompts.
     evaluation = measure_policy(

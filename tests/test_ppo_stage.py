@@ -357,3 +357,29 @@ def test_grpo_needs_whole_groups(tmp_path, tiny_sft):
                 ),
             ]
         )
+
+
+def test_report_to_tensorboard_logs_every_step_under_the_output_dir(tmp_path, tiny_sft):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out, _ = run_ppo(ppo_recipe(tmp_path, tiny_sft, max_steps=3, num_eval_prompts=8, report_to=["tensorboard"]))
+    events = [path.parent for path in out.rglob("events.out.tfevents.*")]
+    assert events, sorted(p.name for p in out.iterdir())
+    accumulator = EventAccumulator(str(events[0])).Reload()
+    assert [event.step for event in accumulator.Scalars("gold_reward")] == [1, 2, 3]
+    assert "kl_k3" in accumulator.Tags()["scalars"]
+
+
+def test_a_tracker_that_is_unknown_or_not_installed_is_refused_before_any_model_loads(tmp_path, tiny_sft):
+    with pytest.raises(RecipeError, match="report_to.*unknown tracker 'tensorbored'"):
+        run_ppo(ppo_recipe(tmp_path, tiny_sft, report_to="tensorbored"))
+    assert not (tmp_path / "ppo").exists()
+
+
+def test_a_tracker_that_is_not_installed_names_the_package_to_install(monkeypatch):
+    from pipeline import tracking
+
+    monkeypatch.setattr(tracking.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ValueError, match=r"report_to': wandb is not installed \(pip install wandb"):
+        tracking.tracker_names(["wandb"])
+    assert tracking.tracker_names("none") == [] and tracking.tracker_names(["all"]) == []

@@ -108,8 +108,8 @@ def trl_config(config):
         bf16=config.bf16,
         gradient_checkpointing=config.gradient_checkpointing,
         disable_dropout=True,  # as PPO: sampling and training see the same network (N+ details: dropout off)
-        report_to="none",
-        disable_tqdm=True,
+        report_to=config.report_to or "none",
+        run_name=config.run_name,
     )
 
 
