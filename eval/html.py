@@ -16,7 +16,9 @@ body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; max-width:
        padding: 0 1em; color: #222; line-height: 1.45; }
 h1 { border-bottom: 2px solid #444; padding-bottom: .2em; }
 h2 { border-bottom: 1px solid #bbb; margin-top: 2em; }
-nav a { margin-right: .8em; white-space: nowrap; }
+nav { display: flex; flex-wrap: wrap; gap: .2em .9em; }
+nav a { white-space: nowrap; }
+.wide { overflow-x: auto; }
 table { border-collapse: collapse; margin: .6em 0 1.2em; font-size: 90%; }
 th, td { border: 1px solid #ccc; padding: .25em .55em; text-align: left; vertical-align: top; }
 th { background: #f0f0f0; }
@@ -51,7 +53,7 @@ def data_uri(png: bytes) -> str:
 
 
 def _table(block: Table) -> str:
-    parts = ["<table>"]
+    parts = ['<div class="wide"><table>']
     if block.caption:
         parts.append(f'<caption class="caption">{inline(block.caption)}</caption>')
     parts.append("<tr>" + "".join(f"<th>{inline(str(h))}</th>" for h in block.header) + "</tr>")
@@ -62,7 +64,7 @@ def _table(block: Table) -> str:
             text = html.escape(cell(value)).replace("\n", "<br>")
             cells.append(f'<td class="num">{text}</td>' if numeric else f"<td>{text}</td>")
         parts.append("<tr>" + "".join(cells) + "</tr>")
-    parts.append("</table>")
+    parts.append("</table></div>")
     return "\n".join(parts)
 
 

@@ -43,6 +43,8 @@ REPORT_VERSION = 1
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    from eval.sections import SECTIONS
+
     parser = argparse.ArgumentParser(
         prog="python -m eval.report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -79,20 +81,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         nargs="+",
         default=[],
         metavar="SECTION",
-        choices=[
-            "overview",
-            "training",
-            "pretrain",
-            "decoding",
-            "tokenizers",
-            "sft",
-            "reward",
-            "ppo",
-            "dpo",
-            "comparison",
-            "kl",
-            "w2s",
-        ],
+        choices=[module.__name__.rsplit(".", 1)[-1] for module in SECTIONS],
         help="leave these sections out (e.g. --skip tokenizers kl)",
     )
     parser.add_argument(

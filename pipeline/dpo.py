@@ -468,9 +468,14 @@ def held_out_numbers(metrics: dict[str, float], prefix: str) -> dict[str, float]
         "logp_rejected": "logps/rejected",
         "loss": "loss",
     }
-    return {
+    numbers = {
         short: round(metrics[f"{prefix}_{key}"], 4) for short, key in names.items() if f"{prefix}_{key}" in metrics
     }
+    # TRL counts a tie as wrong. Before training the policy is its reference: every implicit reward is exactly 0 and
+    # every pair a tie, which is no preference, counted half right as the reward stage counts ties (not 0).
+    if metrics.get(f"{prefix}_rewards/chosen") == 0.0 and metrics.get(f"{prefix}_rewards/rejected") == 0.0:
+        numbers["implicit_reward_accuracy"] = 0.5
+    return numbers
 
 
 def final_evaluation(trainer: DPOTrainer) -> dict[str, float]:

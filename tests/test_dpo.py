@@ -123,6 +123,7 @@ def test_loss_falls_and_the_policy_moves_away_from_sft(full_run):
     assert sum(losses[-2:]) / 2 < losses[0] - 0.2, losses
     # The held-out implicit reward is exactly 0 before training (the reference is the starting policy) and moves after.
     assert metrics["held_out_before"]["implicit_reward_margin"] == 0.0
+    assert metrics["held_out_before"]["implicit_reward_accuracy"] == 0.5  # every pair a tie, not every pair wrong
     assert metrics["held_out_before"]["loss"] == pytest.approx(math.log(2), abs=1e-4)
     # It learns its training pairs (the held-out pairs ask new questions, which 12 steps on 16 pairs need not reach).
     train = [entry for entry in history if "rewards/margins" in entry]

@@ -15,25 +15,29 @@ from eval.sections import (
     reward,
     sft,
     sycophancy,
+    timing,
     tokenizers,
     training,
     verifiers,
     w2s,
 )
 
+# Results first: the runs and their headline figures, every policy against the free baselines, then stage by
+# stage; the studies after them, and where the time went last.
 SECTIONS = (
     overview,
-    training,
-    pretrain,
-    decoding,
-    tokenizers,
+    comparison,
     sft,
     reward,
     ppo,
     dpo,
-    comparison,
     sycophancy,
-    kl,
     verifiers,
     w2s,
+    pretrain,
+    decoding,
+    tokenizers,
+    kl,
+    training,
+    timing,
 )

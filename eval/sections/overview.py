@@ -1,8 +1,7 @@
-"""Which stages ran (and which did not), each one's wall time and share, and one headline number each."""
+"""Which stages ran (and which did not), one headline figure each, and each one's wall time and share."""
 
 from __future__ import annotations
 
-from eval import figures
 from eval.collect import StageOutput
 from eval.context import Context
 from eval.document import Section
@@ -31,7 +30,7 @@ def headline(output: StageOutput) -> tuple[str | None, float | None]:
 
 
 def build(ctx: Context) -> Section:
-    section = Section("overview", "Runs and wall time")
+    section = Section("overview", "Runs and headline figures")
     outputs = ctx.runs.outputs
     total = sum(output.wall_time_s or 0.0 for output in outputs)
     rows, data_outputs = [], []
@@ -73,14 +72,5 @@ def build(ctx: Context) -> Section:
             + ", ".join(f"`{s}`" for s in missing)
             + "."
         )
-    section.figure(
-        figures.bars(
-            {o.name: o.wall_time_s for o in outputs},
-            ctx.figure_path("wall_time"),
-            "wall time per stage output",
-            "seconds",
-        ),
-        "Wall time of each stage output (manifest `wall_time_s`).",
-    )
     section.data = {"outputs": data_outputs, "total_wall_time_s": total, "missing_stages": missing}
     return section
