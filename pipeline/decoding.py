@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.utils import logging as hf_logging
 
 logger = logging.getLogger(__name__)
 
@@ -159,8 +160,11 @@ def generate(
     max_positions = getattr(model.config, "max_position_embeddings", None)
 
     results: list[Generation] = []
+    starts = range(0, len(prompts), batch_size)
+    # transformers' tqdm: off with transformers.utils.logging.disable_progress_bar(), as the library's own bars.
+    progress = hf_logging.tqdm(starts, desc="generating", unit="batch", leave=False, disable=len(starts) < 2)
     with _eval_mode(model), torch.inference_mode(), _seeded(seed, device):
-        for start in range(0, len(prompts), batch_size):
+        for start in progress:
             batch = prompts[start : start + batch_size]
             ids = tokenizer(batch, add_special_tokens=False)["input_ids"]
             ids = [row if row else [start_id] for row in ids]
