@@ -720,7 +720,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             )
     train_seconds = time.perf_counter() - started
     interrupt.restore()
-    accelerator.end_training()
+    for tracker in accelerator.trackers:  # not end_training(): it also ends the process group evaluation still needs
+        tracker.finish()
 
     # The policy against the SFT model (its reference) and the SFT model's sharpening frontier, on held-out prompts.
     evaluation = measure_policy(
