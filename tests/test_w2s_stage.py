@@ -245,3 +245,28 @@ def test_lora_students_train_adapters_and_the_head_and_save_a_merged_model(tmp_p
         assert torch.equal(
             saved.state_dict()["transformer.h.0.mlp.c_fc.weight"], base.state_dict()["transformer.h.0.mlp.c_fc.weight"]
         )
+
+
+def test_a_sweep_over_sizes_runs_every_smaller_weak_larger_strong_pair_and_a_rerun_retrains_nothing(
+    tmp_path, tiny_models
+):
+    from pipeline.w2s.sweep import main as sweep
+
+    torch.set_num_threads(1)
+    weak, strong = tiny_models
+    largest = str(save_tiny_gpt2(tmp_path / "largest", n_embd=24))
+    recipe = tiny_recipe(tmp_path / "w2s.yaml", tiny_models, tmp_path / "unused", seeds=[0], losses=["xent"])
+    arguments = ["--config", str(recipe), "--models", weak, strong, largest, "--output_dir", str(tmp_path / "sweep")]
+    sweep(arguments)
+    rows = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
+    assert [(Path(r["weak"]).name, Path(r["strong"]).name) for r in rows] == [
+        ("weak", "strong"),
+        ("weak", "largest"),
+        ("strong", "largest"),
+    ]
+    assert (tmp_path / "sweep" / "sweep_by_size.png").is_file()
+    pairs = ("weak_to_strong", "weak_to_largest", "strong_to_largest")
+    written = {pair: (tmp_path / "sweep" / pair / "manifest.json").stat().st_mtime_ns for pair in pairs}
+    sweep(arguments)  # every pair finished: each stage is skipped, nothing is trained or written again
+    assert json.loads((tmp_path / "sweep" / "sweep.json").read_text()) == rows
+    assert {pair: (tmp_path / "sweep" / pair / "manifest.json").stat().st_mtime_ns for pair in pairs} == written

@@ -89,3 +89,73 @@ def plot_sweep(rows: list[dict], path: str | Path, title: str) -> Path:
     figure.savefig(path, dpi=120)
     plt.close(figure)
     return path
+
+
+def plot_sweep_by_size(rows: list[dict], path: str | Path, title: str) -> Path:
+    """Burns et al.'s two figures from a sweep over sizes: test accuracy against the strong model's size for the
+    smallest weak model (weak, each loss, ceiling), and PGR against the strong model's size, one line per weak
+    model and loss; medians with min-max whiskers over seeds. Sizes are parameters (log axis), else the order."""
+    weak_models = list(dict.fromkeys(row["weak"] for row in rows))
+    losses = list(dict.fromkeys(row["loss"] for row in rows))
+
+    def size(row: dict, key: str = "strong") -> float:
+        return row[f"{key}_parameters"] or (weak_models + [r["strong"] for r in rows]).index(row[key]) + 1
+
+    def line(axis, points: list[tuple[float, dict]], **style) -> None:
+        points = [(x, stats) for x, stats in sorted(points, key=lambda p: p[0]) if stats["median"] is not None]
+        if not points:
+            return
+        xs = [x for x, _ in points]
+        medians = [stats["median"] for _, stats in points]
+        errors = [
+            [m - stats["min"] for m, (_, stats) in zip(medians, points)],
+            [stats["max"] - m for m, (_, stats) in zip(medians, points)],
+        ]
+        axis.errorbar(xs, medians, yerr=errors, marker="o", capsize=3, **style)
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    smallest = [row for row in rows if row["weak"] == weak_models[0]]
+    first = [row for row in smallest if row["loss"] == losses[0]]
+    line(left, [(size(row), row["ceiling_accuracy"]) for row in first], color="black", label="strong ceiling")
+    for index, loss in enumerate(losses):
+        line(
+            left,
+            [(size(row), row["w2s_accuracy"]) for row in smallest if row["loss"] == loss],
+            color=f"C{index}",
+            label=f"weak-to-strong, {loss}",
+        )
+    if first:
+        left.axhline(
+            first[0]["weak_accuracy"]["median"] or 0.0,
+            color="grey",
+            linestyle="--",
+            label=f"weak ({Path(weak_models[0]).name})",
+        )
+    left.set_ylabel("test accuracy")
+    left.set_title(f"weak model {Path(weak_models[0]).name}")
+    for weak_index, weak in enumerate(weak_models):
+        for loss_index, loss in enumerate(losses):
+            points = [(size(row), row["pgr"]) for row in rows if row["weak"] == weak and row["loss"] == loss]
+            line(
+                right,
+                points,
+                color=f"C{loss_index}",
+                alpha=1.0 - 0.6 * weak_index / max(len(weak_models), 1),
+                linestyle=["-", "--", ":", "-."][weak_index % 4],
+                label=f"{Path(weak).name}, {loss}",
+            )
+    right.axhline(0.0, color="grey", linewidth=1)
+    right.set_ylabel("performance gap recovered")
+    right.set_title("PGR")
+    for axis in (left, right):
+        axis.set_xlabel("strong model parameters" if rows and rows[0]["strong_parameters"] else "strong model (order)")
+        if rows and rows[0]["strong_parameters"]:
+            axis.set_xscale("log")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+    figure.suptitle(title)
+    figure.tight_layout()
+    path = Path(path)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path

@@ -3,11 +3,15 @@
     python -m pipeline.w2s.sweep --config recipes/w2s/toy.yaml \
         --pairs runs/toy/pretrain_small:runs/toy/pretrain runs/toy/pretrain_small:runs/toy/pretrain_small \
         --seeds 0 1 2 --losses xent logconf --output_dir runs/w2s/sweep
+    python -m pipeline.w2s.sweep --config recipes/w2s_sweep/w2s.yaml --output_dir runs/w2s_sweep/sweep \
+        --models runs/w2s_sweep/pretrain_{xs,s,m,l}
 
 Each pair runs the stage (with all its guarantees: manifest, resume, skip when finished) into
 <output_dir>/<weak>_to_<strong>, and every pair shares one sub-run cache (<output_dir>/cache), so a weak
 model's labels and a strong model's ceiling are trained once for the whole sweep. The sweep then writes
-sweep.md (one row per pair and loss), sweep.json and sweep.png (PGR with seed spread).
+sweep.md (one row per pair and loss), sweep.json and sweep.png (PGR with seed spread); with `--models` (smallest
+first: every weak < strong pair) also sweep_by_size.png, accuracy and PGR against the strong model's size, the
+figures of Burns et al. (2023).
 Any other `--key value` is passed to the stage as a recipe override.
 """
 
@@ -21,7 +25,7 @@ from pathlib import Path
 
 from pipeline.contract import write_atomic, write_json
 from pipeline.errors import RecipeError, run_cli
-from pipeline.w2s.plots import plot_sweep
+from pipeline.w2s.plots import plot_sweep, plot_sweep_by_size
 
 logger = logging.getLogger("pipeline.w2s.sweep")
 
@@ -31,7 +35,11 @@ def parse_arguments(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]
         prog="python -m pipeline.w2s.sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--config", required=True, help="a weak_to_strong recipe: the settings shared by every pair")
-    parser.add_argument("--pairs", nargs="+", required=True, help="WEAK:STRONG model pairs (stage dirs or hub names)")
+    models = parser.add_mutually_exclusive_group(required=True)
+    models.add_argument("--pairs", nargs="+", help="WEAK:STRONG model pairs (stage dirs or hub names)")
+    models.add_argument(
+        "--models", nargs="+", help="models from smallest to largest: every pair of a smaller weak and a larger strong"
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=None, help="seeds (default: the recipe's)")
     parser.add_argument("--losses", nargs="+", default=None, help="losses (default: the recipe's)")
     parser.add_argument(
@@ -54,8 +62,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     args, passthrough = parse_arguments(list(sys.argv[1:] if argv is None else argv))
     output_dir = Path(args.output_dir)
+    pairs = args.pairs or [f"{weak}:{strong}" for i, weak in enumerate(args.models) for strong in args.models[i + 1 :]]
     rows = []
-    for pair in args.pairs:
+    for pair in pairs:
         weak, sep, strong = pair.partition(":")
         if not sep or not weak or not strong:
             raise RecipeError(f"--pairs: expected WEAK:STRONG, got {pair!r}")
@@ -90,6 +99,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                     "w2s_accuracy": row["accuracy"],
                     "pgr": row["pgr"],
                     "pgr_na_reasons": row["pgr_na_reasons"],
+                    "weak_parameters": parameters(weak),
+                    "strong_parameters": parameters(strong),
                 }
             )
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -97,7 +108,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     table = format_sweep(rows)
     write_atomic(output_dir / "sweep.md", table)
     plot_sweep(rows, output_dir / "sweep.png", f"weak-to-strong sweep ({Path(args.config).name})")
+    if args.models:
+        title = f"weak-to-strong by size ({Path(args.config).name})"
+        plot_sweep_by_size(rows, output_dir / "sweep_by_size.png", title)
     print(table)
+
+
+def parameters(model: str) -> int | None:
+    """A model's parameter count, as the stage that made it recorded it (None for a hub name)."""
+    try:
+        return int(json.loads((Path(model) / "metrics.json").read_text(encoding="utf-8"))["parameters"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def format_sweep(rows: list[dict]) -> str:
