@@ -270,7 +270,7 @@ def judge_against_frontier(table: list[dict[str, Any]], frontier: Sequence[dict[
 
 def plot_best_of_n(result: dict[str, Any], path: str | Path) -> Path:
     """RM reward and gold reward of the Best-of-N pick against N (log scale)."""
-    from pipeline.plots import plt
+    from pipeline.plots import plt, save_figure
 
     table = result["table"]
     ns = [row["n"] for row in table]
@@ -296,8 +296,4 @@ def plot_best_of_n(result: dict[str, Any], path: str | Path) -> Path:
     figure.suptitle(
         f"Best-of-N: {result['prompts']} prompts, {result['samples_per_prompt']} samples each ({result['strategy']})"
     )
-    figure.tight_layout()
-    path = Path(path)
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)

@@ -54,7 +54,7 @@ from pipeline.finetuning import (
     mode_name,
 )
 from pipeline.models import fit_max_length, load_model, load_tokenizer, parameter_counts
-from pipeline.plots import plot_loss_curves  # also selects matplotlib's file-only backend
+from pipeline.plots import plot_loss_curves, save_figure  # also selects matplotlib's file-only backend
 from pipeline.policy_eval import (
     check_sharpening_temperatures,
     evaluate_policy,
@@ -513,11 +513,7 @@ def plot_dpo_curves(log_history: list[dict[str, Any]], path: Path, title: str) -
         axis.set_xlabel("step")
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
-    figure.suptitle(title)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path, title)
 
 
 # --- the stage ----------------------------------------------------------------------------------------------

@@ -44,6 +44,13 @@ def _save(figure, axis, path: str | Path, title: str, xlabel: str, ylabel: str) 
     axis.set_title(title)
     axis.grid(alpha=0.3)
     axis.legend()
+    return save_figure(figure, path)
+
+
+def save_figure(figure, path: str | Path, title: str | None = None) -> Path:
+    """Give the figure its title (if any), lay it out, write it as a PNG and close it; returns the path."""
+    if title is not None:
+        figure.suptitle(title)
     figure.tight_layout()
     path = Path(path)
     figure.savefig(path, dpi=120)

@@ -69,7 +69,7 @@ from pipeline.models import (
     load_tokenizer,
     parameter_counts,
 )
-from pipeline.plots import plot_loss_curves, plt
+from pipeline.plots import plot_loss_curves, plt, save_figure
 from pipeline.policy_eval import (
     check_sharpening_temperatures,
     sharpening_frontier,
@@ -509,9 +509,7 @@ def plot_reward_histogram(chosen: Sequence[float], rejected: Sequence[float], pa
     axis.set_ylabel("held-out responses")
     axis.set_title(title)
     axis.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def plot_calibration(curves: dict[str, dict], path: Path) -> None:
@@ -533,9 +531,7 @@ def plot_calibration(curves: dict[str, dict], path: Path) -> None:
     axis.set_ylim(0.0, 1.02)
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def best_of_n_prompts(args: RewardArguments, eval_pairs: datasets.Dataset) -> list[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipeline.plots import plt
+from pipeline.plots import plt, save_figure
 
 
 def plot_reward_and_kl(log_history: list[dict[str, Any]], path: str | Path, title: str) -> Path:
@@ -35,9 +35,4 @@ def plot_reward_and_kl(log_history: list[dict[str, Any]], path: str | Path, titl
     for axis in (reward_axis, kl_axis):
         if axis.get_legend_handles_labels()[0]:
             axis.legend()
-    figure.suptitle(title)
-    figure.tight_layout()
-    path = Path(path)
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path, title)

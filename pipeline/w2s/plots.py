@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.plots import plt
+from pipeline.plots import plt, save_figure
 
 
 def _bars(axis, labels: list[str], per_seed: list[list[float | None]], colours: list[str]) -> None:
@@ -52,12 +52,7 @@ def plot_w2s(per_seed: list[dict], losses: list[str], path: str | Path, title: s
     right.axhline(1.0, color="grey", linewidth=1, linestyle="--")
     right.set_ylabel("performance gap recovered")
     right.set_title("PGR (median, min-max, seeds)")
-    figure.suptitle(title)
-    figure.tight_layout()
-    path = Path(path)
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path, title)
 
 
 def plot_sweep(rows: list[dict], path: str | Path, title: str) -> Path:
@@ -84,11 +79,7 @@ def plot_sweep(rows: list[dict], path: str | Path, title: str) -> Path:
     axis.set_title(title)
     axis.grid(axis="y", alpha=0.3)
     axis.legend()
-    figure.tight_layout()
-    path = Path(path)
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)
 
 
 def plot_sweep_by_size(rows: list[dict], path: str | Path, title: str) -> Path:
@@ -153,9 +144,4 @@ def plot_sweep_by_size(rows: list[dict], path: str | Path, title: str) -> Path:
             axis.set_xscale("log")
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7)
-    figure.suptitle(title)
-    figure.tight_layout()
-    path = Path(path)
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path, title)
