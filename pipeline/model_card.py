@@ -8,11 +8,12 @@ of [None]") and opens with a chat example that fails on a model saved without a 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from huggingface_hub import ModelCard, ModelCardData
+
+from pipeline.contract import read_json_object
 
 #: What each stage made, in a few words.
 STAGE_TITLES = {
@@ -46,7 +47,7 @@ TOY_PROMPT = "User: what colour is a frog?\nBot:"
 
 def write_model_card(output_dir: Path, stage: str, recipe: dict[str, Any], metrics: dict[str, Any]) -> Path | None:
     """Write <output_dir>/README.md when the folder holds a model (a config.json); returns its path."""
-    config = _json(output_dir / "config.json")
+    config = read_json_object(output_dir / "config.json")
     if config is None:
         return None
     architecture = (config.get("architectures") or ["?"])[0]
@@ -144,11 +145,3 @@ def _dotted(metrics: dict[str, Any], key: str) -> Any:
     for part in key.split("."):
         value = value.get(part) if isinstance(value, dict) else None
     return value
-
-
-def _json(path: Path) -> dict[str, Any] | None:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None

@@ -402,7 +402,7 @@ def gpt2_from_scratch(
         embd_pdrop=dropout,
         attn_pdrop=dropout,
         # GPT-2's own tanh approximation of GELU ("gelu_new"), as one fused kernel instead of six element-wise ones:
-        # the same function, and a fifth less time per training step for the small models of the CPU recipes.
+        # the same function, in less time per training step (docs/experiments.md).
         activation_function="gelu_pytorch_tanh",
         bos_token_id=tokenizer.eos_token_id,
         eos_token_id=tokenizer.eos_token_id,

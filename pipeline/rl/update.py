@@ -104,10 +104,8 @@ def ppo_update(
                     sums["ptx_loss"] += ptx_loss.item()
                 sync = contextlib.nullcontext() if last else accelerator.no_sync(model)
                 with sync:
-                    micro = trim(
-                        {name: value[rows] for name, value in batch.items()},
-                        *trimmed_columns(batch["query_mask"][rows], batch["response_mask"][rows]),
-                    )
+                    selected = {name: value[rows] for name, value in batch.items()}
+                    micro = trim(selected, *trimmed_columns(selected["query_mask"], selected["response_mask"]))
                     mask, length = micro["response_mask"], micro["response_mask"].shape[1]
                     input_ids = torch.cat([micro["query_ids"], micro["response_ids"]], dim=1)
                     attention_mask = torch.cat([micro["query_mask"], mask], dim=1)

@@ -89,8 +89,10 @@ def plot_sweep_by_size(rows: list[dict], path: str | Path, title: str) -> Path:
     weak_models = list(dict.fromkeys(row["weak"] for row in rows))
     losses = list(dict.fromkeys(row["loss"] for row in rows))
 
-    def size(row: dict, key: str = "strong") -> float:
-        return row[f"{key}_parameters"] or (weak_models + [r["strong"] for r in rows]).index(row[key]) + 1
+    order = list(dict.fromkeys([*weak_models, *(row["strong"] for row in rows)]))  # without counts: by position
+
+    def size(row: dict) -> float:
+        return row["strong_parameters"] or order.index(row["strong"]) + 1
 
     def line(axis, points: list[tuple[float, dict]], **style) -> None:
         points = [(x, stats) for x, stats in sorted(points, key=lambda p: p[0]) if stats["median"] is not None]

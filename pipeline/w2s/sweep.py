@@ -23,7 +23,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipeline.contract import write_atomic, write_json
+from pipeline.contract import read_json_object, write_atomic, write_json
 from pipeline.errors import RecipeError, run_cli
 from pipeline.w2s.plots import plot_sweep, plot_sweep_by_size
 
@@ -87,6 +87,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         stage_main(["--config", args.config, *overrides, *passthrough, *(["--force"] if args.force else [])])
         metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
         summary = metrics["summary"]
+        sizes = {"weak_parameters": parameters(weak), "strong_parameters": parameters(strong)}
         for loss, row in summary["students"].items():
             rows.append(
                 {
@@ -99,8 +100,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                     "w2s_accuracy": row["accuracy"],
                     "pgr": row["pgr"],
                     "pgr_na_reasons": row["pgr_na_reasons"],
-                    "weak_parameters": parameters(weak),
-                    "strong_parameters": parameters(strong),
+                    **sizes,
                 }
             )
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -116,10 +116,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def parameters(model: str) -> int | None:
     """A model's parameter count, as the stage that made it recorded it (None for a hub name)."""
-    try:
-        return int(json.loads((Path(model) / "metrics.json").read_text(encoding="utf-8"))["parameters"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    count = (read_json_object(Path(model) / "metrics.json") or {}).get("parameters")
+    return count if isinstance(count, int) else None
 
 
 def format_sweep(rows: list[dict]) -> str:
