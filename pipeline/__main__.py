@@ -1,6 +1,7 @@
 """The project's command line: `gpt-pipeline` once installed, or `python -m pipeline`.
 
     gpt-pipeline train recipes/toy/sft.yaml             # one stage, the one its recipe names (stage: sft)
+    gpt-pipeline train --stage grpo grpo.yaml           # a TRL script's recipe (no stage: key), as `trl grpo`
     gpt-pipeline run recipes/toy                        # a folder of recipes as one chain, then the report
     gpt-pipeline report runs/toy                        # the report of a run folder (runs/toy/report.html)
     gpt-pipeline stages                                 # the stages and their modules
@@ -26,6 +27,9 @@ from pipeline.errors import RecipeError, UserError, run_cli
 from pipeline.recipes import read_recipe_file
 from pipeline.stages import STAGES, recipe_stage
 
+# TRL's online trainers that are algorithms of the ppo stage here (`train --stage grpo R.yaml`).
+ONLINE_ALGORITHMS = ("grpo", "rloo")
+
 
 def build_parser(prog: str = "python -m pipeline") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -38,6 +42,13 @@ def build_parser(prog: str = "python -m pipeline") -> argparse.ArgumentParser:
         description="Run one stage: `gpt-pipeline train R.yaml [options]` is `python -m pipeline.<stage> --config "
         "R.yaml [options]`. Options after the recipe override its keys (e.g. --max_steps 10, --force); "
         "`gpt-pipeline train R.yaml --help` lists them.",
+    )
+    train.add_argument(
+        "--stage",
+        choices=[*STAGES, *ONLINE_ALGORITHMS],
+        default=None,
+        help="the stage, for a recipe without `stage:` (a TRL script's recipe); grpo and rloo are the ppo stage "
+        "with that algorithm, as `trl grpo --config R.yaml`",
     )
     train.add_argument("recipe", type=Path, help="recipe YAML file, e.g. recipes/toy/sft.yaml")
     train.add_argument("options", nargs=argparse.REMAINDER, help="the stage's own options (recipe keys)")
@@ -72,10 +83,17 @@ def cli() -> None:
     run_cli(lambda argv: main(argv, prog="gpt-pipeline"))
 
 
-def train(recipe: Path, options: Sequence[str]) -> None:
+def train(recipe: Path, options: Sequence[str], stage: str | None = None) -> None:
     if not recipe.is_file():
         raise RecipeError(f"recipe file {recipe} not found.")
-    stage = recipe_stage(recipe, read_recipe_file(recipe))
+    values = read_recipe_file(recipe)
+    if stage in ONLINE_ALGORITHMS:
+        stage, options = "ppo", ["--algorithm", stage, *options]
+    if stage is None or "stage" in values:
+        named = recipe_stage(recipe, values)
+        if stage not in (None, named):
+            raise RecipeError(f"{recipe}: the recipe is for stage '{named}', the command line says --stage {stage}.")
+        stage = named
     importlib.import_module(STAGES[stage].module).main(["--config", str(recipe), *options])
 
 
@@ -85,7 +103,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m pipeline") ->
         return report_module("eval.report", *argv[1:])
     args = build_parser(prog).parse_args(argv)
     if args.command == "train":
-        return train(args.recipe, args.options)
+        return train(args.recipe, args.options, args.stage)
     if args.command == "stages":
         for spec in STAGES.values():
             print(f"{spec.name:<15} {spec.module:<28} {'ready' if spec.implemented else 'not implemented yet'}")

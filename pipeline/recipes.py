@@ -1,8 +1,9 @@
 """Recipes: one YAML file per stage run, parsed into the stage's dataclasses.
 
-A recipe is a flat YAML mapping whose first key names the stage (`stage: pretrain`); the other keys
-are fields of the stage's dataclasses (its own arguments plus a `transformers`/TRL config), exactly as
-in TRL's scripts and the alignment-handbook. Any key can be overridden on the command line:
+A recipe is a flat YAML mapping whose first key names the stage (`stage: pretrain`; optional when the
+command names the stage); the other keys are fields of the stage's dataclasses (its own arguments plus a
+`transformers`/TRL config), exactly as in TRL's scripts and the alignment-handbook, and TRL's own spellings
+of the few keys named differently here are accepted (TRL_ALIASES). Any key can be overridden on the command line:
 
     python -m pipeline.pretrain --config recipes/toy/pretrain.yaml --max_steps 50
 
@@ -35,6 +36,30 @@ from pipeline.errors import RecipeError
 
 # Command-line flags that steer a run but are not recipe values (and so do not change its fingerprint).
 RUN_FLAGS = ("--force",)
+
+# TRL's names for keys this project spells its own way, so that a TRL script's recipe runs unchanged. A recipe
+# may use either spelling, not both; the run records the project's. An alias applies only where the stage has no
+# key of that name itself (DPO's `beta` stays DPO's β; in the PPO stage `beta` is GRPO's KL coefficient).
+TRL_ALIASES: dict[str, str] = {
+    "dataset_name": "dataset",
+    "dataset_config": "dataset_config_name",
+    "dataset_train_split": "dataset_split",
+    "reward_model_name_or_path": "reward_model_path",  # TRL's GRPO script
+    "num_ppo_epochs": "ppo_epochs",  # TRL's PPOConfig
+    "num_iterations": "ppo_epochs",  # GRPOConfig: passes over each batch of generations
+    "max_completion_length": "response_length",  # GRPOConfig
+    "beta": "kl_coef",  # GRPOConfig
+    "epsilon": "cliprange",  # GRPOConfig
+}
+
+# TRL keys with no counterpart here: refused with the reason, never silently ignored.
+TRL_REFUSED: dict[str, str] = {
+    "dataset_test_split": "this project holds out `eval_fraction` of the training data (DPO and reward can also "
+    "read `eval_dataset` with `eval_split`)",
+    "total_episodes": "give `max_steps` instead (each step takes per_device_train_batch_size prompts per process)",
+    "reward_funcs": "the PPO stage scores with `reward_model_path` (or `reward: gold` on the toy world)",
+    "use_vllm": "generation runs in transformers here",
+}
 
 
 @dataclass
@@ -162,9 +187,32 @@ def _as_recipe_keys(overrides: dict[str, Any], fields: dict[str, Any]) -> dict[s
     return keys
 
 
+def _apply_aliases(values: dict[str, Any], fields: dict[str, Any], where: str, prefix: str) -> dict[str, Any]:
+    """`values` with TRL's spellings (TRL_ALIASES) renamed to this project's; both spellings at once is an error."""
+    renamed: dict[str, Any] = {}
+    for key, value in values.items():
+        name = TRL_ALIASES.get(key) if key not in fields else None
+        if name is None or name not in fields:
+            if key in renamed:
+                raise RecipeError(f"{where}: '{prefix}{key}' is given twice, once under a TRL alias; keep one.")
+            renamed[key] = value
+            continue
+        if name in values or name in renamed:
+            raise RecipeError(
+                f"{where}: '{prefix}{key}' is TRL's name for '{prefix}{name}', and both are given; keep one."
+            )
+        renamed[name] = value
+    return renamed
+
+
 def _refuse_unknown(keys: list[str], fields: dict[str, Any], stage: str, where: str, noun: str, prefix: str) -> None:
     """The first key no dataclass of the stage has, as one error naming `where` it came from and the closest key."""
     unknown = [key for key in keys if key not in fields]
+    if unknown and unknown[0] in TRL_REFUSED:
+        raise RecipeError(
+            f"{where}: TRL's {noun} '{prefix}{unknown[0]}' has no counterpart in stage '{stage}': "
+            f"{TRL_REFUSED[unknown[0]]}."
+        )
     if unknown:
         close = difflib.get_close_matches(unknown[0], list(fields), n=1)
         hint = (
@@ -365,15 +413,14 @@ def parse_recipe(
             f"no recipe given: run `python -m pipeline.{stage} --config recipes/<experiment>/{stage}.yaml`."
         )
     path = Path(config)
-    values = read_recipe_file(path)
     fields = _field_types(dataclass_types)
-    overrides = _as_recipe_keys(overrides, fields)
+    values = _apply_aliases(read_recipe_file(path), fields, str(path), "")
+    overrides = _apply_aliases(_as_recipe_keys(overrides, fields), fields, "command line", "--")
     _refuse_unknown([key for key in overrides if key != "stage"], fields, stage, "command line", "option", "--")
     values.update(overrides)
 
-    recipe_stage = values.pop("stage", None)
-    if recipe_stage is None:
-        raise RecipeError(f"{path}: missing key 'stage' (add `stage: {stage}` as the first line).")
+    # A recipe without `stage:` (a TRL script's recipe) runs as the stage the command names.
+    recipe_stage = values.pop("stage", stage)
     if recipe_stage != stage:
         raise RecipeError(
             f"{path}: this recipe is for stage '{recipe_stage}' but was given to pipeline.{stage}; "

@@ -47,7 +47,10 @@ def recipe_stage(path: object, values: dict) -> str:
     """The stage a recipe names by its `stage:` key, checked (the recipe's path only for the message)."""
     stage = values.get("stage")
     if stage is None:
-        raise RecipeError(f"{path}: missing key 'stage' (one of {', '.join(STAGES)}).")
+        raise RecipeError(
+            f"{path}: missing key 'stage' (one of {', '.join(STAGES)}); a recipe without it runs when the command "
+            f"names the stage (`gpt-pipeline train --stage sft {path}`)."
+        )
     if stage not in STAGES:
         raise RecipeError(f"{path}: unknown stage '{stage}'; the stages are {', '.join(STAGES)}.")
     return stage

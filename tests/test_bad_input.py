@@ -157,11 +157,9 @@ def tokenizer_without_eos(tmp: Path, model: Path):
     return dpo(tmp, path)
 
 
-def without_stage_key(module: str, argv: list[str], output_dir: Path):
+def for_another_stage(module: str, argv: list[str], output_dir: Path):
     path = Path(argv[1])
-    path.write_text(
-        "".join(line for line in path.read_text().splitlines(keepends=True) if not line.startswith("stage:"))
-    )
+    path.write_text(path.read_text().replace("stage: sft", "stage: dpo"))
     return module, argv, output_dir
 
 
@@ -248,7 +246,11 @@ CASES = [
         lambda t, m: w2s(t, m, aux_alpha=1.5),
         ("{recipe}", "key 'aux_alpha' must be in [0, 1]"),
     ),
-    Case("missing-stage-key", lambda t, m: without_stage_key(*sft(t, m)), ("{recipe}", "missing key 'stage'")),
+    Case(
+        "recipe-for-another-stage",
+        lambda t, m: for_another_stage(*sft(t, m)),
+        ("{recipe}", "this recipe is for stage 'dpo'"),
+    ),
     Case("duplicate-key", duplicate_key, ("{recipe}", "key 'max_steps' is written twice", "at lines")),
     Case("recipe-not-yaml", recipe_text("stage: sft\nmax_steps: [2\n"), ("{recipe}", "invalid YAML at line 3")),
     Case("recipe-not-a-mapping", recipe_text("- stage: sft\n- max_steps: 2\n"), ("{recipe}", "mapping")),

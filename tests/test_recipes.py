@@ -84,7 +84,8 @@ def test_yaml_scientific_notation_is_accepted_for_floats(tmp_path):
         ({"dataset": "data/missing.txt"}, ["key 'dataset'", "does not exist"]),
         ({"decoding_strategies": ["greedy", "nucleus"]}, ["unknown strategy 'nucleus'"]),
         ({"stage": "sft"}, ["recipe is for stage 'sft'", "python -m pipeline.sft"]),
-        ({"stage": ...}, ["missing key 'stage'"]),
+        ({"dataset_name": "toy", "dataset": "toy"}, ["'dataset_name' is TRL's name for 'dataset'", "keep one"]),
+        ({"dataset_test_split": "test"}, ["TRL's key 'dataset_test_split'", "eval_fraction"]),
     ],
 )
 def test_bad_recipe_names_key_and_file(tmp_path, changes, expected):
@@ -92,10 +93,44 @@ def test_bad_recipe_names_key_and_file(tmp_path, changes, expected):
     with pytest.raises(RecipeError) as caught:
         parse(path)
     message = str(caught.value)
-    if "stage" not in changes or changes.get("stage") is ...:
+    if "stage" not in changes:
         assert str(path) in message
     for fragment in expected:
         assert fragment in message
+
+
+def test_a_recipe_without_stage_runs_as_the_stage_the_command_names(tmp_path):
+    args, _, recipe = parse(recipe_with(tmp_path, stage=...))
+    assert recipe.stage == "pretrain" and args.n_layer == TINY_PRETRAIN["n_layer"]
+
+
+def test_trl_spellings_are_the_projects_keys_with_the_same_fingerprint(tmp_path):
+    """`dataset_name` (TRL's ScriptArguments) is `dataset` here, in the file or on the command line; the run
+    records the project's name, so both spellings give the same recipe fingerprint."""
+    text = tmp_path / "corpus.txt"
+    text.write_text("to be or not to be\n" * 50)
+    ours = parse(recipe_with(tmp_path, dataset=str(text)))
+    values = {key: value for key, value in TINY_PRETRAIN.items() if key != "dataset"}
+    theirs = parse(
+        write_recipe(tmp_path / "trl.yaml", {**values, "output_dir": str(tmp_path / "out"), "dataset_name": str(text)})
+    )
+    assert theirs[0].dataset == str(text) and "dataset_name" not in theirs[-1].values
+    assert theirs[-1].fingerprint == ours[-1].fingerprint
+    overridden = parse(recipe_with(tmp_path), "--dataset_name", str(text))
+    assert overridden[0].dataset == str(text)
+
+
+def test_an_alias_never_shadows_a_stage_key_of_that_name():
+    """DPO's `beta` is DPO's β; only where a stage has no `beta` (the ppo stage) is it GRPO's KL coefficient."""
+    from pipeline.dpo import RECIPE_TYPES as DPO_TYPES
+    from pipeline.ppo import RECIPE_TYPES as PPO_TYPES
+    from pipeline.recipes import _apply_aliases, _field_types
+
+    assert _apply_aliases({"beta": 0.3}, _field_types(DPO_TYPES), "r", "") == {"beta": 0.3}
+    assert _apply_aliases({"beta": 0.3, "num_iterations": 2}, _field_types(PPO_TYPES), "r", "") == {
+        "kl_coef": 0.3,
+        "ppo_epochs": 2,
+    }
 
 
 def test_missing_recipe_file_and_invalid_yaml(tmp_path):
