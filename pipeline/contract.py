@@ -29,7 +29,7 @@ from typing import Any
 import yaml
 
 from pipeline.distributed import wait_for_everyone
-from pipeline.errors import RecipeError
+from pipeline.errors import RecipeError, UserError
 from pipeline.recipes import Recipe
 from pipeline.stages import stage_inputs
 
@@ -148,6 +148,7 @@ class StageRun:
     seed: int
     is_main_process: bool = True
     started_at: float = field(default_factory=time.time)
+    hub: Any = None  # a hub.HubTarget: push the finished output there
     _lock_handle: Any = None
 
     def __post_init__(self) -> None:
@@ -303,7 +304,20 @@ class StageRun:
         write_json(self.output_dir / MANIFEST, manifest)
         (self.output_dir / IN_PROGRESS).unlink(missing_ok=True)
         logger.info("finished %s -> %s (%.1f s)", self.recipe.stage, self.output_dir, wall_time)
+        if self.hub is not None:
+            self._push()
         return manifest
+
+    def _push(self) -> None:
+        from pipeline.hub import push_output
+
+        try:
+            push_output(self.output_dir, self.hub, self.recipe.stage)
+        except Exception as error:  # the hub raises many kinds; the finished output stays as it is
+            raise UserError(
+                f"{self.output_dir} is finished, but pushing it to {self.hub.repo_id} failed: {error}. Push it "
+                f"again with `hf upload {self.hub.repo_id} {self.output_dir}`."
+            ) from None
 
 
 def open_stage_run(
@@ -313,11 +327,18 @@ def open_stage_run(
     seed: int,
     is_main_process: bool,
     max_steps: int | None = None,
+    config: Any = None,
 ) -> tuple[StageRun, str | None] | None:
     """Open a stage's output directory: (the run, the checkpoint to resume from or None), or None when the
     directory already holds a finished run of this very recipe and inputs (then there is nothing to do).
-    `max_steps`: a Trainer stage's, so that the checkpoint is one it can resume from (`resumable`)."""
-    run = StageRun(recipe, Path(output_dir), stage_inputs(stage, recipe.values), seed, is_main_process)
+    `max_steps`: a Trainer stage's, so that the checkpoint is one it can resume from (`resumable`). `config`: the
+    stage's training config; with `push_to_hub: true` the run pushes its finished output (see pipeline.hub)."""
+    from pipeline.hub import take_over_push
+
+    hub = take_over_push(config, Path(output_dir), str(recipe.path)) if is_main_process else None
+    if config is not None and getattr(config, "push_to_hub", False):
+        config.push_to_hub = False  # the other processes: only the main one pushes, once, at the end
+    run = StageRun(recipe, Path(output_dir), stage_inputs(stage, recipe.values), seed, is_main_process, hub=hub)
     try:
         checkpoint = run.start()
         return run, resumable(checkpoint, max_steps) if max_steps is not None else checkpoint

@@ -287,6 +287,13 @@ class PPOConfig:
         default=None, metadata={"help": "allow TF32 matmuls on Ampere+ GPUs (null: torch's default)"}
     )
     gradient_checkpointing: bool = False
+    push_to_hub: bool = field(
+        default=False, metadata={"help": "push the finished policy, its card and metrics to the Hugging Face Hub"}
+    )
+    hub_model_id: str | None = field(
+        default=None, metadata={"help": "the Hub repository (default: output_dir's name)"}
+    )
+    hub_private_repo: bool | None = field(default=None, metadata={"help": "create the Hub repository as private"})
 
     def __post_init__(self) -> None:
         self.report_to = tracker_names(self.report_to)
@@ -571,7 +578,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if config.tf32 is not None and torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = config.tf32
     output_dir = Path(config.output_dir)
-    opened = open_stage_run(recipe, "ppo", output_dir, config.seed, accelerator.is_main_process)
+    opened = open_stage_run(recipe, "ppo", output_dir, config.seed, accelerator.is_main_process, config=config)
     if opened is None:
         return
     run, checkpoint = opened

@@ -223,7 +223,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     args, training_args, recipe = parse_recipe(RECIPE_TYPES, argv, "pretrain", __doc__)
     output_dir = Path(training_args.output_dir)
     opened = open_stage_run(
-        recipe, "pretrain", output_dir, training_args.seed, training_args.should_save, training_args.max_steps
+        recipe,
+        "pretrain",
+        output_dir,
+        training_args.seed,
+        training_args.should_save,
+        training_args.max_steps,
+        config=training_args,
     )
     if opened is None:
         return

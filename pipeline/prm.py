@@ -198,7 +198,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     other = load_comparison(args.compare_with, args.supervision, recipe.path)
     output_dir = Path(training_args.output_dir)
     opened = open_stage_run(
-        recipe, "prm", output_dir, training_args.seed, training_args.should_save, training_args.max_steps
+        recipe,
+        "prm",
+        output_dir,
+        training_args.seed,
+        training_args.should_save,
+        training_args.max_steps,
+        config=training_args,
     )
     if opened is None:
         return

@@ -613,7 +613,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
     output_dir = Path(training_args.output_dir)
     opened = open_stage_run(
-        recipe, "reward", output_dir, training_args.seed, training_args.should_save, training_args.max_steps
+        recipe,
+        "reward",
+        output_dir,
+        training_args.seed,
+        training_args.should_save,
+        training_args.max_steps,
+        config=training_args,
     )
     if opened is None:
         return

@@ -729,7 +729,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"{recipe.path}: key 'learning_rate' is not used here; set weak_learning_rate and strong_learning_rate."
         )
     output_dir = Path(training_args.output_dir)
-    opened = open_stage_run(recipe, STAGE, output_dir, training_args.seed, training_args.should_save)
+    opened = open_stage_run(
+        recipe, STAGE, output_dir, training_args.seed, training_args.should_save, config=training_args
+    )
     if opened is None:
         return
     run, _ = opened  # no top-level checkpoint: an interrupted run resumes sub-run by sub-run from the cache
