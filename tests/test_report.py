@@ -214,6 +214,50 @@ def test_html_is_self_contained(tiny_runs):
         assert (tiny_runs / figure).is_file()
 
 
+# Debian's Chromium as root, headless, on a closed network (without the background-networking flags it keeps
+# trying to reach Google's hosts).
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.mark.parametrize("width", [1280, 700])
+def test_the_report_in_a_real_browser(tiny_runs, report, width):
+    """report.html opened in headless Chromium: no console or page errors, every figure loads, and nothing is cut
+    off (the contents bar wraps, wide tables scroll in their own box) on a laptop screen and a narrow one. The
+    first screen is kept beside the report as report_first_screen_<width>.png."""
+    import shutil
+
+    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (make install)")
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("no Chromium on this machine: .ci/run installs Debian's chromium package where it can")
+    errors: list[str] = []
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": width, "height": 900})
+        page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto((tiny_runs / "report.html").as_uri(), wait_until="load")
+        figures = page.evaluate("[...document.images].map(i => [i.alt, i.complete && i.naturalWidth > 0])")
+        page_overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+        nav = page.evaluate(
+            "(n => [n.scrollWidth - n.clientWidth, n.getBoundingClientRect().height])(document.querySelector('nav'))"
+        )
+        page.screenshot(path=str(tiny_runs / f"report_first_screen_{width}.png"))
+        browser.close()
+    assert errors == []
+    assert len(figures) >= 5 and all(loaded for _, loaded in figures), figures
+    assert page_overflow <= 0  # no sideways scrolling of the whole page
+    assert nav[0] <= 0 and nav[1] > 0  # every link of the contents bar is on screen
+
+
 def test_cli_prints_where_the_report_is(tiny_runs, tmp_path):
     result = run_module("eval.report", str(tiny_runs), "--no-studies", "--output", str(tmp_path / "out"))
     assert result.returncode == 0, result.stderr[-3000:]
