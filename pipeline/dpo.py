@@ -66,7 +66,7 @@ from pipeline.policy_eval import (
 )
 from pipeline.recipes import parse_recipe, require_non_negative, require_positive, resolved_recipe
 from pipeline.resources import MemoryCheck
-from pipeline.training import GracefulInterrupt
+from pipeline.training import GracefulInterrupt, quiet_small_data_bars
 
 logger = logging.getLogger("pipeline.dpo")
 
@@ -545,6 +545,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     set_seed(training_args.seed)
 
     train_set, held_out, data_report = load_pairs(args, training_args.seed)
+    quiet_small_data_bars(train_set, held_out)
     tokenizer = load_tokenizer(model_args.model_name_or_path, trust_remote_code=training_args.trust_remote_code)
     if args.toy_policy_prompts:
         train_set, data_report["policy_comparisons"] = add_own_sample_comparisons(

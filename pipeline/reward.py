@@ -88,7 +88,7 @@ from pipeline.reward_model import (
     score_token_ids,
     set_pooling,
 )
-from pipeline.training import GracefulInterrupt
+from pipeline.training import GracefulInterrupt, quiet_small_data_bars
 
 logger = logging.getLogger("pipeline.reward")
 
@@ -628,6 +628,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     toy = args.dataset == "toy"
 
     train_pairs, eval_pairs, data_stats = load_pairs(args, training_args.seed)
+    quiet_small_data_bars(train_pairs, eval_pairs)
     tokenizer = load_tokenizer(model_args.model_name_or_path, trust_remote_code=training_args.trust_remote_code)
     model = build_model(
         model_args,

@@ -63,7 +63,7 @@ from pipeline.plots import plot_loss_curves
 from pipeline.policy_eval import trait_share, trait_value
 from pipeline.recipes import parse_recipe, require_positive, resolved_recipe
 from pipeline.resources import MemoryCheck
-from pipeline.training import GracefulInterrupt
+from pipeline.training import GracefulInterrupt, quiet_small_data_bars
 
 logger = logging.getLogger("pipeline.sft")
 
@@ -367,6 +367,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     set_seed(training_args.seed)
 
     train_set, eval_set, dataset_format = load_data(args, training_args.seed)
+    quiet_small_data_bars(train_set, eval_set)
     tokenizer = load_tokenizer(model_args.model_name_or_path, trust_remote_code=training_args.trust_remote_code)
     configure_loss(dataset_format, tokenizer, training_args)
     lengths = count_long_sequences(train_set, tokenizer, training_args.max_length, "train")

@@ -7,11 +7,22 @@ import signal
 import time
 from typing import Any
 
+import datasets
 from transformers import TrainerCallback
 
 from pipeline.errors import RunInterrupted
 
 logger = logging.getLogger(__name__)
+
+# Below this many rows the trainers' datasets.map passes (tokenize, label, pack) each take about a second.
+SMALL_DATA_ROWS = 20_000
+
+
+def quiet_small_data_bars(*splits: datasets.Dataset | None) -> None:
+    """Switch off the progress bars of `datasets.map` for small data, where a stage would print half a dozen bars
+    that each flash by in a second; large data sets keep them, where the passes take minutes."""
+    if sum(len(split) for split in splits if split is not None) < SMALL_DATA_ROWS:
+        datasets.disable_progress_bars()
 
 
 class GracefulInterrupt(TrainerCallback):

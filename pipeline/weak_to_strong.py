@@ -223,7 +223,7 @@ class W2SConfig(TrainingArguments):
     eval_steps: float = 25
     save_strategy: str = "no"
     report_to: str | list[str] = "none"
-    disable_tqdm: bool = True
+    disable_tqdm: bool = False  # a bar per sub-run (each is logged by name as it starts)
 
 
 @dataclass
@@ -451,6 +451,7 @@ class Experiment:
             validation = ([texts[i] for i in held_index], targets[held_index])
             texts, targets = [texts[i] for i in fit_index], targets[fit_index]
         scratch = self.cache.scratch_dir(key)
+        logger.info("training %s on %d examples", label, len(texts))  # names the progress bar that follows
         arguments = sub_run_arguments(self.training_args, str(scratch), learning_rate, seed, early_stopping)
         started = time.perf_counter()
         trained = train_classifier(
