@@ -41,6 +41,7 @@ from trl import DPOConfig, DPOTrainer
 from trl.trainer.utils import get_peft_config
 
 from pipeline.contract import open_stage_run, write_json
+from pipeline.data.mixture import mixture_field, take_mixture
 from pipeline.data.preferences import load_preferences
 from pipeline.data.toy_comparisons import check_policy_comparison_keys, own_sample_comparisons
 from pipeline.data.toy_world import ToyWorld, ToyWorldKeys, recipe_traits
@@ -111,6 +112,7 @@ class DPOArguments(ToyWorldKeys):
             "or a hub data set"
         },
     )
+    datasets: list[dict[str, Any]] = mixture_field()
     dataset_split: str = field(default="train", metadata={"help": "hub data set split to train on"})
     eval_dataset: str | None = field(
         default=None,
@@ -164,6 +166,7 @@ class DPOArguments(ToyWorldKeys):
     sharpening_temperatures: list[float] = sharpening_temperatures_field()
 
     def __post_init__(self) -> None:
+        take_mixture(self)
         require_positive(self, "toy_eval_pairs", "num_eval_prompts", "sample_max_new_tokens", "generation_batch_size")
         require_non_negative(self, "toy_pairs", "toy_policy_prompts")
         if self.dataset == "toy" and self.toy_pairs + self.toy_policy_prompts == 0:
@@ -283,10 +286,12 @@ def load_pairs(args: DPOArguments, seed: int) -> tuple[datasets.Dataset, dataset
             "toy", args.toy_eval_split, toy_pairs=args.toy_eval_pairs, toy=args
         )
     elif args.eval_dataset:
-        train, stats = load_preferences(args.dataset, args.dataset_split, max_pairs=args.max_train_pairs)
+        train, stats = load_preferences(
+            args.datasets or args.dataset, args.dataset_split, max_pairs=args.max_train_pairs
+        )
         held_out, held_out_stats = load_preferences(args.eval_dataset, args.eval_split, max_pairs=args.max_eval_pairs)
     else:
-        pairs, stats = load_preferences(args.dataset, args.dataset_split)
+        pairs, stats = load_preferences(args.datasets or args.dataset, args.dataset_split)
         if len(pairs) < 2:
             raise DataError(f"{args.dataset}: need at least 2 pairs to hold one out for evaluation, got {len(pairs)}.")
         split = pairs.train_test_split(test_size=args.eval_fraction, seed=seed, shuffle=True)

@@ -56,6 +56,7 @@ from trl.trainer.utils import get_peft_config
 
 from pipeline.best_of_n import best_of_n, judge_against_frontier, plot_best_of_n
 from pipeline.contract import open_stage_run, write_json
+from pipeline.data.mixture import mixture_field, take_mixture
 from pipeline.data.preferences import HH_ASSISTANT, load_preferences, split_hh_transcript
 from pipeline.data.text import iter_jsonl
 from pipeline.data.toy_comparisons import check_policy_comparison_keys, own_sample_comparisons
@@ -108,6 +109,7 @@ class RewardArguments(ToyWorldKeys):
         default="toy",
         metadata={"help": "'toy', a .jsonl(.gz) of prompt/chosen/rejected or HH transcripts, or a hub data set"},
     )
+    datasets: list[dict[str, Any]] = mixture_field()
     dataset_split: str = field(default="train", metadata={"help": "hub data set split to train on"})
     eval_dataset: str | None = field(
         default=None,
@@ -166,9 +168,12 @@ class RewardArguments(ToyWorldKeys):
     sharpening_temperatures: list[float] = sharpening_temperatures_field()
 
     def __post_init__(self) -> None:
+        take_mixture(self)
         require_positive(self, "toy_pairs", "toy_eval_pairs", "best_of_n_max", "sample_max_new_tokens")
         require_positive(self, "max_train_pairs", "max_eval_pairs", allow_none=True)
         require_non_negative(self, "best_of_n_prompts", "toy_policy_prompts", "extra_layers")
+        if self.datasets and self.margin_column not in (None, TOY_MARGIN):
+            raise ValueError("key 'margin_column' reads a single data set: give `dataset`, not `datasets`")
         check_policy_comparison_keys(self.toy_policy_prompts, self.toy_policy_samples, self.dataset)
         check_sharpening_temperatures(self.sharpening_temperatures)
         if self.reward_pooling not in POOLINGS:
@@ -247,7 +252,7 @@ def load_pairs(args: RewardArguments, seed: int) -> tuple[datasets.Dataset, data
         train, train_stats = load_preferences("toy", "train", toy_pairs=args.toy_pairs, toy=args)
         held_out, eval_stats = load_preferences("toy", args.toy_eval_split, toy_pairs=args.toy_eval_pairs, toy=args)
     else:
-        train, train_stats = load_preferences(args.dataset, args.dataset_split)
+        train, train_stats = load_preferences(args.datasets or args.dataset, args.dataset_split)
         if len(train) < 2:
             raise DataError(
                 f"{args.dataset}: only {len(train)} distinct pair(s) to train on after removing "

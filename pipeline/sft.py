@@ -37,7 +37,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import datasets
 from transformers import PreTrainedModel, set_seed
@@ -46,6 +46,7 @@ from trl.chat_template_utils import has_generation_markers
 from trl.trainer.utils import get_peft_config
 
 from pipeline.contract import open_stage_run, write_json
+from pipeline.data.mixture import mixture_field, take_mixture
 from pipeline.data.sft_formats import SIMPLE_CHAT_TEMPLATE, load_sft_dataset, toy_sft_dataset
 from pipeline.data.toy_world import ToyWorld, ToyWorldKeys, gold_reward, recipe_traits
 from pipeline.decoding import generate
@@ -82,6 +83,7 @@ class SFTArguments(ToyWorldKeys):
         default="toy",
         metadata={"help": "'toy' (the toy world's demonstrations), a .jsonl/.json(.gz) file, or a hub data set"},
     )
+    datasets: list[dict[str, Any]] = mixture_field()
     dataset_format: Literal["auto", "prompt_completion", "messages", "alpaca"] = field(
         default="auto", metadata={"help": "data format; auto detects it from the columns"}
     )
@@ -113,6 +115,7 @@ class SFTArguments(ToyWorldKeys):
     sample_max_new_tokens: int = field(default=48, metadata={"help": "length limit of generated responses"})
 
     def __post_init__(self) -> None:
+        take_mixture(self)
         require_positive(self, "toy_examples", "toy_eval_examples", "num_eval_prompts", "sample_max_new_tokens")
         require_positive(self, "max_train_examples", "max_eval_examples", allow_none=True)
         if not 0.0 < self.eval_fraction < 1.0:
@@ -161,7 +164,7 @@ def load_data(args: SFTArguments, seed: int) -> tuple[datasets.Dataset, datasets
         evaluation = toy_sft_dataset(world, args.toy_eval_examples, "validation")  # eval loss while training
         return train, evaluation, "prompt_completion"
     dataset, dataset_format = load_sft_dataset(
-        args.dataset, args.dataset_format, args.dataset_split, args.dataset_config_name
+        args.datasets or args.dataset, args.dataset_format, args.dataset_split, args.dataset_config_name
     )
     if len(dataset) < 2:
         raise DataError(

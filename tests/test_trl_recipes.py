@@ -112,3 +112,43 @@ def test_a_grpo_recipe_in_trls_names_runs_as_the_ppo_stage(world_data):
     assert manifest["stage"] == "ppo" and values["algorithm"] == "grpo"
     assert values["kl_coef"] == 0.04 and values["ppo_epochs"] == 1 and values["cliprange"] == 0.2
     assert values["response_length"] == 8 and values["reward_model_path"] == str(world_data["root"] / "reward")
+
+
+def test_trls_datasets_mixture_joins_its_entries(world_data, tmp_path):
+    """TRL's `datasets:` block (DatasetMixtureConfig): the SFT stage trains on the rows of every entry, and the
+    preference stages read the same pairs from a mixture as from the file itself."""
+    from conftest import write_recipe
+
+    from pipeline.data.preferences import load_preferences
+    from pipeline.errors import DataError
+
+    extra = write_jsonl(
+        tmp_path / "more.jsonl",
+        [{"prompt": "User: repeat the word: kip\nBot:", "completion": " kip"}] * 3
+        + [{"prompt": "User: reverse the word: ab\nBot:", "completion": " ba"}],
+    )
+    recipe = write_recipe(
+        tmp_path / "sft.yaml",
+        {
+            "model_name_or_path": str(world_data["model"]),
+            "datasets": [
+                {"path": "json", "data_files": str(world_data["messages"]), "split": "train"},
+                {"path": "json", "data_files": str(extra), "split": "train", "columns": ["prompt", "completion"]},
+            ],
+            "dataset_format": "prompt_completion",
+            "output_dir": str(tmp_path / "sft"),
+        },
+    )
+    with pytest.raises(DataError, match="row 0: column 'prompt' must be a string"):  # chats mixed with completions
+        main(["train", "--stage", "sft", str(recipe), *QUICK])
+    recipe.write_text(recipe.read_text().replace(str(world_data["messages"]), str(extra)))
+    main(["train", "--stage", "sft", str(recipe), *QUICK])
+    metrics = json.loads((tmp_path / "sft" / "metrics.json").read_text())
+    assert metrics["train_examples"] + metrics["eval_examples"] == 8  # both entries' rows, one held out
+
+    mixture = [{"path": "json", "data_files": str(world_data["pairs"])}]
+    from_mixture, stats = load_preferences(mixture)
+    from_file, _ = load_preferences(str(world_data["pairs"]))
+    assert from_mixture.to_list() == from_file.to_list() and stats.format == "mixture"
+    with pytest.raises(DataError, match="key 'datasets'"):
+        load_preferences([{"path": "json", "data_files": str(tmp_path / "absent.jsonl")}])

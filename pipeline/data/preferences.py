@@ -18,6 +18,7 @@ from typing import Any
 
 import datasets
 
+from pipeline.data.mixture import describe, load_mixture
 from pipeline.data.text import JSON_SUFFIXES, iter_jsonl
 from pipeline.errors import DataError
 
@@ -131,7 +132,7 @@ def clean_pairs(
 
 
 def load_preferences(
-    source: str,
+    source: str | list[dict[str, Any]],
     split: str = "train",
     max_pairs: int | None = None,
     toy_pairs: int = 2000,
@@ -140,8 +141,11 @@ def load_preferences(
     """Preference pairs as a Dataset with columns prompt, chosen, rejected (plain strings), plus stats.
 
     `split` selects the toy world's split ("train", "validation", "test") or a hub data set's split; `toy` is
-    what describes the toy world (a stage's arguments or a dict of toy_* keys; None: the default world).
+    what describes the toy world (a stage's arguments or a dict of toy_* keys; None: the default world). A list is
+    TRL's `datasets:` mixture (pipeline.data.mixture).
     """
+    if isinstance(source, list):
+        return _from_rows(load_mixture(source), describe(source), max_pairs, "mixture")
     if source == "toy":
         from pipeline.data.toy_world import ToyWorld
 
@@ -159,10 +163,16 @@ def load_preferences(
         dataset = datasets.load_dataset(source, split=split)
     except Exception as error:  # the hub raises many kinds; the user needs the name and the reason
         raise DataError(f"could not load preference data set '{source}' (split {split}): {error}") from None
+    return _from_rows(dataset, source, max_pairs, "hub")
+
+
+def _from_rows(
+    dataset: datasets.Dataset, name: str, max_pairs: int | None, fmt: str
+) -> tuple[datasets.Dataset, PreferenceStats]:
     records = _limited(
-        ((f"{source}[{i}]", _normalise(dict(r), f"{source}[{i}]")) for i, r in enumerate(dataset)), max_pairs
+        ((f"{name}[{i}]", _normalise(dict(r), f"{name}[{i}]")) for i, r in enumerate(dataset)), max_pairs
     )
-    return clean_pairs(records, source, "hub")
+    return clean_pairs(records, name, fmt)
 
 
 def _limited(records, limit: int | None):

@@ -27,6 +27,7 @@ from typing import Any
 
 import datasets
 
+from pipeline.data.mixture import describe, load_mixture
 from pipeline.data.text import JSON_SUFFIXES, _open_text, iter_jsonl, read_jsonl
 from pipeline.data.toy_world import ToyWorld
 from pipeline.errors import DataError
@@ -218,6 +219,11 @@ def load_hub_sft_dataset(
         raise DataError(f"could not load data set '{name}' (split {split}): {error}") from None
     if len(dataset) == 0:
         raise DataError(f"data set '{name}' split {split} is empty.")
+    return canonical_sft_dataset(dataset, dataset_format, name)
+
+
+def canonical_sft_dataset(dataset: datasets.Dataset, dataset_format: str, name: str) -> tuple[datasets.Dataset, str]:
+    """Any loaded data set (a hub split, a TRL mixture) checked row by row and in canonical form."""
     if dataset_format == "auto":
         dataset_format = detect_format(dataset.column_names, f"data set '{name}'")
     missing = [c for c in REQUIRED_COLUMNS[dataset_format] if c not in dataset.column_names]
@@ -242,11 +248,19 @@ def toy_sft_dataset(world: ToyWorld, n: int, split: str = "train", error_rate: f
 
 
 def load_sft_dataset(
-    source: str, dataset_format: str = "auto", split: str = "train", config_name: str | None = None
+    source: str | list[dict[str, Any]],
+    dataset_format: str = "auto",
+    split: str = "train",
+    config_name: str | None = None,
 ) -> tuple[datasets.Dataset, str]:
-    """(dataset, format) from a local .jsonl/.json(.gz) file or a hub name (not `toy`: see toy_sft_dataset)."""
+    """(dataset, format) from a local .jsonl/.json(.gz) file, a hub name or a TRL mixture (a list of entries;
+    pipeline.data.mixture); not `toy`: see toy_sft_dataset."""
     if dataset_format not in ("auto", *FORMATS):
         raise DataError(f"unknown dataset_format {dataset_format!r}; use auto or one of {', '.join(FORMATS)}.")
+    if isinstance(source, list):
+        dataset, dataset_format = canonical_sft_dataset(load_mixture(source), dataset_format, describe(source))
+        logger.info("%s: %d examples in format %s", describe(source), len(dataset), dataset_format)
+        return dataset, dataset_format
     path = Path(source)
     if path.exists():
         if not path.name.endswith(JSON_SUFFIXES):
