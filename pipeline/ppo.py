@@ -41,6 +41,7 @@ from transformers import get_scheduler, set_seed
 from trl.trainer.utils import get_peft_config
 
 from pipeline.contract import open_stage_run, write_json
+from pipeline.data.mixture import mixture_field, take_mixture
 from pipeline.data.toy_world import ToyWorldKeys
 from pipeline.errors import RecipeError, RunInterrupted, UserError, run_cli
 from pipeline.finetuning import ModelArguments
@@ -103,6 +104,7 @@ class PPOArguments(ToyWorldKeys):
             "or a hub data set"
         },
     )
+    datasets: list[dict[str, Any]] = mixture_field()
     dataset_split: str = field(default="train", metadata={"help": "split of a hub data set"})
     max_prompts: int | None = field(default=None, metadata={"help": "use at most this many training prompts"})
     toy_prompts: int = field(default=4096, metadata={"help": "toy world: training prompts (train split)"})
@@ -138,6 +140,7 @@ class PPOArguments(ToyWorldKeys):
     ptx_max_length: int = field(default=128, metadata={"help": "PPO-ptx: tokens per document (longer ones are cut)"})
 
     def __post_init__(self) -> None:
+        take_mixture(self)
         require_positive(
             self, "toy_prompts", "num_eval_prompts", "eval_batch_size", "ptx_batch_size", "ptx_max_length"
         )
@@ -605,7 +608,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"model's context of {context} tokens."
         )
     prompt_sets = load_prompt_sets(
-        args.dataset,
+        args.datasets or args.dataset,
         tokenizer,
         prompt_limit,
         args.num_eval_prompts,

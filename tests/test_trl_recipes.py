@@ -152,3 +152,16 @@ def test_trls_datasets_mixture_joins_its_entries(world_data, tmp_path):
     assert from_mixture.to_list() == from_file.to_list() and stats.format == "mixture"
     with pytest.raises(DataError, match="key 'datasets'"):
         load_preferences([{"path": "json", "data_files": str(tmp_path / "absent.jsonl")}])
+
+
+def test_prompt_only_data_sets_feed_the_online_stages(world_data, tmp_path):
+    """TRL's prompt-only format (a `prompt` column, as the GRPO data sets) read through `datasets` (here a
+    mixture, as a hub data set is read): the same prompts as the file; chat-message prompts are refused."""
+    from pipeline.errors import DataError
+    from pipeline.rl.prompts import read_prompts
+
+    mixture = [{"path": "json", "data_files": str(world_data["prompts"])}]
+    assert read_prompts(mixture) == read_prompts(str(world_data["prompts"])) and len(read_prompts(mixture)) > 8
+    chats = write_jsonl(tmp_path / "chats.jsonl", [{"prompt": [{"role": "user", "content": "hi"}]}])
+    with pytest.raises(DataError, match=r"\[0\]: field 'prompt' is a list of chat messages"):
+        read_prompts([{"path": "json", "data_files": str(chats)}])

@@ -34,29 +34,58 @@ class PromptSets:
         return {"train_prompts": len(self.train), "eval_prompts": len(self.eval), "prompts_too_long": self.too_long}
 
 
-def read_prompts(source: str, split: str = "train", limit: int | None = None) -> list[str]:
-    """Unique prompts, in first-seen order, from a prompt file or from preference data."""
-    path = Path(source)
-    if path.exists() and path.name.endswith(JSON_SUFFIXES):
+def read_prompts(source: str | list[dict[str, Any]], split: str = "train", limit: int | None = None) -> list[str]:
+    """Unique prompts, in first-seen order, from prompt data (a `prompt` field, as TRL's prompt-only data sets)
+    or from preference data, in a file, a hub data set or TRL's `datasets:` mixture (a list)."""
+    path = Path(source) if isinstance(source, str) else None
+    if path is not None and path.exists() and path.name.endswith(JSON_SUFFIXES):
         records = iter_jsonl(path)
         first = next(records, None)
         if first is None:
             raise DataError(f"{path}: the file holds no records.")
         if "prompt" in first[1] and "chosen" not in first[1]:
-            prompts = []
-            for line, record in [first, *records]:
-                if not isinstance(record.get("prompt"), str) or not record["prompt"].strip():
-                    raise DataError(f"{path}:{line}: field 'prompt' must be a non-empty string.")
-                prompts.append(record["prompt"])
-            return list(dict.fromkeys(prompts))[:limit]
+            return _unique_prompts(((f"{path}:{line}", record) for line, record in [first, *records]), limit)
+    elif path is None or not path.exists():
+        rows, name = _load_rows(source, split)
+        if "prompt" in rows.column_names and "chosen" not in rows.column_names:
+            return _unique_prompts(((f"{name}[{index}]", row) for index, row in enumerate(rows)), limit)
     from pipeline.data.preferences import load_preferences
 
     pairs, _ = load_preferences(source, split=split)
     return list(dict.fromkeys(pairs["prompt"]))[:limit]
 
 
+def _load_rows(source: str | list[dict[str, Any]], split: str):
+    """A hub data set's split or a mixture's rows, with its name for messages."""
+    import datasets
+
+    from pipeline.data.mixture import describe, load_mixture
+
+    if isinstance(source, list):
+        return load_mixture(source), describe(source)
+    try:
+        return datasets.load_dataset(source, split=split), source
+    except Exception as error:  # the hub raises many kinds; the user needs the name and the reason
+        raise DataError(f"could not load prompt data set '{source}' (split {split}): {error}") from None
+
+
+def _unique_prompts(records, limit: int | None) -> list[str]:
+    prompts = []
+    for where, record in records:
+        prompt = record.get("prompt")
+        if isinstance(prompt, list):
+            raise DataError(
+                f"{where}: field 'prompt' is a list of chat messages; this stage samples from text prompts (render "
+                "them with your chat template first)."
+            )
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise DataError(f"{where}: field 'prompt' must be a non-empty string.")
+        prompts.append(prompt)
+    return list(dict.fromkeys(prompts))[:limit]
+
+
 def load_prompt_sets(
-    dataset: str,
+    dataset: str | list[dict[str, Any]],
     tokenizer,
     max_prompt_tokens: int,
     num_eval: int,
