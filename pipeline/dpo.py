@@ -36,11 +36,11 @@ from typing import Any, ClassVar
 
 import datasets
 import matplotlib.pyplot as plt
-from transformers import PreTrainedModel, set_seed
+from transformers import PreTrainedModel
 from trl import DPOConfig, DPOTrainer
 from trl.trainer.utils import get_peft_config
 
-from pipeline.contract import open_stage_run, write_json
+from pipeline.contract import write_json
 from pipeline.data.mixture import mixture_field, take_mixture
 from pipeline.data.preferences import load_preferences
 from pipeline.data.toy_comparisons import check_policy_comparison_keys, own_sample_comparisons
@@ -51,8 +51,9 @@ from pipeline.finetuning import (
     build_policy,
     full_precision,
     keep_adapters_in_fp32,
-    merge_adapter,
+    merge_into_base,
     mode_name,
+    save_fine_tuned,
 )
 from pipeline.models import fit_max_length, load_model, load_tokenizer, parameter_counts
 from pipeline.plots import plot_loss_curves, save_figure  # also selects matplotlib's file-only backend
@@ -67,7 +68,7 @@ from pipeline.policy_eval import (
 )
 from pipeline.recipes import parse_recipe, require_non_negative, require_positive, resolved_recipe
 from pipeline.resources import MemoryCheck
-from pipeline.training import GracefulInterrupt, quiet_small_data_bars
+from pipeline.training import GracefulInterrupt, open_trainer_run, quiet_small_data_bars, training_figures
 
 logger = logging.getLogger("pipeline.dpo")
 
@@ -524,116 +525,20 @@ def plot_dpo_curves(log_history: list[dict[str, Any]], path: Path, title: str) -
 # --- the stage ----------------------------------------------------------------------------------------------
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    args, model_args, training_args, recipe = parse_recipe(RECIPE_TYPES, argv, "dpo", __doc__)
-    check_combination(model_args, training_args, recipe.path)
-    training_args.max_length = fit_max_length(
-        model_args.model_name_or_path,
-        training_args.max_length,
-        recipe.path,
-        "max_length" in recipe.values,
-        training_args.trust_remote_code,
-    )
-    output_dir = Path(training_args.output_dir)
-    opened = open_stage_run(
-        recipe,
-        "dpo",
-        output_dir,
-        training_args.seed,
-        training_args.should_save,
-        training_args.max_steps,
-        config=training_args,
-    )
-    if opened is None:
-        return
-    run, checkpoint = opened
-    set_seed(training_args.seed)
-
-    train_set, held_out, data_report = load_pairs(args, training_args.seed)
-    quiet_small_data_bars(train_set, held_out)
-    tokenizer = load_tokenizer(model_args.model_name_or_path, trust_remote_code=training_args.trust_remote_code)
-    if args.toy_policy_prompts:
-        train_set, data_report["policy_comparisons"] = add_own_sample_comparisons(
-            train_set, args, model_args, tokenizer, training_args
-        )
-    train_set, shortened = shorten_prompts(train_set, tokenizer, args.max_prompt_length, "train")
-    held_out, _ = shorten_prompts(held_out, tokenizer, args.max_prompt_length, "eval")
-    lengths = count_long_pairs(train_set, tokenizer, training_args.max_length, "train")
-    eval_lengths = count_long_pairs(held_out, tokenizer, training_args.max_length, "eval")
-
-    interrupt = GracefulInterrupt()
-    trainer = build_trainer(
-        model_args,
-        training_args,
-        train_set,
-        held_out,
-        tokenizer,
-        callbacks=[interrupt, MemoryCheck(training_args.max_length, 2)],
-    )
-    counts = parameter_counts(trainer.model)
-    logger.info(
-        "DPO (%s, loss %s, beta %g): %d of %d parameters trainable; reference: %s; %d train / %d held-out pairs",
-        mode_name(model_args),
-        "+".join(training_args.loss_type),
-        training_args.beta,
-        counts["trainable_parameters"],
-        counts["parameters"],
-        "the policy with adapters disabled" if trainer.ref_model is None else "a frozen copy of the SFT model",
-        len(trainer.train_dataset),
-        len(trainer.eval_dataset),
-    )
-    before_raw = trainer.evaluate()
-    before = held_out_numbers(before_raw, "eval")
-
-    train_result, train_seconds = interrupt.run_training(trainer, checkpoint, output_dir)
-    trainer.state.log_history.insert(0, {**before_raw, "step": 0})  # train() started a new history
-    after = held_out_numbers(final_evaluation(trainer), "eval")
-    adapter_dir = output_dir / "adapter"
-    trainer.save_model(str(adapter_dir if model_args.use_peft else output_dir))  # every process: FSDP/ZeRO gather
-    if not trainer.is_world_process_zero():
-        return
-    merged = None
-    if model_args.use_peft:
-        tokenizer.save_pretrained(output_dir)
-        if args.merge_adapters:
-            base = load_model(full_precision(model_args), tokenizer, trust_remote_code=training_args.trust_remote_code)
-            merged = merge_adapter(base, adapter_dir, tokenizer, output_dir)
-            merged.to(trainer.args.device)
-
-    policy, sft_model = policy_and_reference(trainer, model_args, merged, tokenizer)
-    scorer = (
-        reward_model_scorer(args.reward_model_path, device=trainer.args.device) if args.reward_model_path else None
-    )
-    comparison = evaluate_policy(
-        policy,
-        tokenizer,
-        evaluation_prompts(args, held_out),
-        reference=sft_model,
-        gold=toy_gold_scorer if args.dataset == "toy" else None,
-        scorer=scorer,
-        temperature=args.eval_temperature,
-        max_new_tokens=args.sample_max_new_tokens,
-        seed=training_args.seed,
-        batch_size=args.generation_batch_size,
-        group_of=toy_skill if args.dataset == "toy" else None,
-        sharpening_temperatures=args.sharpening_temperatures,
-        traits=recipe_traits(args),
-    )
-    write_json(output_dir / "samples.json", comparison.samples)
-    write_json(output_dir / "log_history.json", trainer.state.log_history)
-    plot_loss_curves(
-        trainer.state.log_history,
-        output_dir / "loss_curve.png",
-        f"DPO ({'+'.join(training_args.loss_type)}): {recipe.path}",
-    )
-    plot_dpo_curves(
-        trainer.state.log_history,
-        output_dir / "dpo_curves.png",
-        f"DPO ({'+'.join(training_args.loss_type)}, β={training_args.beta}): {recipe.path}",
-    )
-
-    summary = comparison.summary
-    steps_run = trainer.state.global_step - (int(Path(checkpoint).name.split("-")[1]) if checkpoint else 0)
+def dpo_metrics(
+    args: DPOArguments,
+    model_args: DPOModelArguments,
+    training_args: DPOTrainingConfig,
+    trainer: DPOTrainer,
+    held_out: dict[str, dict[str, float]],
+    summary: dict[str, Any],
+    data: dict[str, Any],
+    training: dict[str, Any],
+    merged: bool,
+) -> dict[str, Any]:
+    """metrics.json: the held-out pairs before/after (implicit reward, log-probabilities), the policy against
+    the SFT model on held-out prompts (gold, KL, win rates, the verdict against sharpening), data and speed."""
+    before, after = held_out["before"], held_out["after"]
     metrics: dict[str, Any] = {
         "mode": mode_name(model_args),
         "loss_type": list(training_args.loss_type),
@@ -642,8 +547,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         "reference": "policy with adapters disabled"
         if trainer.ref_model is None and model_args.use_peft
         else "frozen copy of the SFT model",
-        "train_loss": round(train_result.training_loss, 4),
-        "steps": trainer.state.global_step,
+        "train_loss": training["train_loss"],
+        "steps": training["steps"],
         # Held-out pairs, after training (the implicit reward is 0 before: the policy is the reference).
         **after,
         "held_out_before": before,
@@ -655,19 +560,19 @@ def main(argv: Sequence[str] | None = None) -> None:
         "kl_to_sft": {name: summary["kl"][name]["mean"] for name in summary["kl"]},
         "win_rate_vs_sft": summary["win_rate"],
         "policy_eval": summary,
-        **counts,
-        "data": data_report,
+        **parameter_counts(trainer.model),
+        "data": data["report"],
         "train_pairs": len(trainer.train_dataset),
         "eval_pairs": len(trainer.eval_dataset),
-        "shortened_prompts": shortened,
-        "truncated_train_pairs": lengths["truncated"],
-        "dropped_train_pairs": lengths["dropped"],
-        "truncated_eval_pairs": eval_lengths["truncated"],
-        "longest_train_pair": lengths["longest"],
-        "train_seconds": round(train_seconds, 2),
-        "seconds_per_step": round(train_seconds / steps_run, 4) if steps_run > 0 else None,
-        "merged": merged is not None,
-        "resumed_from": checkpoint,
+        "shortened_prompts": data["shortened"],
+        "truncated_train_pairs": data["lengths"]["train"]["truncated"],
+        "dropped_train_pairs": data["lengths"]["train"]["dropped"],
+        "truncated_eval_pairs": data["lengths"]["eval"]["truncated"],
+        "longest_train_pair": data["lengths"]["train"]["longest"],
+        "train_seconds": training["train_seconds"],
+        "seconds_per_step": training["seconds_per_step"],
+        "merged": merged,
+        "resumed_from": training["resumed_from"],
     }
     if args.dataset == "toy":
         metrics["gold_reward_sampled"] = metrics["gold_reward_after"]["sampled"]
@@ -684,7 +589,127 @@ def main(argv: Sequence[str] | None = None) -> None:
     metrics.update(judged_metrics(summary))
     if args.dataset == "toy":
         metrics["toy_world"] = ToyWorld.from_recipe(args).describe()
+    return metrics
+
+
+def prepare_pairs(args, model_args, training_args, tokenizer) -> tuple[datasets.Dataset, datasets.Dataset, dict]:
+    """(train, held-out, what preparing them did): the pairs, the SFT model's own compared samples where the
+    recipe asks for them, prompts shortened to max_prompt_length, and what max_length cuts."""
+    train_set, held_out, report = load_pairs(args, training_args.seed)
+    quiet_small_data_bars(train_set, held_out)
+    if args.toy_policy_prompts:
+        train_set, report["policy_comparisons"] = add_own_sample_comparisons(
+            train_set, args, model_args, tokenizer, training_args
+        )
+    train_set, shortened = shorten_prompts(train_set, tokenizer, args.max_prompt_length, "train")
+    held_out, _ = shorten_prompts(held_out, tokenizer, args.max_prompt_length, "eval")
+    lengths = {
+        name: count_long_pairs(split, tokenizer, training_args.max_length, name)
+        for name, split in (("train", train_set), ("eval", held_out))
+    }
+    return train_set, held_out, {"report": report, "shortened": shortened, "lengths": lengths}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args, model_args, training_args, recipe = parse_recipe(RECIPE_TYPES, argv, "dpo", __doc__)
+    check_combination(model_args, training_args, recipe.path)
+    training_args.max_length = fit_max_length(
+        model_args.model_name_or_path,
+        training_args.max_length,
+        recipe.path,
+        "max_length" in recipe.values,
+        training_args.trust_remote_code,
+    )
+    opened = open_trainer_run(recipe, "dpo", training_args)
+    if opened is None:
+        return
+    run, checkpoint = opened
+    output_dir = Path(training_args.output_dir)
+
+    # Data
+    tokenizer = load_tokenizer(model_args.model_name_or_path, trust_remote_code=training_args.trust_remote_code)
+    train_set, held_out_pairs, data = prepare_pairs(args, model_args, training_args, tokenizer)
+
+    # Training, with the held-out pairs measured before and after
+    interrupt = GracefulInterrupt()
+    callbacks = [interrupt, MemoryCheck(training_args.max_length, 2)]
+    trainer = build_trainer(model_args, training_args, train_set, held_out_pairs, tokenizer, callbacks=callbacks)
+    log_training_plan(trainer, model_args, training_args)
+    before_raw = trainer.evaluate()
+    train_result, train_seconds = interrupt.run_training(trainer, checkpoint, output_dir)
+    trainer.state.log_history.insert(0, {**before_raw, "step": 0})  # train() started a new history
+    held_out = {
+        "before": held_out_numbers(before_raw, "eval"),
+        "after": held_out_numbers(final_evaluation(trainer), "eval"),
+    }
+    merge = merge_into_base(model_args, tokenizer, output_dir, training_args.trust_remote_code)
+    final_model = save_fine_tuned(
+        trainer, model_args.use_peft, tokenizer, output_dir, merge if args.merge_adapters else None
+    )
+    if final_model is None:  # not the main process
+        return
+    merged = final_model if model_args.use_peft and args.merge_adapters else None
+
+    # The policy against the SFT model on held-out prompts
+    comparison = compare_with_sft(args, model_args, trainer, merged, tokenizer, held_out_pairs)
+
+    # Outputs
+    write_json(output_dir / "samples.json", comparison.samples)
+    write_json(output_dir / "log_history.json", trainer.state.log_history)
+    loss = "+".join(training_args.loss_type)
+    plot_loss_curves(trainer.state.log_history, output_dir / "loss_curve.png", f"DPO ({loss}): {recipe.path}")
+    plot_dpo_curves(
+        trainer.state.log_history,
+        output_dir / "dpo_curves.png",
+        f"DPO ({loss}, β={training_args.beta}): {recipe.path}",
+    )
+    training = training_figures(trainer, train_result, train_seconds, checkpoint)
+    metrics = dpo_metrics(
+        args, model_args, training_args, trainer, held_out, comparison.summary, data, training, merged is not None
+    )
     run.finish(resolved_recipe("dpo", args, model_args, training_args), metrics)
+    log_results(metrics, held_out, args.dataset == "toy", output_dir)
+
+
+def compare_with_sft(args, model_args, trainer: DPOTrainer, merged, tokenizer, held_out_pairs: datasets.Dataset):
+    """The trained policy and the SFT model sampled on held-out prompts (pipeline.policy_eval): gold (toy world),
+    reward-model scores (with reward_model_path), KL, win rates and the sharpening frontier."""
+    policy, sft_model = policy_and_reference(trainer, model_args, merged, tokenizer)
+    toy = args.dataset == "toy"
+    return evaluate_policy(
+        policy,
+        tokenizer,
+        evaluation_prompts(args, held_out_pairs),
+        reference=sft_model,
+        gold=toy_gold_scorer if toy else None,
+        scorer=reward_model_scorer(args.reward_model_path, device=policy.device) if args.reward_model_path else None,
+        temperature=args.eval_temperature,
+        max_new_tokens=args.sample_max_new_tokens,
+        seed=trainer.args.seed,
+        batch_size=args.generation_batch_size,
+        group_of=toy_skill if toy else None,
+        sharpening_temperatures=args.sharpening_temperatures,
+        traits=recipe_traits(args),
+    )
+
+
+def log_training_plan(trainer: DPOTrainer, model_args: DPOModelArguments, training_args: DPOTrainingConfig) -> None:
+    counts = parameter_counts(trainer.model)
+    logger.info(
+        "DPO (%s, loss %s, beta %g): %d of %d parameters trainable; reference: %s; %d train / %d held-out pairs",
+        mode_name(model_args),
+        "+".join(training_args.loss_type),
+        training_args.beta,
+        counts["trainable_parameters"],
+        counts["parameters"],
+        "the policy with adapters disabled" if trainer.ref_model is None else "a frozen copy of the SFT model",
+        len(trainer.train_dataset),
+        len(trainer.eval_dataset),
+    )
+
+
+def log_results(metrics: dict[str, Any], held_out: dict[str, dict[str, float]], toy: bool, output_dir: Path) -> None:
+    before, after = held_out["before"], held_out["after"]
     logger.info(
         "held-out implicit reward accuracy %s, margin %s; chosen log-prob %s -> %s; KL to SFT (k3) %s nats; "
         "win rates %s; outputs in %s",
@@ -696,7 +721,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         metrics["win_rate_vs_sft"],
         output_dir,
     )
-    if args.dataset == "toy":
+    if toy:
         logger.info(
             "gold reward sampled %s -> %s, greedy %s -> %s; %s",
             metrics["gold_reward_before"]["sampled"],

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -23,6 +24,8 @@ logger = logging.getLogger("pipeline.finetuning")
 # GPT-2's attention (c_attn, c_proj) and MLP (c_fc, c_proj) layers, all Conv1D. PEFT's own default for
 # GPT-2 is c_attn alone; adapting the MLP too learns more for the same handful of parameters.
 GPT2_LORA_TARGETS = ["c_attn", "c_proj", "c_fc"]
+# Where a LoRA/QLoRA stage keeps its adapter, inside its output directory.
+ADAPTER_DIR = "adapter"
 
 
 @dataclass
@@ -113,6 +116,38 @@ def full_precision(model_args: ModelConfig) -> ModelConfig:
     """The same model without 4- or 8-bit loading: an adapter's base for merging or as the reference.
     Merging into 4-bit weights would re-quantize them and lose most of the update."""
     return dataclasses.replace(model_args, load_in_4bit=False, load_in_8bit=False)
+
+
+def save_fine_tuned(
+    trainer, use_peft: bool, tokenizer, output_dir: Path, merge: Callable[[Path], PreTrainedModel] | None = None
+) -> PreTrainedModel | None:
+    """Save what training made, the same way in every fine-tuning stage: the full model into output_dir, or for
+    LoRA/QLoRA the adapter into output_dir/adapter with the tokenizer in output_dir and, given `merge` (adapter
+    folder -> the merged model, saved into output_dir), the merged model beside it.
+
+    Every process calls it (FSDP and ZeRO gather the weights there); the main process gets the final model back
+    (the merged one where there is one, on the trainer's device), the others None.
+    """
+    adapter_dir = output_dir / ADAPTER_DIR
+    trainer.save_model(str(adapter_dir if use_peft else output_dir))
+    if not trainer.is_world_process_zero():
+        return None
+    if not use_peft:
+        return trainer.model
+    tokenizer.save_pretrained(output_dir)
+    if merge is None:
+        return trainer.model
+    return merge(adapter_dir).to(trainer.args.device)
+
+
+def merge_into_base(model_args: ModelConfig, tokenizer, output_dir: Path, trust_remote_code: bool = False):
+    """`merge` for save_fine_tuned: the causal LM in full precision plus the adapter, saved as a plain model."""
+
+    def merge(adapter_dir: Path) -> PreTrainedModel:
+        base = load_model(full_precision(model_args), tokenizer, trust_remote_code=trust_remote_code)
+        return merge_adapter(base, adapter_dir, tokenizer, output_dir)
+
+    return merge
 
 
 def merge_adapter(base: PreTrainedModel, adapter_dir: Path, tokenizer, output_dir: Path) -> PreTrainedModel:

@@ -44,18 +44,19 @@ import logging
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
 
 import datasets
 import numpy as np
-from transformers import PreTrainedModel, set_seed
+from transformers import PreTrainedModel
 from trl import RewardConfig, RewardTrainer
 from trl.trainer.reward_trainer import suppress_seqcls_warning
 from trl.trainer.utils import get_peft_config
 
 from pipeline.best_of_n import best_of_n, judge_against_frontier, plot_best_of_n
-from pipeline.contract import open_stage_run, write_json
+from pipeline.contract import write_json
 from pipeline.data.mixture import mixture_field, take_mixture
 from pipeline.data.preferences import HH_ASSISTANT, load_preferences, split_hh_transcript
 from pipeline.data.text import iter_jsonl
@@ -63,7 +64,7 @@ from pipeline.data.toy_comparisons import check_policy_comparison_keys, own_samp
 from pipeline.data.toy_world import ToyWorld, ToyWorldKeys, agrees_with_user, gold_reward, recipe_traits
 from pipeline.decoding import DEFAULT_STRATEGIES
 from pipeline.errors import DataError, RecipeError, run_cli
-from pipeline.finetuning import ModelArguments, choose_lora_targets, merge_adapter
+from pipeline.finetuning import ModelArguments, choose_lora_targets, merge_adapter, save_fine_tuned
 from pipeline.models import (
     add_identity_blocks,
     load_model,
@@ -89,7 +90,7 @@ from pipeline.reward_model import (
     score_token_ids,
     set_pooling,
 )
-from pipeline.training import GracefulInterrupt, quiet_small_data_bars
+from pipeline.training import GracefulInterrupt, open_trainer_run, quiet_small_data_bars, training_figures
 
 logger = logging.getLogger("pipeline.reward")
 
@@ -609,131 +610,19 @@ def targets(heldout_accuracy: float, best_of_n: dict | None) -> dict[str, Any]:
 # --- the stage ----------------------------------------------------------------------------------------
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    args, model_args, training_args, recipe = parse_recipe(RECIPE_TYPES, argv, "reward", __doc__)
-    if args.extra_layers and model_args.use_peft:
-        raise RecipeError(
-            f"{recipe.path}: key 'extra_layers' needs full fine-tuning (use_peft: false): LoRA would leave the new "
-            "blocks frozen as the identity."
-        )
-    output_dir = Path(training_args.output_dir)
-    opened = open_stage_run(
-        recipe,
-        "reward",
-        output_dir,
-        training_args.seed,
-        training_args.should_save,
-        training_args.max_steps,
-        config=training_args,
-    )
-    if opened is None:
-        return
-    run, checkpoint = opened
-    set_seed(training_args.seed)
+def reward_metrics(
+    args: RewardArguments,
+    model_args: RewardModelArguments,
+    training_args: RewardTrainingConfig,
+    trainer: RewardTrainer,
+    judged: dict[str, Any],
+    data: dict[str, Any],
+    training: dict[str, Any],
+) -> dict[str, Any]:
+    """metrics.json: held-out pair accuracy (before and after), calibration, Best-of-N beside the sharpening
+    frontier, the sycophancy probe in the biased-labeller world, and what the data and training were."""
     toy = args.dataset == "toy"
-
-    train_pairs, eval_pairs, data_stats = load_pairs(args, training_args.seed)
-    quiet_small_data_bars(train_pairs, eval_pairs)
-    tokenizer = load_tokenizer(model_args.model_name_or_path, trust_remote_code=training_args.trust_remote_code)
-    model = build_model(
-        model_args,
-        tokenizer,
-        training_args.trust_remote_code,
-        args.append_eos,
-        args.extra_layers,
-        training_args.seed,
-        args.reward_pooling,
-    )
-    max_length = resolve_max_length(training_args.max_length, model, recipe.path)
-    training_args.max_length = max_length
-    policy, policy_pairs = None, {}
-    if args.toy_policy_prompts:  # after the reward head is initialised, so that it does not depend on this
-        policy = load_policy(model_args, tokenizer, training_args.trust_remote_code).to(training_args.device)
-        extra, policy_pairs = own_sample_comparisons(
-            policy, tokenizer, args, args.best_of_n_strategy, args.sample_max_new_tokens, training_args.seed + 1
-        )
-        if extra is not None:
-            train_pairs = datasets.concatenate_datasets([train_pairs, extra]).shuffle(seed=training_args.seed)
-    train_set, eval_set, truncation = encode_splits(args, train_pairs, eval_pairs, tokenizer, max_length)
-    batch = training_args.per_device_eval_batch_size
-    before = pairwise_metrics(
-        *(score_token_ids(model, list(eval_set[key]), batch) for key in ("chosen_ids", "rejected_ids"))
-    )
-
-    if training_args.train_sampling_strategy == "group_by_length":
-        # Trainer builds the sampler after removing the columns the model does not take, `length` among them;
-        # keep them (TRL's collator reads only chosen_ids, rejected_ids and margin).
-        training_args.remove_unused_columns = False
-
-    interrupt = GracefulInterrupt()
-    trainer = RewardTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=train_set,
-        eval_dataset=eval_set,
-        processing_class=tokenizer,
-        peft_config=get_peft_config(model_args),
-        callbacks=[interrupt, MemoryCheck(max_length, 2)],
-    )
-    counts = parameter_counts(trainer.model)
-    logger.info(
-        "%s reward model: %d of %d parameters trainable; %d train / %d held-out pairs; max_length %d; "
-        "held-out accuracy before training %.3f",
-        "LoRA" if model_args.use_peft else "full",
-        counts["trainable_parameters"],
-        counts["parameters"],
-        len(train_set),
-        len(eval_set),
-        max_length,
-        before["accuracy"],
-    )
-    train_result, train_seconds = interrupt.run_training(trainer, checkpoint, output_dir)
-    adapter_dir = output_dir / "adapter"
-    trainer.save_model(str(adapter_dir if model_args.use_peft else output_dir))  # every process: FSDP/ZeRO gather
-    if not trainer.is_world_process_zero():
-        return
-    reward_model = trainer.model
-    if model_args.use_peft:
-        tokenizer.save_pretrained(output_dir)
-        if args.merge_adapters:
-            reward_model = merge_reward_model(
-                model_args,
-                tokenizer,
-                adapter_dir,
-                output_dir,
-                training_args.trust_remote_code,
-                args.append_eos,
-                args.reward_pooling,
-            )
-            reward_model.to(trainer.args.device)
-
-    heldout = judge(reward_model, eval_set, eval_pairs, batch, toy)
-    validation = (
-        validation_accuracy(reward_model, args, tokenizer, max_length, batch)
-        if toy and args.toy_eval_split == "test"
-        else None
-    )
-    plot_reward_histogram(
-        heldout.pop("chosen_scores"),
-        heldout.pop("rejected_scores"),
-        output_dir / "reward_histogram.png",
-        f"held-out rewards ({len(eval_set)} pairs, accuracy {heldout['accuracy']:.3f})",
-    )
-    bon = None
-    if args.best_of_n_prompts:
-        policy = (policy or load_policy(model_args, tokenizer, training_args.trust_remote_code)).to(
-            reward_model.device
-        )
-        bon = run_best_of_n(
-            args, model_args, policy, reward_model, tokenizer, eval_pairs, output_dir, training_args.seed
-        )
-    curves = {"held-out pairs": heldout["calibration"]}
-    if bon and bon.get("calibration_on_samples"):
-        curves["policy samples vs gold"] = bon["calibration_on_samples"]
-    plot_calibration(curves, output_dir / "calibration.png")
-    plot_loss_curves(trainer.state.log_history, output_dir / "loss_curve.png", f"reward model: {recipe.path}")
-    write_json(output_dir / "log_history.json", trainer.state.log_history)
-
+    heldout, before, bon = judged["heldout"], judged["before"], judged["best_of_n"]
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     metrics: dict[str, Any] = {
         "mode": "lora" if model_args.use_peft else "full",
@@ -743,28 +632,29 @@ def main(argv: Sequence[str] | None = None) -> None:
         "heldout_pairs": heldout["pairs"],
         "heldout_accuracy_before": before["accuracy"],
         "heldout_split": args.toy_eval_split if toy else "held out",
-        "validation_accuracy": validation,
+        "validation_accuracy": judged["validation"],
         "heldout_calibration": heldout["calibration"],
-        "train_loss": round(train_result.training_loss, 4),
+        "train_loss": training["train_loss"],
         "first_logged_loss": round(losses[0], 4) if losses else None,
         "last_logged_loss": round(losses[-1], 4) if losses else None,
-        "steps": trainer.state.global_step,
-        **counts,
-        "max_length": max_length,
+        "steps": training["steps"],
+        **parameter_counts(trainer.model),
+        "max_length": training_args.max_length,
         "margins": args.margin_column,
         "append_eos": args.append_eos,
         "reward_pooling": args.reward_pooling,
         "center_rewards_coefficient": training_args.center_rewards_coefficient,
-        "train_truncation": truncation["train"],
-        "eval_truncation": truncation["eval"],
-        "data": {**data_stats, **({"policy_comparisons": policy_pairs} if policy_pairs else {})},
-        "train_seconds": round(train_seconds, 2),
-        "resumed_from": checkpoint,
+        "train_truncation": data["truncation"]["train"],
+        "eval_truncation": data["truncation"]["eval"],
+        "data": data["report"],
+        "train_seconds": training["train_seconds"],
+        "seconds_per_step": training["seconds_per_step"],
+        "resumed_from": training["resumed_from"],
     }
     if "accuracy_by_kind" in heldout:
         metrics["heldout_accuracy_by_kind"] = heldout["accuracy_by_kind"]
-    if toy and args.toy_scenario == "biased_labeller":
-        metrics["sycophancy_probe"] = sycophancy_probe(reward_model, args, tokenizer, max_length, batch)
+    if judged.get("sycophancy_probe") is not None:
+        metrics["sycophancy_probe"] = judged["sycophancy_probe"]
     if bon:
         keep = (
             "gold",
@@ -791,7 +681,116 @@ def main(argv: Sequence[str] | None = None) -> None:
     if toy:
         metrics["targets"] = targets(heldout["accuracy"], bon)
         metrics["toy_world"] = ToyWorld.from_recipe(args).describe()
+    return metrics
+
+
+def prepare_pairs(args, model_args, training_args, tokenizer, model) -> tuple[Any, Any, Any, dict[str, Any]]:
+    """(train set, held-out set, the policy if one was loaded, what preparing did): the pairs, comparisons of
+    the SFT model's own samples where the recipe asks for them, encoded and cut to max_length."""
+    train_pairs, eval_pairs, data_stats = load_pairs(args, training_args.seed)
+    quiet_small_data_bars(train_pairs, eval_pairs)
+    policy, policy_pairs = None, {}
+    if args.toy_policy_prompts:  # after the reward head is initialised, so that it does not depend on this
+        policy = load_policy(model_args, tokenizer, training_args.trust_remote_code).to(training_args.device)
+        extra, policy_pairs = own_sample_comparisons(
+            policy, tokenizer, args, args.best_of_n_strategy, args.sample_max_new_tokens, training_args.seed + 1
+        )
+        if extra is not None:
+            train_pairs = datasets.concatenate_datasets([train_pairs, extra]).shuffle(seed=training_args.seed)
+    train_set, eval_set, truncation = encode_splits(args, train_pairs, eval_pairs, tokenizer, training_args.max_length)
+    report = {**data_stats, **({"policy_comparisons": policy_pairs} if policy_pairs else {})}
+    return train_set, eval_set, policy, {"report": report, "truncation": truncation, "eval_pairs": eval_pairs}
+
+
+def judge_after_training(
+    args, model_args, training_args, reward_model, policy, tokenizer, eval_set, eval_pairs, output_dir: Path
+) -> dict[str, Any]:
+    """The trained reward model judged: held-out pairs (and validation, when test is the held-out split), the
+    biased-labeller probe, and Best-of-N with the SFT model as the policy; with the histogram and calibration."""
+    toy, batch = args.dataset == "toy", training_args.per_device_eval_batch_size
+    max_length = training_args.max_length
+    heldout = judge(reward_model, eval_set, eval_pairs, batch, toy)
+    judged: dict[str, Any] = {"heldout": heldout, "best_of_n": None}
+    judged["validation"] = (
+        validation_accuracy(reward_model, args, tokenizer, max_length, batch)
+        if toy and args.toy_eval_split == "test"
+        else None
+    )
+    plot_reward_histogram(
+        heldout.pop("chosen_scores"),
+        heldout.pop("rejected_scores"),
+        output_dir / "reward_histogram.png",
+        f"held-out rewards ({len(eval_set)} pairs, accuracy {heldout['accuracy']:.3f})",
+    )
+    if toy and args.toy_scenario == "biased_labeller":
+        judged["sycophancy_probe"] = sycophancy_probe(reward_model, args, tokenizer, max_length, batch)
+    if args.best_of_n_prompts:
+        policy = (policy or load_policy(model_args, tokenizer, training_args.trust_remote_code)).to(
+            reward_model.device
+        )
+        judged["best_of_n"] = run_best_of_n(
+            args, model_args, policy, reward_model, tokenizer, eval_pairs, output_dir, training_args.seed
+        )
+    curves = {"held-out pairs": heldout["calibration"]}
+    if judged["best_of_n"] and judged["best_of_n"].get("calibration_on_samples"):
+        curves["policy samples vs gold"] = judged["best_of_n"]["calibration_on_samples"]
+    plot_calibration(curves, output_dir / "calibration.png")
+    return judged
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args, model_args, training_args, recipe = parse_recipe(RECIPE_TYPES, argv, "reward", __doc__)
+    if args.extra_layers and model_args.use_peft:
+        raise RecipeError(
+            f"{recipe.path}: key 'extra_layers' needs full fine-tuning (use_peft: false): LoRA would leave the new "
+            "blocks frozen as the identity."
+        )
+    opened = open_trainer_run(recipe, "reward", training_args)
+    if opened is None:
+        return
+    run, checkpoint = opened
+    output_dir = Path(training_args.output_dir)
+
+    # Model and data
+    tokenizer = load_tokenizer(model_args.model_name_or_path, trust_remote_code=training_args.trust_remote_code)
+    trust, eos, pooling = training_args.trust_remote_code, args.append_eos, args.reward_pooling
+    model = build_model(model_args, tokenizer, trust, eos, args.extra_layers, training_args.seed, pooling)
+    training_args.max_length = resolve_max_length(training_args.max_length, model, recipe.path)
+    train_set, eval_set, policy, data = prepare_pairs(args, model_args, training_args, tokenizer, model)
+    batch = training_args.per_device_eval_batch_size
+    scores = [score_token_ids(model, list(eval_set[key]), batch) for key in ("chosen_ids", "rejected_ids")]
+    before = pairwise_metrics(*scores)
+
+    # Training
+    interrupt = GracefulInterrupt()
+    trainer = build_trainer(model, model_args, training_args, train_set, eval_set, tokenizer, interrupt)
+    log_training_plan(trainer, model_args, training_args.max_length, before)
+    train_result, train_seconds = interrupt.run_training(trainer, checkpoint, output_dir)
+    merge = partial(
+        merge_reward_model,
+        model_args,
+        tokenizer,
+        output_dir=output_dir,
+        trust_remote_code=trust,
+        append_eos=eos,
+        pooling=pooling,
+    )
+    reward_model = save_fine_tuned(
+        trainer, model_args.use_peft, tokenizer, output_dir, merge if args.merge_adapters else None
+    )
+    if reward_model is None:  # not the main process
+        return
+
+    # Judging, curves, metrics
+    judged = judge_after_training(
+        args, model_args, training_args, reward_model, policy, tokenizer, eval_set, data["eval_pairs"], output_dir
+    )
+    plot_loss_curves(trainer.state.log_history, output_dir / "loss_curve.png", f"reward model: {recipe.path}")
+    write_json(output_dir / "log_history.json", trainer.state.log_history)
+    training = training_figures(trainer, train_result, train_seconds, checkpoint)
+    metrics = reward_metrics(args, model_args, training_args, trainer, {**judged, "before": before}, data, training)
     run.finish(resolved_recipe("reward", args, model_args, training_args), metrics)
+    heldout = judged["heldout"]
     logger.info(
         "held-out accuracy %.3f (before training %.3f), mean margin %.3f, calibration ECE %s; outputs in %s",
         heldout["accuracy"],
@@ -799,6 +798,37 @@ def main(argv: Sequence[str] | None = None) -> None:
         heldout["mean_margin"],
         heldout["calibration"]["ece"],
         output_dir,
+    )
+
+
+def build_trainer(model, model_args, training_args, train_set, eval_set, tokenizer, interrupt) -> RewardTrainer:
+    if training_args.train_sampling_strategy == "group_by_length":
+        # Trainer builds the sampler after removing the columns the model does not take, `length` among them;
+        # keep them (TRL's collator reads only chosen_ids, rejected_ids and margin).
+        training_args.remove_unused_columns = False
+    return RewardTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_set,
+        eval_dataset=eval_set,
+        processing_class=tokenizer,
+        peft_config=get_peft_config(model_args),
+        callbacks=[interrupt, MemoryCheck(training_args.max_length, 2)],
+    )
+
+
+def log_training_plan(trainer: RewardTrainer, model_args, max_length: int, before: dict[str, float]) -> None:
+    counts = parameter_counts(trainer.model)
+    logger.info(
+        "%s reward model: %d of %d parameters trainable; %d train / %d held-out pairs; max_length %d; "
+        "held-out accuracy before training %.3f",
+        "LoRA" if model_args.use_peft else "full",
+        counts["trainable_parameters"],
+        counts["parameters"],
+        len(trainer.train_dataset),
+        len(trainer.eval_dataset),
+        max_length,
+        before["accuracy"],
     )
 
 

@@ -40,12 +40,12 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import datasets
-from transformers import PreTrainedModel, set_seed
+from transformers import PreTrainedModel
 from trl import SFTConfig, SFTTrainer
 from trl.chat_template_utils import has_generation_markers
 from trl.trainer.utils import get_peft_config
 
-from pipeline.contract import open_stage_run, write_json
+from pipeline.contract import write_json
 from pipeline.data.mixture import mixture_field, take_mixture
 from pipeline.data.sft_formats import SIMPLE_CHAT_TEMPLATE, load_sft_dataset, toy_sft_dataset
 from pipeline.data.toy_world import ToyWorld, ToyWorldKeys, gold_reward, recipe_traits
@@ -54,17 +54,17 @@ from pipeline.errors import DataError, UserError, run_cli
 from pipeline.finetuning import (
     ModelArguments,
     build_policy,
-    full_precision,
     keep_adapters_in_fp32,
-    merge_adapter,
+    merge_into_base,
     mode_name,
+    save_fine_tuned,
 )
-from pipeline.models import load_model, load_tokenizer, parameter_counts
+from pipeline.models import load_tokenizer, parameter_counts
 from pipeline.plots import plot_loss_curves
 from pipeline.policy_eval import trait_share, trait_value
 from pipeline.recipes import parse_recipe, require_positive, resolved_recipe
 from pipeline.resources import MemoryCheck
-from pipeline.training import GracefulInterrupt, quiet_small_data_bars
+from pipeline.training import GracefulInterrupt, open_trainer_run, quiet_small_data_bars, training_figures
 
 logger = logging.getLogger("pipeline.sft")
 
@@ -352,49 +352,121 @@ def sample_and_score(model, tokenizer, prompts: list[str], args: SFTArguments, s
 # --- the stage ----------------------------------------------------------------------------------------
 
 
+def sft_metrics(
+    args: SFTArguments,
+    model_args: ModelArguments,
+    trainer: SFTTrainer,
+    dataset_format: str,
+    losses: dict[str, dict[str, float]],
+    lengths: dict[str, dict[str, int]],
+    training: dict[str, Any],
+    gold: dict[str, dict[str, float]],
+    traits: dict[str, dict],
+) -> dict[str, Any]:
+    """metrics.json: held-out loss before/after, what the data lost to max_length, speed, and on the toy world
+    the gold reward and the world's traits before and after."""
+    before, after = losses["before"]["eval_before_loss"], losses["after"]["eval_loss"]
+    metrics = {
+        "mode": mode_name(model_args),
+        "dataset_format": dataset_format,
+        "train_loss": training["train_loss"],
+        "eval_loss_before": round(before, 4),
+        "eval_loss": round(after, 4),
+        "perplexity_before": round(math.exp(before), 4),
+        "perplexity": round(math.exp(after), 4),
+        "steps": training["steps"],
+        **parameter_counts(trainer.model),
+        "train_examples": len(trainer.train_dataset),
+        "eval_examples": len(trainer.eval_dataset),
+        "truncated_train_examples": lengths["train"]["truncated"],
+        "dropped_train_examples": lengths["train"]["dropped"],
+        "truncated_eval_examples": lengths["eval"]["truncated"],
+        "longest_train_sequence": lengths["train"]["longest"],
+        "train_seconds": training["train_seconds"],
+        "seconds_per_step": training["seconds_per_step"],
+        "tokens_per_second": round(trainer.state.num_input_tokens_seen / training["train_seconds"], 1)
+        if training["train_seconds"] > 0
+        else None,
+        "merged": bool(model_args.use_peft and args.merge_adapters),
+        "resumed_from": training["resumed_from"],
+    }
+    if gold["after"]:
+        metrics["gold_reward_before"], metrics["gold_reward_after"] = gold["before"], gold["after"]
+        metrics["gold_reward_greedy"] = gold["after"].get("greedy")
+        metrics["gold_reward_sampled"] = gold["after"].get("temperature_1.0")
+        metrics["toy_world"] = ToyWorld.from_recipe(args).describe()
+    if traits["after"]:
+        metrics["traits_before"], metrics["traits_after"] = traits["before"], traits["after"]
+    return metrics
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args, model_args, training_args, recipe = parse_recipe(RECIPE_TYPES, argv, "sft", __doc__)
-    output_dir = Path(training_args.output_dir)
-    opened = open_stage_run(
-        recipe,
-        "sft",
-        output_dir,
-        training_args.seed,
-        training_args.should_save,
-        training_args.max_steps,
-        config=training_args,
-    )
+    opened = open_trainer_run(recipe, "sft", training_args)
     if opened is None:
         return
     run, checkpoint = opened
-    set_seed(training_args.seed)
+    output_dir = Path(training_args.output_dir)
 
+    # Data, and what max_length does to it
     train_set, eval_set, dataset_format = load_data(args, training_args.seed)
     quiet_small_data_bars(train_set, eval_set)
     tokenizer = load_tokenizer(model_args.model_name_or_path, trust_remote_code=training_args.trust_remote_code)
     configure_loss(dataset_format, tokenizer, training_args)
-    lengths = count_long_sequences(train_set, tokenizer, training_args.max_length, "train")
-    eval_lengths = count_long_sequences(eval_set, tokenizer, training_args.max_length, "eval")
+    lengths = {
+        name: count_long_sequences(split, tokenizer, training_args.max_length, name)
+        for name, split in (("train", train_set), ("eval", eval_set))
+    }
 
+    # Model, and its samples before training
     model = build_policy(model_args, tokenizer, training_args)
     prompts = generation_prompts(args, eval_set, tokenizer)
-    samples, gold_before, traits_before = [], {}, {}
+    before = ([], {}, {})
     if training_args.should_save:
-        samples, gold_before, traits_before = sample_and_score(
-            model, tokenizer, prompts, args, training_args.seed, "before"
-        )
+        before = sample_and_score(model, tokenizer, prompts, args, training_args.seed, "before")
 
+    # Training
     interrupt = GracefulInterrupt()
+    callbacks = [interrupt, MemoryCheck(training_args.max_length)]
     trainer = build_trainer(
-        model,
-        tokenizer,
-        train_set,
-        eval_set,
-        dataset_format,
-        model_args,
-        training_args,
-        [interrupt, MemoryCheck(training_args.max_length)],
+        model, tokenizer, train_set, eval_set, dataset_format, model_args, training_args, callbacks
     )
+    log_training_plan(trainer, model_args, dataset_format)
+    losses = {"before": trainer.evaluate(metric_key_prefix="eval_before")}
+    train_result, train_seconds = interrupt.run_training(trainer, checkpoint, output_dir)
+    losses["after"] = trainer.evaluate()
+    merge = merge_into_base(model_args, tokenizer, output_dir, training_args.trust_remote_code)
+    final_model = save_fine_tuned(
+        trainer, model_args.use_peft, tokenizer, output_dir, merge if args.merge_adapters else None
+    )
+    if final_model is None:  # not the main process
+        return
+
+    # Samples after training, curves, metrics
+    after = sample_and_score(final_model, tokenizer, prompts, args, training_args.seed, "after")
+    write_json(output_dir / "samples.json", before[0] + after[0])
+    plot_loss_curves(
+        trainer.state.log_history, output_dir / "loss_curve.png", f"SFT ({mode_name(model_args)}): {recipe.path}"
+    )
+    write_json(output_dir / "log_history.json", trainer.state.log_history)
+    training = training_figures(trainer, train_result, train_seconds, checkpoint)
+    gold, traits = {"before": before[1], "after": after[1]}, {"before": before[2], "after": after[2]}
+    metrics = sft_metrics(args, model_args, trainer, dataset_format, losses, lengths, training, gold, traits)
+    run.finish(resolved_recipe("sft", args, model_args, training_args), metrics)
+    logger.info(
+        "eval loss %.4f -> %.4f (perplexity %.3f); gold reward greedy %s -> %s, sampled %s -> %s; outputs in %s",
+        metrics["eval_loss_before"],
+        metrics["eval_loss"],
+        metrics["perplexity"],
+        gold["before"].get("greedy"),
+        gold["after"].get("greedy"),
+        gold["before"].get("temperature_1.0"),
+        gold["after"].get("temperature_1.0"),
+        output_dir,
+    )
+
+
+def log_training_plan(trainer: SFTTrainer, model_args: ModelArguments, dataset_format: str) -> None:
     counts = parameter_counts(trainer.model)
     logger.info(
         "%s fine-tuning: %d of %d parameters trainable (%.2f%%); %d train / %d eval examples (%s)",
@@ -405,76 +477,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         len(trainer.train_dataset),
         len(trainer.eval_dataset),
         dataset_format,
-    )
-    eval_before = trainer.evaluate(metric_key_prefix="eval_before")
-
-    train_result, train_seconds = interrupt.run_training(trainer, checkpoint, output_dir)
-    eval_metrics = trainer.evaluate()
-    adapter_dir = output_dir / "adapter"
-    trainer.save_model(str(adapter_dir if model_args.use_peft else output_dir))  # every process: FSDP/ZeRO gather
-    if not trainer.is_world_process_zero():
-        return
-    final_model = trainer.model
-    if model_args.use_peft:
-        tokenizer.save_pretrained(output_dir)
-        if args.merge_adapters:
-            base = load_model(full_precision(model_args), tokenizer, trust_remote_code=training_args.trust_remote_code)
-            final_model = merge_adapter(base, adapter_dir, tokenizer, output_dir)
-            final_model.to(trainer.args.device)
-
-    after_samples, gold_after, traits_after = sample_and_score(
-        final_model, tokenizer, prompts, args, training_args.seed, "after"
-    )
-    write_json(output_dir / "samples.json", samples + after_samples)
-    plot_loss_curves(
-        trainer.state.log_history, output_dir / "loss_curve.png", f"SFT ({mode_name(model_args)}): {recipe.path}"
-    )
-    write_json(output_dir / "log_history.json", trainer.state.log_history)
-
-    steps_run = trainer.state.global_step - (int(Path(checkpoint).name.split("-")[1]) if checkpoint else 0)
-    metrics = {
-        "mode": mode_name(model_args),
-        "dataset_format": dataset_format,
-        "train_loss": round(train_result.training_loss, 4),
-        "eval_loss_before": round(eval_before["eval_before_loss"], 4),
-        "eval_loss": round(eval_metrics["eval_loss"], 4),
-        "perplexity_before": round(math.exp(eval_before["eval_before_loss"]), 4),
-        "perplexity": round(math.exp(eval_metrics["eval_loss"]), 4),
-        "steps": trainer.state.global_step,
-        **counts,
-        "train_examples": len(trainer.train_dataset),
-        "eval_examples": len(trainer.eval_dataset),
-        "truncated_train_examples": lengths["truncated"],
-        "dropped_train_examples": lengths["dropped"],
-        "truncated_eval_examples": eval_lengths["truncated"],
-        "longest_train_sequence": lengths["longest"],
-        "train_seconds": round(train_seconds, 2),
-        "seconds_per_step": round(train_seconds / steps_run, 4) if steps_run > 0 else None,
-        "tokens_per_second": round(trainer.state.num_input_tokens_seen / train_seconds, 1)
-        if train_seconds > 0
-        else None,
-        "merged": bool(model_args.use_peft and args.merge_adapters),
-        "resumed_from": checkpoint,
-    }
-    if gold_after:
-        metrics["gold_reward_before"] = gold_before
-        metrics["gold_reward_after"] = gold_after
-        metrics["gold_reward_greedy"] = gold_after.get("greedy")
-        metrics["gold_reward_sampled"] = gold_after.get("temperature_1.0")
-        metrics["toy_world"] = ToyWorld.from_recipe(args).describe()
-    if traits_after:
-        metrics["traits_before"], metrics["traits_after"] = traits_before, traits_after
-    run.finish(resolved_recipe("sft", args, model_args, training_args), metrics)
-    logger.info(
-        "eval loss %.4f -> %.4f (perplexity %.3f); gold reward greedy %s -> %s, sampled %s -> %s; outputs in %s",
-        metrics["eval_loss_before"],
-        metrics["eval_loss"],
-        metrics["perplexity"],
-        gold_before.get("greedy"),
-        gold_after.get("greedy"),
-        gold_before.get("temperature_1.0"),
-        gold_after.get("temperature_1.0"),
-        output_dir,
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import datasets
@@ -73,6 +74,40 @@ class GracefulInterrupt(TrainerCallback):
             control.should_save = True
             control.should_training_stop = True
         return control
+
+
+def open_trainer_run(recipe, stage: str, training_args) -> tuple[Any, str | None] | None:
+    """open_stage_run for a Trainer stage, seeded: (the run, the checkpoint to resume from), or None when the
+    output already holds this very run."""
+    from transformers import set_seed
+
+    from pipeline.contract import open_stage_run
+
+    opened = open_stage_run(
+        recipe,
+        stage,
+        training_args.output_dir,
+        training_args.seed,
+        training_args.should_save,
+        training_args.max_steps,
+        config=training_args,
+    )
+    if opened is not None:
+        set_seed(training_args.seed)
+    return opened
+
+
+def training_figures(trainer, train_result, train_seconds: float, checkpoint: str | None) -> dict[str, Any]:
+    """What every Trainer stage reports about its training: loss, steps, time, and where it resumed from."""
+    first_step = int(Path(checkpoint).name.rsplit("-", 1)[-1]) if checkpoint else 0
+    steps_run = trainer.state.global_step - first_step
+    return {
+        "train_loss": round(train_result.training_loss, 4),
+        "steps": trainer.state.global_step,
+        "train_seconds": round(train_seconds, 2),
+        "seconds_per_step": round(train_seconds / steps_run, 4) if steps_run > 0 else None,
+        "resumed_from": checkpoint,
+    }
 
 
 class Throughput(TrainerCallback):
