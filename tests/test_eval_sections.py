@@ -92,6 +92,7 @@ def test_weak_to_strong_pgr_table_and_bars(tmp_path):
 
 def test_reward_best_of_n_dpo_and_ppo_numbers_are_the_stages(tmp_path):
     from pipeline.best_of_n import best_of_n_table, judge_against_frontier, kl_regularised_table
+    from pipeline.reward import targets
     from pipeline.reward_model import pairwise_calibration
 
     rng = np.random.default_rng(0)
@@ -126,6 +127,7 @@ def test_reward_best_of_n_dpo_and_ppo_numbers_are_the_stages(tmp_path):
             "heldout_mean_margin": 1.2,
             "heldout_calibration": calibration,
             "rm_gold_pearson": 0.6,
+            "targets": targets(0.91, bon),
         },
         best_of_n=bon,
     )
@@ -220,6 +222,21 @@ def test_reward_best_of_n_dpo_and_ppo_numbers_are_the_stages(tmp_path):
     markdown = (runs / "report.md").read_text()
     assert "greedy gold fell 0.700 -> 0.690" in markdown
     assert report["missing_stages"] == ["pretrain", "weak_to_strong"]
+    # The first table a reader meets says, per stage, what it has to beat and whether it did; wall time comes last.
+    assert (
+        "| ppo | ppo | gold reward after = 0.74 | does NOT beat sharpening by +0.065 gold at 0.30 nats |" in markdown
+    )
+    best_of_16 = next(row for row in bon["table"] if row["n"] == 16)["gold"]
+    assert (
+        f"| reward | reward | held-out accuracy = 0.91 | heldout accuracy 0.91 meets >= 0.85; best of 16 gold "
+        f"{best_of_16:.3g} {'meets' if best_of_16 > gold.mean() else 'MISSES'} > SFT mean gold {gold.mean()}"
+    ) in markdown
+    headings = [line[3:] for line in markdown.splitlines() if line.startswith("## ")]
+    assert headings[:2] == [
+        "Runs and headline figures",
+        "Gold reward against KL: every policy beside the free baselines",
+    ]
+    assert headings[-2:] == ["Where the time went", "About this report"]
 
 
 def test_stage_outputs_without_files_or_keys_still_give_a_report(tmp_path):
@@ -239,3 +256,29 @@ def test_stage_outputs_without_files_or_keys_still_give_a_report(tmp_path):
         "weak_to_strong",
     ]
     assert (runs / "report.html").is_file()
+
+
+def test_answers_side_by_side_are_the_stages_greedy_samples(tmp_path):
+    """The SFT model's answers after training and each policy's, greedy, on the prompts all of them answered."""
+    runs = tmp_path / "runs"
+    prompts = [f"User: {kind} {word}?\nBot:" for word in ("ab", "cd") for kind in ("repeat the word:", "what colour")]
+    sft_samples = [
+        {"when": when, "strategy": strategy, "prompt": p, "text": f" {when} {strategy}", "gold_reward": 0.1}
+        for p in prompts
+        for when in ("before", "after")
+        for strategy in ("greedy", "temperature_1.0")
+    ]
+    policy_samples = [
+        {"model": model, "strategy": "greedy", "prompt": p, "text": f" {model}", "gold_reward": 0.9}
+        for p in prompts[:3]
+        for model in ("reference", "policy")
+    ]
+    write_output(runs / "sft", "sft", {}, samples=sft_samples)
+    write_output(runs / "ppo", "ppo", {}, inputs={"model_name_or_path": str(runs / "sft")}, samples=policy_samples)
+    report = build_report([runs], options=NO_STUDIES)
+    answers = report["sections"]["answers"]
+    assert answers["prompts"] == [prompts[0], prompts[1], prompts[2]]  # kinds in turn; the 4th has no PPO answer
+    assert answers["answers"]["sft"][prompts[0]] == {"text": " after greedy", "gold": 0.1}
+    assert answers["answers"]["ppo"][prompts[0]] == {"text": " policy", "gold": 0.9}
+    markdown = (runs / "report.md").read_text()
+    assert "| User: repeat the word: ab? Bot: | after greedy (0.10) | policy (0.90) |" in markdown

@@ -5,6 +5,7 @@ anything itself."""
 from __future__ import annotations
 
 from eval.sections import (
+    answers,
     comparison,
     decoding,
     dpo,
@@ -27,6 +28,7 @@ from eval.sections import (
 SECTIONS = (
     overview,
     comparison,
+    answers,
     sft,
     reward,
     ppo,

@@ -63,7 +63,8 @@ def build(ctx: Context) -> Section | None:
     if sft is None or not (policies or bon_table):
         return None
     section = Section("comparison", "Gold reward against KL: every policy beside the free baselines")
-    section.text(
+    notes: list[str] = []  # shown under the figure, which comes first
+    notes.append(
         "Each point is measured by its stage on the held-out test prompts (samples at temperature 1; KL = the exact "
         "per-position KL to the SFT model summed along each sampled response). The **sharpening frontier** is the SFT "
         "model sampled at lower temperatures: no training at all. A policy **beats sharpening** when its sampled gold "
@@ -75,12 +76,12 @@ def build(ctx: Context) -> Section | None:
     )
     if world:
         knobs = ", ".join(f"{key} {value}" for key, value in world.items() if key not in ("scenario", "seed"))
-        section.text(
+        notes.append(
             f"The toy world: scenario **{world.get('scenario', 'plain')}**, seed {world.get('seed')} ({knobs})."
         )
     strangers = [p.name for p in policies if ctx.runs.input_of(p, "model_name_or_path") is not sft]
     if strangers:
-        section.text(f"Note: {', '.join(strangers)} did not start from {sft.name} (see their manifests' inputs).")
+        notes.append(f"Note: {', '.join(strangers)} did not start from {sft.name} (see their manifests' inputs).")
 
     points = {policy.name: policy_point(policy) for policy in policies}
     frontier_source = next((name for name, point in points.items() if point["sharpening"]), None)
@@ -147,6 +148,8 @@ def build(ctx: Context) -> Section | None:
         "Best-of-N, π*) and PPO's path during training; dots: the trained policies. A policy above the sharpening "
         "line at its KL learned more than a temperature.",
     )
+    for note in notes:
+        section.text(note)
 
     rows = []
     sft_point = next(iter(points.values())) if points else None

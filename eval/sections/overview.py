@@ -1,4 +1,5 @@
-"""Which stages ran (and which did not), one headline figure each, and each one's wall time and share."""
+"""Which stages ran (and which did not), one headline figure each, and each one against its target or the free
+baseline it has to beat (wall times are in the timing section, at the end)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,34 @@ def headline(output: StageOutput) -> tuple[str | None, float | None]:
     return None, None
 
 
+def verdict(output: StageOutput) -> str:
+    """The stage against what it has to beat: the sharpening frontier (PPO, DPO), the toy world's targets
+    (reward model), the model it started from (SFT), the weak model and the ceiling (weak-to-strong)."""
+    metrics = output.metrics
+    judgement = metrics.get("judgement")
+    if isinstance(judgement, dict) and "beats_sharpening" in judgement:
+        margin, kl = number(judgement.get("margin_over_frontier")), number(judgement.get("kl_exact"))
+        words = "beats sharpening" if judgement["beats_sharpening"] else "does NOT beat sharpening"
+        return words + (f" by {margin:+.3f} gold at {kl:.2f} nats" if margin is not None and kl is not None else "")
+    targets = metrics.get("targets")
+    if isinstance(targets, dict):
+        return "; ".join(
+            f"{name.replace('_', ' ')} {target['value']:.3g} {'meets' if target['met'] else 'MISSES'} "
+            f"{target['target']}"
+            for name, target in targets.items()
+            if isinstance(target, dict)
+            and {"value", "target", "met"} <= set(target)
+            and number(target["value"]) is not None
+        )
+    before, after = number(dig(metrics, "gold_reward_before", "greedy")), number(metrics.get("gold_reward_greedy"))
+    if output.stage == "sft" and before is not None and after is not None:
+        return f"greedy gold {before:.3f} before (the model it started from) → {after:.3f}"
+    weak, ceiling = number(metrics.get("weak_accuracy_median")), number(metrics.get("ceiling_accuracy_median"))
+    if output.stage == "weak_to_strong" and weak is not None and ceiling is not None:
+        return f"weak model {weak:.3f}, strong ceiling {ceiling:.3f} (test accuracy, medians)"
+    return ""
+
+
 def build(ctx: Context) -> Section:
     section = Section("overview", "Runs and headline figures")
     outputs = ctx.runs.outputs
@@ -37,16 +66,7 @@ def build(ctx: Context) -> Section:
     for output in outputs:
         label, value = headline(output)
         share = (output.wall_time_s or 0.0) / total if total else None
-        rows.append(
-            [
-                output.name,
-                output.stage,
-                str(output.path),
-                output.wall_time_s,
-                None if share is None else round(100 * share, 1),
-                f"{label} = {value:.4g}" if label else "",
-            ]
-        )
+        rows.append([output.name, output.stage, f"{label} = {value:.4g}" if label else "", verdict(output)])
         data_outputs.append(
             {
                 "name": output.name,
@@ -64,8 +84,7 @@ def build(ctx: Context) -> Section:
         f"Run directories: {', '.join(f'`{d}`' for d in ctx.runs.run_dirs)}. Found {len(outputs)} finished stage "
         "outputs (a directory counts when its manifest.json exists; the stage contract writes it last)."
     )
-    section.table(["output", "stage", "directory", "wall time (s)", "share (%)", "headline"], rows)
-    section.text(f"Total wall time of the stages: **{total:.1f} s** ({total / 60:.1f} min), from their manifests.")
+    section.table(["output", "stage", "headline", "against its target or the free baseline"], rows)
     if missing:
         section.text(
             "Stages with no finished output here (their sections are left out): "

@@ -15,6 +15,21 @@ def build(ctx: Context) -> Section | None:
     if not outputs:
         return None
     section = Section("timing", "Where the time went")
+    total = sum(output.wall_time_s for output in outputs)
+    section.text(f"Total wall time of the stages: **{total:.1f} s** ({total / 60:.1f} min), from their manifests.")
+    section.table(
+        ["output", "stage", "directory", "wall time (s)", "share (%)"],
+        [
+            [
+                output.name,
+                output.stage,
+                str(output.path),
+                output.wall_time_s,
+                round(100 * output.wall_time_s / total, 1),
+            ]
+            for output in outputs
+        ],
+    )
     section.figure(
         figures.bars(
             {output.name: output.wall_time_s for output in outputs},
