@@ -1,7 +1,8 @@
 """The model a fine-tuning stage trains, described as TRL's scripts describe it: full, LoRA or QLoRA.
 
 `ModelArguments` is TRL's `ModelConfig` with the checks every stage needs, written once; `build_policy`
-loads a causal LM for full, LoRA or QLoRA training; `merge_adapter` writes base + adapter as a plain model.
+loads a causal LM for full, LoRA or QLoRA training; `merge_adapter` writes base + adapter as a plain model;
+`FineTuningDefaults` holds the training defaults the SFT, reward and DPO configs share.
 """
 
 from __future__ import annotations
@@ -26,6 +27,24 @@ logger = logging.getLogger("pipeline.finetuning")
 GPT2_LORA_TARGETS = ["c_attn", "c_proj", "c_fc"]
 # Where a LoRA/QLoRA stage keeps its adapter, inside its output directory.
 ADAPTER_DIR = "adapter"
+
+
+@dataclass
+class FineTuningDefaults:
+    """Defaults the fine-tuning stages' TRL configs share, put first in their bases (`class SFTTrainingConfig(
+    FineTuningDefaults, SFTConfig)`) so that they override TRL's: fp32 (bf16 is slow on most CPUs), no gradient
+    checkpointing, a cosine schedule, evaluation and a checkpoint every 100 steps (two kept), no tracker."""
+
+    bf16: bool | None = False
+    gradient_checkpointing: bool = False
+    lr_scheduler_type: str = "cosine"
+    logging_steps: float = 10
+    eval_strategy: str = "steps"
+    eval_steps: float = 100
+    save_strategy: str = "steps"
+    save_steps: float = 100
+    save_total_limit: int = 2
+    report_to: str | list[str] = "none"
 
 
 @dataclass

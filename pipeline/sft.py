@@ -3,31 +3,7 @@
     python -m pipeline.sft --config recipes/toy/sft.yaml
     accelerate launch --config_file accelerate_config.yaml -m pipeline.sft --config recipes/gpt2/sft_lora.yaml
 
-The story: parse the recipe -> load demonstrations (the toy world's, a JSON Lines file or a hub data set,
-in prompt/completion, chat-messages or Alpaca format; see pipeline.data.sft_formats) -> load the
-tokenizer (pad distinct from EOS) and set a simple chat template if chat data meets a model without
-one -> count the sequences longer than `max_length`, which TRL truncates -> load the model (4-bit NF4
-for QLoRA, prepared for k-bit training) and check the LoRA target modules -> measure the gold reward of
-greedy and sampled responses before training (toy world) -> train with TRL's SFTTrainer (PEFT wraps the
-model for LoRA/QLoRA; completion-only / assistant-only loss; EOS once at the end of each response) ->
-save -> evaluate perplexity = exp(eval loss) and the gold reward after training -> metrics and manifest.
-
-What the output directory holds (the next stages name it as `model_name_or_path`):
-  full fine-tune:              the model (safetensors) + tokenizer.
-  LoRA/QLoRA:                  the adapter in `adapter/` (+ tokenizer), and with `merge_adapters: true`
-                               (the default) the merged full model + tokenizer at the top, which loads
-                               with plain `AutoModelForCausalLM.from_pretrained`. The merge is made into
-                               a full-precision copy of the base model, also for QLoRA (merging into
-                               4-bit weights would quantize the update away). With `merge_adapters:
-                               false` only `adapter/` holds weights; `AutoModelForCausalLM.from_pretrained
-                               ("<output_dir>/adapter")` loads base + adapter through PEFT.
-
-Metrics (metrics.json): train loss; eval loss and perplexity on the response tokens, before and after;
-trainable parameters and their share (4-bit weights counted by their logical size); peak memory (on a
-GPU torch.cuda.max_memory_allocated, on a CPU the process's peak RSS, loading and merging included);
-how many examples were truncated or left out; step time and tokens/s; with the toy world the gold
-reward of greedy and sampled (temperature 1.0) responses to held-out prompts before and after SFT
-(samples.json holds them all). Plus loss_curve.png and log_history.json.
+Outputs and metrics: docs/stages/sft.md.
 """
 
 from __future__ import annotations
@@ -35,22 +11,17 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any
 
 import datasets
 from transformers import PreTrainedModel
-from trl import SFTConfig, SFTTrainer
-from trl.chat_template_utils import has_generation_markers
+from trl import SFTTrainer
 from trl.trainer.utils import get_peft_config
 
 from pipeline.contract import write_json
-from pipeline.data.mixture import mixture_field, take_mixture
-from pipeline.data.sft_formats import SIMPLE_CHAT_TEMPLATE, load_sft_dataset, toy_sft_dataset
-from pipeline.data.toy_world import ToyWorld, ToyWorldKeys, gold_reward, recipe_traits
-from pipeline.decoding import generate
-from pipeline.errors import DataError, UserError, run_cli
+from pipeline.data.toy_world import ToyWorld
+from pipeline.errors import run_cli
 from pipeline.finetuning import (
     ModelArguments,
     build_policy,
@@ -61,210 +32,14 @@ from pipeline.finetuning import (
 )
 from pipeline.models import load_tokenizer, parameter_counts
 from pipeline.plots import plot_loss_curves
-from pipeline.policy_eval import trait_share, trait_value
-from pipeline.recipes import parse_recipe, require_positive, resolved_recipe
+from pipeline.recipes import parse_recipe, resolved_recipe
 from pipeline.resources import MemoryCheck
+from pipeline.supervised.config import RECIPE_TYPES, SFTArguments, SFTTrainingConfig
+from pipeline.supervised.data import check_special_tokens, configure_loss, count_long_sequences, load_data
+from pipeline.supervised.samples import generation_prompts, sample_and_score
 from pipeline.training import GracefulInterrupt, open_trainer_run, quiet_small_data_bars, training_figures
 
 logger = logging.getLogger("pipeline.sft")
-
-# The strategies whose gold reward is reported before and after SFT: what the model knows (greedy) and
-# what it would do when sampled, as PPO and DPO sample it (temperature 1.0, no top-k/top-p).
-GOLD_STRATEGIES = ("greedy", "temperature_1.0")
-
-
-@dataclass
-class SFTArguments(ToyWorldKeys):
-    """What to fine-tune on and what to report (optimisation: SFTConfig; model, LoRA, 4-bit: ModelConfig)."""
-
-    path_fields: ClassVar[dict[str, str]] = {"dataset": "dataset"}
-
-    dataset: str = field(
-        default="toy",
-        metadata={"help": "'toy' (the toy world's demonstrations), a .jsonl/.json(.gz) file, or a hub data set"},
-    )
-    datasets: list[dict[str, Any]] = mixture_field()
-    dataset_format: Literal["auto", "prompt_completion", "messages", "alpaca"] = field(
-        default="auto", metadata={"help": "data format; auto detects it from the columns"}
-    )
-    dataset_config_name: str | None = field(default=None, metadata={"help": "hub data set configuration"})
-    dataset_split: str = field(default="train", metadata={"help": "hub data set split to read"})
-    eval_fraction: float = field(default=0.05, metadata={"help": "share of the examples held out for evaluation"})
-    max_train_examples: int | None = field(default=None, metadata={"help": "use at most this many training examples"})
-    max_eval_examples: int | None = field(default=512, metadata={"help": "evaluate on at most this many examples"})
-    toy_examples: int = field(default=4000, metadata={"help": "toy world: demonstrations to train on"})
-    toy_eval_examples: int = field(default=256, metadata={"help": "toy world: held-out demonstrations for eval loss"})
-    toy_demo_error_rate: float = field(
-        default=0.0,
-        metadata={
-            "help": "toy world: share of training demonstrations that are labeller mistakes (wrong or rambling); "
-            "eval stays clean"
-        },
-    )
-    merge_adapters: bool = field(
-        default=True, metadata={"help": "LoRA/QLoRA: also write the merged full model into output_dir"}
-    )
-    num_eval_prompts: int = field(
-        default=128, metadata={"help": "toy world: held-out prompts whose gold reward is measured before/after"}
-    )
-    sample_prompts: list[str] = field(
-        default_factory=list,
-        metadata={"help": "prompts for samples.json (default: toy eval prompts, or eval prompts)"},
-    )
-    num_samples: int = field(default=8, metadata={"help": "non-toy data: eval prompts to write samples for"})
-    sample_max_new_tokens: int = field(default=48, metadata={"help": "length limit of generated responses"})
-
-    def __post_init__(self) -> None:
-        take_mixture(self)
-        require_positive(self, "toy_examples", "toy_eval_examples", "num_eval_prompts", "sample_max_new_tokens")
-        require_positive(self, "max_train_examples", "max_eval_examples", allow_none=True)
-        if not 0.0 < self.eval_fraction < 1.0:
-            raise ValueError(f"key 'eval_fraction' must be in (0, 1), got {self.eval_fraction}")
-        super().__post_init__()
-        if not 0.0 <= self.toy_demo_error_rate <= 1.0:
-            raise ValueError(f"key 'toy_demo_error_rate' must be in [0, 1], got {self.toy_demo_error_rate}")
-
-
-@dataclass
-class SFTTrainingConfig(SFTConfig):
-    """TRL's SFTConfig with CPU-friendly defaults: fp32 (bf16 is slow on most CPUs), no gradient
-    checkpointing, a LoRA-sized learning rate, cosine schedule, no hub, no wandb."""
-
-    output_dir: str = field(default="runs/sft", metadata={"help": "where the stage writes its outputs"})
-    bf16: bool | None = False
-    gradient_checkpointing: bool = False
-    learning_rate: float = 2e-4
-    lr_scheduler_type: str = "cosine"
-    warmup_steps: float = 0.05
-    per_device_train_batch_size: int = 16
-    per_device_eval_batch_size: int = 32
-    max_length: int | None = 512
-    logging_steps: float = 10
-    eval_strategy: str = "steps"
-    eval_steps: float = 100
-    save_strategy: str = "steps"
-    save_steps: float = 100
-    save_total_limit: int = 2
-    report_to: str | list[str] = "none"
-    include_num_input_tokens_seen: str | bool = "non_padding"
-    ddp_find_unused_parameters: bool | None = False  # every trainable parameter is used in each step
-
-
-RECIPE_TYPES = (SFTArguments, ModelArguments, SFTTrainingConfig)
-
-
-# --- data ---------------------------------------------------------------------------------------------
-
-
-def load_data(args: SFTArguments, seed: int) -> tuple[datasets.Dataset, datasets.Dataset, str]:
-    """(train, eval, format). The toy world has its own validation split (questions no training example asks)."""
-    if args.dataset == "toy":
-        world = ToyWorld.from_recipe(args)
-        train = toy_sft_dataset(world, args.toy_examples, "train", args.toy_demo_error_rate)
-        evaluation = toy_sft_dataset(world, args.toy_eval_examples, "validation")  # eval loss while training
-        return train, evaluation, "prompt_completion"
-    dataset, dataset_format = load_sft_dataset(
-        args.datasets or args.dataset, args.dataset_format, args.dataset_split, args.dataset_config_name
-    )
-    if len(dataset) < 2:
-        raise DataError(
-            f"{args.dataset}: need at least 2 examples to hold one out for evaluation, got {len(dataset)}."
-        )
-    split = dataset.train_test_split(test_size=args.eval_fraction, seed=seed, shuffle=True)
-    train, evaluation = split["train"], split["test"]
-    if args.max_train_examples:
-        train = train.select(range(min(args.max_train_examples, len(train))))
-    if args.max_eval_examples:
-        evaluation = evaluation.select(range(min(args.max_eval_examples, len(evaluation))))
-    return train, evaluation, dataset_format
-
-
-def configure_loss(dataset_format: str, tokenizer, training_args: SFTTrainingConfig) -> None:
-    """Loss on responses only: TRL's completion_only_loss for prompt/completion (its default there) and
-    assistant_only_loss for chat data, unless the recipe sets `completion_only_loss: false`."""
-    if dataset_format != "messages":
-        return
-    if tokenizer.chat_template is None:
-        tokenizer.chat_template = SIMPLE_CHAT_TEMPLATE
-        logger.info("the tokenizer has no chat template: using the simple 'User: ...\\nBot: ...<eos>' template")
-    if training_args.completion_only_loss is not False:
-        training_args.assistant_only_loss = True
-
-
-def count_long_sequences(dataset: datasets.Dataset, tokenizer, max_length: int | None, name: str) -> dict[str, int]:
-    """Count what TRL's truncation will do, and say it: sequences longer than `max_length` are cut to it,
-    and an example whose prompt alone fills `max_length` keeps no response token, so TRL leaves it out.
-
-    The tokenization mirrors TRL 1.16's (text + EOS through the tokenizer, chats through the chat template).
-    """
-    counts = {"examples": len(dataset), "truncated": 0, "dropped": 0, "longest": 0}
-    if len(dataset) == 0:
-        return counts
-    if "messages" in dataset.column_names:
-        with_mask = has_generation_markers(tokenizer.chat_template or "")
-        full_lengths, first_trained = [], []
-        for messages in list(dataset["messages"]):
-            rendered = tokenizer.apply_chat_template(
-                messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=with_mask
-            )
-            full_lengths.append(len(rendered["input_ids"]))
-            mask = rendered.get("assistant_masks") or [1]
-            first_trained.append(mask.index(1) if 1 in mask else len(mask))
-    else:
-        eos = tokenizer.eos_token
-        prompts, completions = list(dataset["prompt"]), list(dataset["completion"])
-        texts = [p + (c if c.endswith(eos) else c + eos) for p, c in zip(prompts, completions)]
-        full_lengths = [len(ids) for ids in tokenizer(texts)["input_ids"]]
-        first_trained = [len(ids) for ids in tokenizer(prompts)["input_ids"]]
-    counts["longest"] = max(full_lengths)
-    if max_length is None:
-        return counts
-    counts["truncated"] = sum(length > max_length for length in full_lengths)
-    counts["dropped"] = sum(start >= max_length for start in first_trained)
-    if counts["truncated"]:
-        logger.warning(
-            "%s: %d of %d examples are longer than max_length=%d tokens (longest %d) and are truncated to it",
-            name,
-            counts["truncated"],
-            len(dataset),
-            max_length,
-            counts["longest"],
-        )
-    if counts["dropped"]:
-        logger.warning(
-            "%s: %d of %d examples have a prompt of max_length=%d tokens or more: no response token is left "
-            "after truncation, so they are left out of training (raise max_length to keep them)",
-            name,
-            counts["dropped"],
-            len(dataset),
-            max_length,
-        )
-    if counts["dropped"] == len(dataset):
-        raise DataError(
-            f"{name}: every example's prompt is at least max_length={max_length} tokens: raise max_length."
-        )
-    return counts
-
-
-def check_special_tokens(dataset: datasets.Dataset, tokenizer, dataset_format: str, max_length: int | None) -> None:
-    """EOS ends each response exactly once and BOS is not doubled, in the sequences TRL really trains on.
-
-    TRL appends EOS to completions and tokenizes chats without special tokens; a tokenizer that adds
-    BOS/EOS by itself (a post-processor) would double them. Checked on a few examples, not assumed.
-    """
-    eos, bos = tokenizer.eos_token_id, tokenizer.bos_token_id
-    for ids in list(dataset.select(range(min(16, len(dataset))))["input_ids"]):
-        truncated = max_length is not None and len(ids) >= max_length
-        doubled_eos = any(a == b == eos for a, b in zip(ids, ids[1:]))
-        doubled_bos = bos is not None and bos != eos and len(ids) > 1 and ids[0] == ids[1] == bos
-        missing_eos = dataset_format != "messages" and not truncated and ids[-1] != eos
-        if doubled_eos or doubled_bos or missing_eos:
-            problem = "doubled EOS" if doubled_eos else "doubled BOS" if doubled_bos else "no EOS at the end"
-            raise UserError(
-                f"the training sequences have {problem}: {tokenizer.decode(ids)!r}. The tokenizer adds special tokens "
-                "itself; use a tokenizer without a BOS/EOS post-processor (TRL adds EOS to each response)."
-            )
-
 
 # --- model --------------------------------------------------------------------------------------------
 
@@ -295,58 +70,6 @@ def build_trainer(
         keep_adapters_in_fp32(trainer.model)
     check_special_tokens(trainer.train_dataset, tokenizer, dataset_format, training_args.max_length)
     return trainer
-
-
-# --- evaluation ---------------------------------------------------------------------------------------
-
-
-def generation_prompts(args: SFTArguments, eval_set: datasets.Dataset, tokenizer) -> list[str]:
-    """Held-out toy prompts (gold reward), the recipe's prompts, or the first eval prompts of the data."""
-    if args.sample_prompts:
-        return list(args.sample_prompts)
-    if args.dataset == "toy":
-        return ToyWorld.from_recipe(args).prompts(args.num_eval_prompts, split=args.toy_eval_split)
-    head = eval_set.select(range(min(args.num_samples, len(eval_set))))
-    if "messages" in head.column_names:
-        # The conversation up to its last assistant turn, rendered as the model will see it.
-        prompts = []
-        for messages in head["messages"]:
-            last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
-            prompts.append(tokenizer.apply_chat_template(messages[:last], tokenize=False, add_generation_prompt=True))
-        return prompts
-    return list(head["prompt"])
-
-
-def sample_and_score(model, tokenizer, prompts: list[str], args: SFTArguments, seed: int, when: str):
-    """Greedy and temperature-1.0 responses; with the toy world their mean gold reward per strategy and the share
-    of responses with each of the world's traits (e.g. the demonstrators' habit), as {trait: {strategy: share}}."""
-    records, gold, traits = [], {}, {}
-    world_traits = recipe_traits(args)
-    for strategy in GOLD_STRATEGIES:
-        generations = generate(
-            model, tokenizer, prompts, strategy=strategy, max_new_tokens=args.sample_max_new_tokens, seed=seed
-        )
-        for generation in generations:
-            record = {
-                "when": when,
-                "strategy": strategy,
-                "prompt": generation.prompt,
-                "text": generation.text,
-                "finished": generation.finished,
-            }
-            if args.dataset == "toy":
-                record["gold_reward"] = round(
-                    gold_reward(generation.prompt, generation.text, finished=generation.finished), 4
-                )
-            records.append(record)
-        if args.dataset == "toy":
-            scores = [r["gold_reward"] for r in records if r["strategy"] == strategy]
-            gold[strategy] = round(sum(scores) / len(scores), 4)
-        for name, test in world_traits.items():
-            traits.setdefault(name, {})[strategy] = trait_share(
-                trait_value(test, g.prompt, g.text) for g in generations
-            )
-    return records, gold, traits
 
 
 # --- the stage ----------------------------------------------------------------------------------------
@@ -453,17 +176,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     gold, traits = {"before": before[1], "after": after[1]}, {"before": before[2], "after": after[2]}
     metrics = sft_metrics(args, model_args, trainer, dataset_format, losses, lengths, training, gold, traits)
     run.finish(resolved_recipe("sft", args, model_args, training_args), metrics)
-    logger.info(
-        "eval loss %.4f -> %.4f (perplexity %.3f); gold reward greedy %s -> %s, sampled %s -> %s; outputs in %s",
-        metrics["eval_loss_before"],
-        metrics["eval_loss"],
-        metrics["perplexity"],
-        gold["before"].get("greedy"),
-        gold["after"].get("greedy"),
-        gold["before"].get("temperature_1.0"),
-        gold["after"].get("temperature_1.0"),
-        output_dir,
-    )
+    log_results(metrics, gold, output_dir)
 
 
 def log_training_plan(trainer: SFTTrainer, model_args: ModelArguments, dataset_format: str) -> None:
@@ -477,6 +190,20 @@ def log_training_plan(trainer: SFTTrainer, model_args: ModelArguments, dataset_f
         len(trainer.train_dataset),
         len(trainer.eval_dataset),
         dataset_format,
+    )
+
+
+def log_results(metrics: dict[str, Any], gold: dict[str, dict[str, float]], output_dir: Path) -> None:
+    logger.info(
+        "eval loss %.4f -> %.4f (perplexity %.3f); gold reward greedy %s -> %s, sampled %s -> %s; outputs in %s",
+        metrics["eval_loss_before"],
+        metrics["eval_loss"],
+        metrics["perplexity"],
+        gold["before"].get("greedy"),
+        gold["after"].get("greedy"),
+        gold["before"].get("temperature_1.0"),
+        gold["after"].get("temperature_1.0"),
+        output_dir,
     )
 
 

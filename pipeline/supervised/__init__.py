@@ -1,0 +1,1 @@
+"""Parts of the SFT stage (pipeline.sft): its recipe, its data checks, its samples."""
