@@ -1,0 +1,1 @@
+"""Parts of the pretraining stage (pipeline.pretrain): its recipe."""
