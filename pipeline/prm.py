@@ -1,19 +1,10 @@
-"""Process and outcome reward models (verifiers) of multi-step answers, judged by Best-of-N search.
+"""Process and outcome reward models (verifiers) of multi-step answers, judged by Best-of-N search, after
+Lightman et al. (2023), "Let's Verify Step by Step".
 
     python -m pipeline.prm --config recipes/toy_prm/orm.yaml
     python -m pipeline.prm --config recipes/toy_prm/prm.yaml      # supervision: process, compare_with the ORM
 
-After Lightman et al. (2023), "Let's Verify Step by Step": a fixed generator (a causal LM) samples solutions,
-and a verifier initialised from it learns from the generator's own samples, labelled by the toy world's checker,
-either whether each step is right (process supervision: a label at the end of every step, the end of the
-solution counting as its last step) or only whether the final answer is (outcome supervision: one label at the
-end). A solution's score is the product (or the minimum) of P(right) at its labelled positions. Best-of-N picks
-the highest-scoring of N samples of a test problem; metrics.json reports the share of test problems solved for
-N = 1 .. best_of_n_max beside majority voting over final answers, the oracle, and the other verifier of the
-comparison (`compare_with`, the output of this stage with the other supervision, scored on the same samples).
-
-TRL has no process reward model trainer: the verifier is transformers' token-classification head (2 classes)
-trained by Trainer, with labels only at the labelled positions (-100 elsewhere).
+Outputs and metrics: docs/stages/prm.md.
 """
 
 from __future__ import annotations
@@ -28,22 +19,24 @@ from transformers import (
     DataCollatorForTokenClassification,
     Trainer,
     TrainingArguments,
-    set_seed,
 )
 
-from pipeline.contract import open_stage_run, read_json_object, write_json
+from pipeline.contract import write_json
 from pipeline.data.toy_world import ToyWorld, ToyWorldKeys
 from pipeline.decoding import generate
-from pipeline.errors import RecipeError, run_cli
+from pipeline.errors import run_cli
 from pipeline.finetuning import ModelArguments
 from pipeline.models import config_context_length, load_model, load_tokenizer, parameter_counts
 from pipeline.plots import plot_best_of_n_solve_rates, plot_loss_curves
 from pipeline.recipes import parse_recipe, require_positive, resolved_recipe
 from pipeline.resources import MemoryCheck
-from pipeline.training import GracefulInterrupt
+from pipeline.training import GracefulInterrupt, open_trainer_run, training_figures
 from pipeline.verifier_study import (
+    SAMPLES_FILE,
     best_of_n_study,
+    check_same_samples,
     first_error_located,
+    load_comparison,
     position_accuracy,
     rows_of,
     test_samples,
@@ -51,8 +44,6 @@ from pipeline.verifier_study import (
 from pipeline.verifiers import build_verifier, labelled_dataset, position_probabilities, solution_score
 
 logger = logging.getLogger("pipeline.prm")
-
-SAMPLES_FILE = "test_samples.json"  # the scored test samples, which the other verifier's run compares against
 
 
 @dataclass
@@ -137,34 +128,6 @@ class PRMConfig(TrainingArguments):
 RECIPE_TYPES = (PRMArguments, PRMModelArguments, PRMConfig)
 
 
-# --- the comparison with the other verifier -----------------------------------------------------------
-
-
-def load_comparison(path: str | None, supervision: str, recipe_path: Path) -> dict[str, Any] | None:
-    """The other verifier's scored test samples, or None; checked before any model loads."""
-    if path is None:
-        return None
-    other = read_json_object(Path(path) / SAMPLES_FILE)
-    if other is None or "scores" not in other:
-        raise RecipeError(
-            f"{recipe_path}: key 'compare_with': {path} holds no {SAMPLES_FILE} (is it a finished prm-stage output?)"
-        )
-    if other.get("supervision") == supervision:
-        raise RecipeError(
-            f"{recipe_path}: key 'compare_with': {path} is a {supervision} verifier too; compare with the other kind"
-        )
-    return other
-
-
-def check_same_samples(other: dict[str, Any] | None, samples: dict[str, Any], recipe_path: Path) -> None:
-    """Both verifiers must score the very same test samples, or the comparison means nothing."""
-    if other is not None and (other["prompts"] != samples["prompts"] or other["responses"] != samples["responses"]):
-        raise RecipeError(
-            f"{recipe_path}: key 'compare_with': {other['supervision']} verifier scored other test samples (its "
-            "generator, seed, prompts or sampling differ from this recipe's); both runs must share them"
-        )
-
-
 # --- the stage ----------------------------------------------------------------------------------------
 
 
@@ -193,54 +156,56 @@ def train_verifier(model_args, tokenizer, train_set, training_args, checkpoint, 
     return trainer, result, seconds
 
 
+def labelled_train_set(generator, tokenizer, world: ToyWorld, args: PRMArguments, max_length: int):
+    """The generator's own samples of train problems, labelled by the toy world's checker: (rows, their stats)."""
+    prompts, generations = sample_solutions(
+        generator, tokenizer, world.prompts(args.train_prompts, "train"), args.samples_per_prompt, args, seed=0
+    )
+    train_set, stats = labelled_dataset(tokenizer, prompts, generations, args.supervision, max_length)
+    logger.info(
+        "%s supervision: %d labelled solutions (%d positions, %.3f right) from %d samples of %d train problems",
+        args.supervision,
+        stats["solutions"],
+        stats["labels"],
+        stats["right_share"],
+        len(generations),
+        args.train_prompts,
+    )
+    return train_set, stats
+
+
+def held_out_samples(generator, tokenizer, world: ToyWorld, args: PRMArguments) -> tuple[dict[str, Any], tuple]:
+    """best_of_n_max samples of each held-out problem, the same for both verifiers of a comparison (same
+    generator, prompts, seed and batch size): (the study's samples by problem, (prompts, responses, finished)
+    flat, one per sample)."""
+    held_out_prompts = world.prompts(args.test_prompts, args.toy_eval_split)
+    prompts, generations = sample_solutions(generator, tokenizer, held_out_prompts, args.best_of_n_max, args, seed=1)
+    responses = [generation.text for generation in generations]
+    finished = [generation.finished for generation in generations]
+    samples = {"supervision": args.supervision, **test_samples(prompts, responses, finished, args.best_of_n_max)}
+    return samples, (prompts, responses, finished)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args, model_args, training_args, recipe = parse_recipe(RECIPE_TYPES, argv, "prm", __doc__)
     other = load_comparison(args.compare_with, args.supervision, recipe.path)
-    output_dir = Path(training_args.output_dir)
-    opened = open_stage_run(
-        recipe,
-        "prm",
-        output_dir,
-        training_args.seed,
-        training_args.should_save,
-        training_args.max_steps,
-        config=training_args,
-    )
+    opened = open_trainer_run(recipe, "prm", training_args)
     if opened is None:
         return
     run, checkpoint = opened
-    set_seed(training_args.seed)
+    output_dir = Path(training_args.output_dir)
+
+    # Data: the generator's labelled samples of train problems, and the held-out samples of the study
     world = ToyWorld.from_recipe(args)
     tokenizer = load_tokenizer(model_args.model_name_or_path)
     generator = load_model(model_args, tokenizer).to(training_args.device)
     max_length = config_context_length(generator.config) or 1024
-
-    # Data: the generator's own samples of train problems, labelled by the checker; and the held-out samples of
-    # the study, the same for both verifiers (same generator, prompts, seed and batch size).
-    train_prompts, train_generations = sample_solutions(
-        generator, tokenizer, world.prompts(args.train_prompts, "train"), args.samples_per_prompt, args, seed=0
-    )
-    train_set, data_stats = labelled_dataset(tokenizer, train_prompts, train_generations, args.supervision, max_length)
-    held_out_prompts = world.prompts(args.test_prompts, args.toy_eval_split)
-    test_prompts, test_generations = sample_solutions(
-        generator, tokenizer, held_out_prompts, args.best_of_n_max, args, seed=1
-    )
-    responses = [generation.text for generation in test_generations]
-    finished = [generation.finished for generation in test_generations]
-    samples = {"supervision": args.supervision, **test_samples(test_prompts, responses, finished, args.best_of_n_max)}
+    train_set, data_stats = labelled_train_set(generator, tokenizer, world, args, max_length)
+    samples, (test_prompts, responses, finished) = held_out_samples(generator, tokenizer, world, args)
     check_same_samples(other, samples, recipe.path)
     del generator
-    logger.info(
-        "%s supervision: %d labelled solutions (%d positions, %.3f right) from %d samples of %d train problems",
-        args.supervision,
-        data_stats["solutions"],
-        data_stats["labels"],
-        data_stats["right_share"],
-        len(train_generations),
-        args.train_prompts,
-    )
 
-    # The verifier: the generator's body with a token-classification head, trained on the labelled positions.
+    # The verifier: the generator's body with a token-classification head, trained on the labelled positions
     trainer, train_result, train_seconds = train_verifier(
         model_args, tokenizer, train_set, training_args, checkpoint, max_length
     )
@@ -249,22 +214,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     tokenizer.save_pretrained(output_dir)
 
-    # Judging: the held-out samples scored; Best-of-N against majority vote, the oracle and the other verifier.
+    # Judging: the held-out samples scored; Best-of-N against majority vote, the oracle and the other verifier
     probabilities = position_probabilities(
         trainer.model, tokenizer, test_prompts, responses, max_length, training_args.per_device_eval_batch_size
     )
-    scores = [solution_score(probs, args.supervision, args.aggregate) for probs in probabilities]
-    samples["scores"] = rows_of(scores, args.best_of_n_max)
+    samples["scores"] = rows_of(
+        [solution_score(probs, args.supervision, args.aggregate) for probs in probabilities], args.best_of_n_max
+    )
     table = best_of_n_study(samples, other, args.supervision, args.majority_draws, training_args.seed)
-    write_json(output_dir / SAMPLES_FILE, samples)
-    write_json(output_dir / "best_of_n.json", {"rows": table, "compare_with": args.compare_with})
-    plot_best_of_n_solve_rates(
-        table, output_dir / "best_of_n.png", f"Best-of-N on {args.test_prompts} {args.toy_eval_split} problems"
-    )
-    plot_loss_curves(
-        trainer.state.log_history, output_dir / "loss_curve.png", f"{args.supervision} verifier: {recipe.path}"
-    )
-    write_json(output_dir / "log_history.json", trainer.state.log_history)
+    write_study(output_dir, samples, table, trainer, args, recipe.path)
 
     metrics = {
         **study_metrics(args, table, other),
@@ -274,16 +232,27 @@ def main(argv: Sequence[str] | None = None) -> None:
             if args.supervision == "process"
             else None
         ),
-        "train_loss": round(train_result.training_loss, 4),
-        "steps": trainer.state.global_step,
-        "train_seconds": round(train_seconds, 2),
-        "resumed_from": checkpoint,
+        **training_figures(trainer, train_result, train_seconds, checkpoint),
         "data": data_stats,
         **parameter_counts(trainer.model),
         "toy_world": world.describe(),
     }
     run.finish(resolved_recipe("prm", args, model_args, training_args), metrics)
     logger.info("%s verifier: %s; outputs in %s", args.supervision, metrics["headline"], output_dir)
+
+
+def write_study(output_dir: Path, samples: dict, table: list[dict], trainer: Trainer, args: PRMArguments, recipe_path):
+    """The scored test samples (what the other verifier's run compares against), the Best-of-N table and figure,
+    and the training curves."""
+    write_json(output_dir / SAMPLES_FILE, samples)
+    write_json(output_dir / "best_of_n.json", {"rows": table, "compare_with": args.compare_with})
+    plot_best_of_n_solve_rates(
+        table, output_dir / "best_of_n.png", f"Best-of-N on {args.test_prompts} {args.toy_eval_split} problems"
+    )
+    plot_loss_curves(
+        trainer.state.log_history, output_dir / "loss_curve.png", f"{args.supervision} verifier: {recipe_path}"
+    )
+    write_json(output_dir / "log_history.json", trainer.state.log_history)
 
 
 def study_metrics(args: PRMArguments, table: list[dict[str, float]], other: dict[str, Any] | None) -> dict[str, Any]:

@@ -4,13 +4,18 @@ vote over final answers and the oracle; and how well a process verifier finds th
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pipeline.best_of_n import expected_best, powers_of_two
+from pipeline.contract import read_json_object
 from pipeline.data.toy_world import parse_prompt, response_answer, solved, step_labels
+from pipeline.errors import RecipeError
 from pipeline.verifiers import solution_labels
+
+SAMPLES_FILE = "test_samples.json"  # the scored test samples, which the other verifier's run compares against
 
 
 def majority_solve_rate(
@@ -101,3 +106,31 @@ def test_samples(prompts: Sequence[str], responses: Sequence[str], finished: Seq
             k,
         ),
     }
+
+
+# --- the comparison with the other verifier's run -----------------------------------------------------
+
+
+def load_comparison(path: str | None, supervision: str, recipe_path: Path) -> dict[str, Any] | None:
+    """The other verifier's scored test samples, or None; checked before any model loads."""
+    if path is None:
+        return None
+    other = read_json_object(Path(path) / SAMPLES_FILE)
+    if other is None or "scores" not in other:
+        raise RecipeError(
+            f"{recipe_path}: key 'compare_with': {path} holds no {SAMPLES_FILE} (is it a finished prm-stage output?)"
+        )
+    if other.get("supervision") == supervision:
+        raise RecipeError(
+            f"{recipe_path}: key 'compare_with': {path} is a {supervision} verifier too; compare with the other kind"
+        )
+    return other
+
+
+def check_same_samples(other: dict[str, Any] | None, samples: dict[str, Any], recipe_path: Path) -> None:
+    """Both verifiers must score the very same test samples, or the comparison means nothing."""
+    if other is not None and (other["prompts"] != samples["prompts"] or other["responses"] != samples["responses"]):
+        raise RecipeError(
+            f"{recipe_path}: key 'compare_with': {other['supervision']} verifier scored other test samples (its "
+            "generator, seed, prompts or sampling differ from this recipe's); both runs must share them"
+        )
