@@ -206,7 +206,7 @@ def test_over_long_real_hh_pairs_are_kept_and_counted(tiny_gpt2):
         pytest.skip("shared data absent")
     from pipeline.data.preferences import load_preferences
     from pipeline.models import load_tokenizer
-    from pipeline.reward import tokenize_pairs
+    from pipeline.rm.pairs import tokenize_pairs
 
     pairs, stats = load_preferences(str(path))
     pairs = pairs.select(range(100))
@@ -235,7 +235,7 @@ def test_over_long_real_hh_pairs_are_kept_and_counted(tiny_gpt2):
 def test_held_out_split_never_shares_a_prompt_with_training():
     import datasets
 
-    from pipeline.reward import split_by_prompt
+    from pipeline.rm.pairs import split_by_prompt
 
     pairs = datasets.Dataset.from_dict(
         {
@@ -449,7 +449,8 @@ def test_command_line_reports_bad_data_in_one_line(tiny_gpt2, tmp_path):
 def test_margins_and_hh_transcripts_from_a_file(tiny_gpt2, tmp_path):
     """HH transcripts with a margin column: the margin reaches the pairs RewardTrainer trains on."""
     from pipeline.models import load_tokenizer
-    from pipeline.reward import RewardArguments, load_pairs, margins_for, tokenize_pairs
+    from pipeline.reward import RewardArguments, load_pairs
+    from pipeline.rm.pairs import margins_for, tokenize_pairs
 
     records = [
         {
