@@ -1,0 +1,1 @@
+"""The parts of the DPO stage (pipeline/dpo.py tells the story)."""
