@@ -1,7 +1,12 @@
-"""The parts of the project's PPO for language models (pipeline/ppo.py tells the story).
+"""The parts of the project's PPO for language models (pipeline/ppo.py runs them; docs/stages/ppo.md tells the story).
 
 Each module is one idea, written from the papers and cited where it follows or diverges from them:
 
+    config.py       the recipe: PPOArguments, PPOModelArguments, PPOConfig, and the checks across them
+    setup.py        the accelerator, policy, reference, critic, optimizer, and what every step uses (PPOParts)
+    step.py         one PPO step: rollout, scores, per-token rewards, GAE, the PPO epochs; the step's log entry
+    loop.py         the steps from the start or a checkpoint to max_steps, logged and checkpointed
+    metrics.py      the per-step and final log lines, and the training half of metrics.json
     rollout.py      sample responses from left-padded prompts; recompute log-probs with the rollout's
                     temperature; response masks that end at the first EOS
     scoring.py      the score of a whole response: a learned reward model read at the true last token,

@@ -29,7 +29,7 @@ from pipeline.rl.rollout import length_groups, response_logprobs, trim, trimmed_
 
 
 class UpdateSettings(Protocol):
-    """The recipe values an update reads (pipeline.ppo.PPOConfig has them)."""
+    """The recipe values an update reads (pipeline.rl.config.PPOConfig has them)."""
 
     temperature: float
     ppo_epochs: int
