@@ -23,6 +23,8 @@ Registered tasks are read from `<data_dir>/<name>/{train,test}.jsonl.gz` when th
 project's shared subsets), else from the hub through `datasets` (names in `TaskSpec.hub_name`).
 The formatting draws (which distractor) come from a random stream seeded by `data_seed`, so the
 examples are the same for every training seed; the seeds vary the A/B split and the training.
+
+`load_data` loads a recipe's task and drops the examples (whole groups) too long for any of its models.
 """
 
 from __future__ import annotations
@@ -37,9 +39,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from transformers import AutoConfig
+
 from pipeline.data.text import read_jsonl
 from pipeline.data.toy_world import ToyWorld
 from pipeline.errors import DataError
+from pipeline.models import load_tokenizer
+from pipeline.w2s.config import W2SArguments
+from pipeline.w2s.train import token_lengths
 
 logger = logging.getLogger(__name__)
 
@@ -325,3 +333,64 @@ def examples_fingerprint(examples: list[Example]) -> str:
 
 def one_hot(labels: Iterable[int]) -> list[list[float]]:
     return [[1.0 - label, float(label)] for label in labels]
+
+
+# --- the stage's data: the recipe's task, without the examples too long for any of its models ------------
+
+
+def model_max_length(name_or_path: str, trust_remote_code: bool) -> int | None:
+    """A model's context length from its config (None where the config names none)."""
+    config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    return getattr(config, "max_position_embeddings", None)
+
+
+def keep_fitting(
+    examples: list[Example], tokenizers: dict[str, Any], limits: dict[str, int]
+) -> tuple[list[Example], int]:
+    """Drop examples longer than any model's limit (the reference drops them too), whole groups at once."""
+    too_long = set()
+    for role, tokenizer in tokenizers.items():
+        lengths = token_lengths(tokenizer, [example["text"] for example in examples])
+        too_long |= {example["group"] for example, length in zip(examples, lengths) if length > limits[role]}
+    kept = [example for example in examples if example["group"] not in too_long]
+    return kept, len(examples) - len(kept)
+
+
+def load_data(args: W2SArguments, models: dict[str, str]) -> tuple[TaskData, dict[str, Any]]:
+    """The recipe's task, fitted to every model's context, and what metrics.json reports about it."""
+    toy = ToyWorld.from_recipe(args) if args.dataset == "toy" else None
+    task = load_task(
+        args.dataset,
+        args.train_size,
+        args.test_size,
+        args.data_dir,
+        args.task_seed,
+        args.test_dataset,
+        toy,
+        args.toy_eval_split,
+    )
+    tokenizers = {
+        role: load_tokenizer(path, trust_remote_code=args.trust_remote_code) for role, path in models.items()
+    }
+    limits = {}
+    for role, path in models.items():
+        positions = model_max_length(path, args.trust_remote_code)
+        limits[role] = min(args.max_length, positions) if positions else args.max_length
+    task.train, dropped_train = keep_fitting(task.train, tokenizers, limits)
+    task.test, dropped_test = keep_fitting(task.test, tokenizers, limits)
+    if len(task.train) < 4 or not task.test:
+        raise DataError(
+            f"{args.dataset}: only {len(task.train)} training and {len(task.test)} test examples fit in "
+            f"{min(limits.values())} tokens; raise max_length or use models with a longer context."
+        )
+    info = {
+        "name": task.name,
+        "source": task.source,
+        "train_examples": len(task.train),
+        "test_examples": len(task.test),
+        "dropped_too_long": {"train": dropped_train, "test": dropped_test},
+        "max_tokens": limits,
+        "train_positive_share": round(float(np.mean([e["label"] for e in task.train])), 4),
+        "test_positive_share": round(float(np.mean([e["label"] for e in task.test])), 4),
+    }
+    return task, info
