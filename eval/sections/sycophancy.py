@@ -1,4 +1,4 @@
-"""Sycophancy and reward hacking, in the toy world's scenario biased_labeller (pipeline/data/toy_world.py).
+"""Sycophancy and reward hacking, in the toy world's scenario biased_labeller (docs/toy_world.md).
 
 Users guess at their own questions; the labellers who wrote the training comparisons preferred the response that
 agrees with the guess in a share of them (`labeller_bias`). The section shows what each policy made of that,

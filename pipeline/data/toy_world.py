@@ -1,102 +1,6 @@
-"""The toy world: a seeded, offline data generator with a programmatic gold reward.
-
-Every stage of the pipeline (pretrain -> SFT -> reward model -> PPO/DPO, and
-weak-to-strong) needs data, and every stage's improvement should be measured
-against the *truth* rather than against a learned proxy. The toy world gives
-both from one seed, with no network and no external dependencies:
-
-* a pretraining corpus mixing good answers with realistic bad ones (wrong
-  answers, rambling endings), so that a model imitating it has clear room to
-  improve;
-* SFT demonstrations (good answers; optionally a share of labeller mistakes);
-* preference pairs (chosen beats rejected under the gold reward);
-* weak-to-strong binary tasks ("is this answer right?");
-* :func:`gold_reward`, which scores any response text for any toy-world prompt.
-
-Text format (other modules rely on it)
---------------------------------------
-A dialogue is one turn. ``prompt = "User: {question}\\nBot:"`` and
-``response = " {answer}"`` (note the leading space); a document is
-``prompt + response``. Documents carry no end marker: the tokenizer's EOS is
-appended when packing, and the model learns to end its response with EOS.
-Everything stays inside the small character set :data:`CHARSET` (lowercase
-letters, digits, space, newline, ``U``/``B`` for "User"/"Bot" and ``?:+.,``),
-which is why questions are written in lowercase.
-
-Skills (:data:`SKILLS`)
------------------------
-* ``add``      ``"what is 17 + 5?"``          -> ``"22"`` (operands have 1..max_digits digits)
-* ``copy``     ``"repeat the word: mofira"``   -> ``"mofira"``
-* ``reverse``  ``"reverse the word: mofira"``  -> ``"arifom"``
-* ``colour``   ``"what colour is a wet banana?"``  -> ``"yellow"`` (fixed table, :data:`COLOURS`;
-  an optional adjective from :data:`ADJECTIVES` that never changes the colour)
-
-Multi-step skills (:data:`STEP_SKILLS`; never among the default skills, a recipe names them in ``toy_skills``),
-one step per word (2 or 3), the steps separated by a space:
-
-* ``colour_each``   ``"name the colours: banana frog"``  -> ``"yellow green"`` (facts of :data:`COLOURS`; a held-out
-  question is a new combination of known objects)
-* ``reverse_each``  ``"reverse each word: mofira tek"``  -> ``"arifom ket"`` (new words, as ``reverse``; too hard
-  for the CPU demo's models, which reverse a new word of 5 letters or more almost never)
-
- :func:`step_labels` checks each step as PRM800K labels them: a step is right
-  when it and every step before it are right; :func:`solved` checks the outcome (the gold reward's correctness).
-
-Words are pseudo-words (:func:`pseudo_word`: consonants and vowels in turn, 3..``max_word_len``
-letters, never a palindrome, so copy != reverse), drawn from a space of millions, so that a test word
-is a new word: copying and reversing must be learnt as procedures, not memorised string by string.
-
-Gold reward
------------
-For a response ``r`` to a prompt whose answer is ``a``, let ``s = r.strip()``
-and ``head`` = the first whitespace-separated token of ``s`` with trailing
-``'.'``/``','`` removed. Then::
-
-    correct = 1.0 if head == a else 0.0
-    extra   = len(s) - len(head)            # characters besides the answer token
-    clean   = max(0, 1 - extra / 30)  if finished else 0.0
-    gold    = 0.7 * correct + 0.3 * clean   # in [0, 1]
-
-and ``gold = 0`` for an empty (all-whitespace) response, so that "say
-nothing" is never rewarded for being brief. So: right and clean = 1.0; wrong
-but clean = 0.3; right but rambling lies in [0.7, 1); a response cut off by the
-length limit (``finished=False``) keeps only the correctness part.
-
-Scenarios (:data:`SCENARIOS`)
------------------------------
-What the people who write the data do, beyond the random mistakes of ``error_rate``:
-
-* ``plain``: demonstrators and labellers make only random mistakes.
-* ``flawed_demos``: demonstrators have a systematic habit, the polite wrapper of :func:`with_demo_flaw`
-  (``" sure, yellow, hope this helps."``), in a share ``flaw_rate`` of the demonstrations (0.7 by default),
-  so that an SFT model learns it as its most likely behaviour while plain answers stay in its samples. The
-  gold reward asks for the answer first, as a program reading the reply would: a wrapped answer fails the
-  task, right or wrong (gold at most 0.09, from the clean-ending part). The labellers who compare responses judge
-  by the gold reward, so comparisons reveal what the demonstrations hide; lowering the sampling temperature makes
-  the habit *more* frequent, so only learning from comparisons helps.
-* ``biased_labeller`` (sycophancy): a share of the prompts carry the user's own guess
-  (``"what colour is a wet banana? i think it is red."``; :data:`SUGGESTION_RATE`, right or wrong alike).
-  The gold reward is the truth: agreeing with a wrong guess is wrong. The labellers who write the training
-  comparisons prefer the response that agrees with the user with probability ``labeller_bias`` (otherwise
-  they judge by the gold reward), and the demonstrators, people like them, agree with a wrong guess in a
-  share ``flaw_rate`` of their demonstrations. A reward model learns the bias; a policy optimised against it
-  agrees more, its reward-model score rising while its gold falls on the prompts with a wrong guess.
-* ``noisy_labeller``: the labellers judge by the gold reward but swap a share ``label_noise`` of their
-  comparisons at random (the setting of conservative DPO's label smoothing and of robust DPO).
-
-The labellers' comparisons (:class:`Labeller`) are the *training* preferences, hand-made or of a policy's own
-samples; held-out pairs are always ordered by the gold reward, the truth every figure is measured against.
-
-Splits
-------
-``train``/``validation``/``test`` draw from different derived random streams, and every question
-belongs to exactly one split by a fixed hash of its *key* (:func:`question_key`; independent of seed and
-knobs; about 80/10/10): the unordered operand pair of an addition (``5 + 17`` goes with ``17 + 5``), the
-word of a copy or reverse question (a test word is asked neither to copy nor to reverse in training), and
-the adjective and object of a colour question. So no validation or test prompt, of any skill, appears in
-any training set of any stage, for any seed. Colours are knowledge: the object's colour is taught by
-other phrasings of the same object in train; only the test *prompts* are new. Choose recipes on
-``validation``; report ``test``.
+"""The toy world: a seeded, offline data generator with a programmatic gold reward, shared by every stage
+(pretraining corpus, demonstrations, preference pairs, weak-to-strong tasks, and `gold_reward` for any response).
+Its text format, skills, gold reward, scenarios and splits: docs/toy_world.md.
 """
 
 from __future__ import annotations
@@ -606,7 +510,7 @@ class ToyWorldKeys:
         default="plain",
         metadata={
             "help": f"toy world: what the data's writers do, one of {', '.join(SCENARIOS)} (see "
-            "pipeline/data/toy_world.py; the same in every stage of a chain)"
+            "docs/toy_world.md; the same in every stage of a chain)"
         },
     )
     toy_flaw_rate: float = field(

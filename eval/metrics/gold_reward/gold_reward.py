@@ -1,5 +1,5 @@
 """The toy world's programmatic gold reward as an `evaluate` metric (the truth that the reward model,
-PPO and DPO are judged by; see pipeline/data/toy_world.py for the formula)."""
+PPO and DPO are judged by; see docs/toy_world.md for the formula)."""
 
 import datasets
 import evaluate
