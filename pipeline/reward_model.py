@@ -22,7 +22,7 @@ The one convention everything here keeps (the reward stage trains with the same 
   prompt and cancels in every comparison; what differs is decided token by token, where each response
   token sees the prompt and the response so far, the very view the policy has when it writes that token.
   On the toy world that is the difference between checking a reversed word letter by letter and having
-  to gather the whole check into the EOS position (held-out accuracy 0.854 -> 0.937, README).
+  to gather the whole check into the EOS position (docs/experiments.md has the measurements).
 * Prompt and response are tokenized separately and concatenated (not `tokenize(prompt + response)`),
   so the ids a reward model is trained on are the ids PPO's rollouts are made of: the prompt encoded
   as pipeline.decoding encodes it, then the response tokens.
