@@ -3,6 +3,9 @@ task construction, the last-real-token read-out under any padding, and every shi
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -243,6 +246,57 @@ def test_prediction_is_the_same_with_left_or_right_padding_and_any_amount_of_it(
         ).last_hidden_state
     assert not torch.allclose(model.score(hidden[0, -1]), alone, atol=1e-3)
     assert tokenizer.pad_token_id != tokenizer.eos_token_id
+
+
+# --- the strong model's zero-shot baseline ------------------------------------------------------------
+
+
+def test_auc_counts_ties_as_half_and_is_none_with_one_class():
+    from pipeline.w2s.zero_shot import auc
+
+    # Right examples score 0.35 and 0.8, wrong ones 0.1 and 0.4: 3 of the 4 (right, wrong) pairs are ordered.
+    assert auc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1])) == pytest.approx(0.75)
+    assert auc(np.array([0.5, 0.5, 0.5, 0.9]), np.array([0, 1, 0, 1])) == pytest.approx(0.75)  # (1 + 1/2 + 1 + 1) / 4
+    assert auc(np.array([0.2, 0.3]), np.array([1, 1])) is None
+
+
+def test_the_threshold_gives_half_b_the_weak_labels_share_of_positives_and_reads_no_gold_label():
+    from pipeline.w2s.zero_shot import class_share_threshold, zero_shot_baseline
+
+    scores = np.array([-9.0, -7.0, -5.0, -3.0, -1.0])
+    threshold = class_share_threshold(scores, np.array([0, 1, 1, 0, 1]))  # 3 of 5 positive, whichever they are
+    assert np.mean(scores > threshold) == pytest.approx(0.6) and -7.0 <= threshold < -5.0
+    weak_b = np.array([[0.9, 0.1], [0.2, 0.8], [0.3, 0.7], [0.8, 0.2], [0.1, 0.9]])  # hard labels 0 1 1 0 1
+    result = zero_shot_baseline(np.array([-8.0, -4.0, -6.5, -2.0]), np.array([0, 1, 0, 0]), scores, weak_b)
+    assert result["threshold"] == pytest.approx(threshold, abs=1e-4)
+    assert result["accuracy"] == pytest.approx(0.75)  # above the threshold: -4 and -2; gold labels 0 1 0 0
+    assert result["auc"] == pytest.approx(2 / 3)
+
+
+def test_candidate_scores_are_the_mean_log_prob_of_the_answer_tokens_and_eos_given_the_prompt_in_any_batch():
+    from test_w2s_stage import save_tiny_gpt2
+    from transformers import AutoModelForCausalLM
+
+    from pipeline.models import load_tokenizer
+    from pipeline.w2s.zero_shot import candidate_log_probs, split_prompt_and_answer
+
+    directory = save_tiny_gpt2(Path(tempfile.mkdtemp()) / "lm", n_embd=16)
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(directory).eval(), load_tokenizer(str(directory))
+    texts = ["User: repeat the word: ab\nBot: ab", "User: reverse the word: rabbit\nBot: tibbar"]
+    assert split_prompt_and_answer(texts[1]) == ("User: reverse the word: rabbit\nBot:", " tibbar")
+    assert split_prompt_and_answer("a sentence with no answer") is None
+    # By hand: the log-probability of each answer token and EOS, from one unpadded forward pass.
+    prompt, answer = split_prompt_and_answer(texts[1])
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    ids = prompt_ids + tokenizer(answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    with torch.no_grad():
+        log_probs = torch.log_softmax(model(torch.tensor([ids])).logits[0], dim=-1)
+    by_hand = np.mean([float(log_probs[position - 1, ids[position]]) for position in range(len(prompt_ids), len(ids))])
+    batched, alone = candidate_log_probs(model, tokenizer, texts), candidate_log_probs(model, tokenizer, texts[1:])
+    assert batched[1] == pytest.approx(by_hand, abs=1e-4) and alone[0] == pytest.approx(by_hand, abs=1e-4)
+    assert batched[0] != pytest.approx(batched[1])
+    with pytest.raises(ValueError, match="no 'Bot:' answer"):
+        candidate_log_probs(model, tokenizer, ["no marker here"])
 
 
 # --- recipes -----------------------------------------------------------------------------------------

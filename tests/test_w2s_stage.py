@@ -93,6 +93,12 @@ def test_the_stage_writes_its_table_soft_labels_model_and_manifest_and_reuses_it
         assert accuracy(np.array(soft), np.array([e["label"] for e in examples])) == pytest.approx(
             seed["weak_label_accuracy"], abs=1e-9
         )
+    # The strong model zero-shot: the same scores for every seed (no training), thresholded on each seed's weak labels.
+    zero_shot = [seed["zero_shot"] for seed in metrics["per_seed"]]
+    assert all(0.0 <= row["accuracy"] <= 1.0 and 0.0 <= row["auc"] <= 1.0 for row in zero_shot)
+    assert zero_shot[0]["auc"] == zero_shot[1]["auc"]  # the test scores do not depend on the seed
+    assert metrics["zero_shot_accuracy_median"] == pytest.approx(np.median([row["accuracy"] for row in zero_shot]))
+    assert "Zero-shot strong model" in (out / "table.md").read_text()
     for loss in ("xent", "logconf"):
         assert f"| {loss} |" in (out / "table.md").read_text()
         assert (

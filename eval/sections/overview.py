@@ -54,7 +54,9 @@ def verdict(output: StageOutput) -> str:
         return f"greedy gold {before:.3f} before (the model it started from) → {after:.3f}"
     weak, ceiling = number(metrics.get("weak_accuracy_median")), number(metrics.get("ceiling_accuracy_median"))
     if output.stage == "weak_to_strong" and weak is not None and ceiling is not None:
-        return f"weak model {weak:.3f}, strong ceiling {ceiling:.3f} (test accuracy, medians)"
+        zero_shot = number(metrics.get("zero_shot_accuracy_median"))
+        also = f", strong zero-shot {zero_shot:.3f}" if zero_shot is not None else ""
+        return f"weak model {weak:.3f}, strong ceiling {ceiling:.3f}{also} (test accuracy, medians)"
     return ""
 
 

@@ -61,6 +61,13 @@ def build(ctx: Context) -> Section | None:
                 for name, row in students.items()
             ],
         )
+        if isinstance(summary.get("zero_shot_accuracy"), dict):
+            section.text(
+                "The strong model **zero-shot** (no training: its own per-token log p(answer | prompt), thresholded "
+                "where it best agrees with the weak labels): test accuracy "
+                f"{_spread(summary['zero_shot_accuracy'])}, AUC {_spread(summary.get('zero_shot_auc'))}. "
+                "A student below it learned less from the weak labels than the strong model already knew."
+            )
         reasons = [reason for row in students.values() for reason in row.get("pgr_na_reasons", [])]
         if reasons:
             section.text("PGR n/a: " + "; ".join(dict.fromkeys(reasons)))
@@ -88,6 +95,8 @@ def build(ctx: Context) -> Section | None:
             **{f"w2s {name}": number(dig(row, "accuracy", "median")) for name, row in students.items()},
             "ceiling": number(dig(summary, "ceiling_accuracy", "median")),
         }
+        if number(dig(summary, "zero_shot_accuracy", "median")) is not None:
+            accuracies["strong zero-shot"] = number(dig(summary, "zero_shot_accuracy", "median"))
         section.figure(
             figures.bars(
                 accuracies,

@@ -94,6 +94,13 @@ class W2SArguments(ToyWorldKeys):
     train_with_dropout: bool = field(
         default=False, metadata={"help": "keep the models' dropout (the reference turns it off)"}
     )
+    zero_shot: bool = field(
+        default=True,
+        metadata={
+            "help": "also measure the strong LM untrained: its per-token log p(answer | prompt), thresholded on the "
+            "weak labels (tasks of 'prompt\\nBot: answer' texts, as the toy world's; skipped for others)"
+        },
+    )
     save_model: Literal["w2s", "ceiling", "weak", "none"] = field(
         default="w2s",
         metadata={"help": "which first-seed model to save in output_dir (w2s: the student of the last loss)"},

@@ -25,6 +25,7 @@ from pipeline.w2s.datasets import Example, TaskData, examples_fingerprint, halve
 from pipeline.w2s.metrics import accuracy
 from pipeline.w2s.summary import student_metrics
 from pipeline.w2s.train import LossSettings, load_classifier, predict_probs, sub_run_arguments, train_classifier
+from pipeline.w2s.zero_shot import score_task, zero_shot_baseline
 
 logger = logging.getLogger("pipeline.weak_to_strong")
 
@@ -71,6 +72,7 @@ class Experiment:
         self.interrupt = GracefulInterrupt()
         self.records: list[dict[str, Any]] = []
         self.saved_model: dict[str, Any] | None = None
+        self._zero_shot_scores: dict[str, np.ndarray | None] | None = None
 
     def settings(self) -> dict[str, Any]:
         """Every training setting that changes a sub-run's result (part of its cache key)."""
@@ -302,6 +304,12 @@ class Experiment:
                 result["students"][f"{loss_name}+bootstrap"] = self.bootstrap(
                     seed, task, half_b, weak_labels, weak.probs["test"], weak_accuracy, ceiling_accuracy, loss_name
                 )
+        if args.zero_shot:
+            scores = self.zero_shot_scores(task)
+            if scores is not None:
+                result["zero_shot"] = zero_shot_baseline(
+                    scores["test"], test_labels, scores["train"][index_b], weak_labels
+                )
         if is_first and args.save_model in ("weak", "ceiling"):
             self.saved_model = {
                 "role": args.save_model,
@@ -309,6 +317,18 @@ class Experiment:
                 "key": (weak if args.save_model == "weak" else ceiling).key,
             }
         return result
+
+    def zero_shot_scores(self, task: TaskData) -> dict[str, np.ndarray] | None:
+        """The strong LM's candidate log-probabilities on every train and test example, computed once per run (they
+        depend on no seed); None for a task whose texts are not a prompt and a candidate answer."""
+        if self._zero_shot_scores is None:
+            texts = [e["text"] for e in task.train] + [e["text"] for e in task.test]
+            device, batch = self.training_args.device, self.training_args.per_device_eval_batch_size
+            scores = score_task(self.args.strong_model, texts, device, batch)
+            self._zero_shot_scores = (
+                {} if scores is None else {"train": scores[: len(task.train)], "test": scores[len(task.train) :]}
+            )
+        return self._zero_shot_scores or None
 
     def bootstrap(
         self,

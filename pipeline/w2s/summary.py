@@ -36,6 +36,10 @@ def summarize(per_seed: list[dict[str, Any]], min_gap: float = 0.0) -> dict[str,
         key: spread([seed[key] for seed in per_seed])
         for key in ("weak_accuracy", "ceiling_accuracy", "gap", "weak_label_accuracy")
     }
+    if all("zero_shot" in seed for seed in per_seed):
+        zero_shot = [seed["zero_shot"] for seed in per_seed]
+        summary["zero_shot_accuracy"] = spread([row["accuracy"] for row in zero_shot])
+        summary["zero_shot_auc"] = spread([row["auc"] for row in zero_shot])
     summary["students"] = {}
     for name in students:
         rows = [seed["students"][name] for seed in per_seed]
@@ -78,6 +82,12 @@ def format_table(summary: dict[str, Any], seeds: list[int]) -> str:
             f"| {_fmt(summary['ceiling_accuracy'])} | {_fmt(row['pgr'], 2)} | {pgr_seeds} "
             f"| {_fmt(row['agreement_weak_right'], 2)} / {_fmt(row['agreement_weak_wrong'], 2)} |"
         )
+    if "zero_shot_accuracy" in summary:
+        lines += [
+            "",
+            "Zero-shot strong model (its per-token log p(answer | prompt), no training, thresholded on the weak "
+            f"labels): test accuracy {_fmt(summary['zero_shot_accuracy'])}, AUC {_fmt(summary['zero_shot_auc'])}.",
+        ]
     reasons = [reason for row in summary["students"].values() for reason in row["pgr_na_reasons"]]
     if reasons:
         lines += ["", "PGR n/a: " + "; ".join(dict.fromkeys(reasons))]
@@ -91,6 +101,9 @@ def flat_metrics(summary: dict[str, Any]) -> dict[str, Any]:
         "ceiling_accuracy_median": summary["ceiling_accuracy"]["median"],
         "weak_label_accuracy_median": summary["weak_label_accuracy"]["median"],
     }
+    if "zero_shot_accuracy" in summary:
+        flat["zero_shot_accuracy_median"] = summary["zero_shot_accuracy"]["median"]
+        flat["zero_shot_auc_median"] = summary["zero_shot_auc"]["median"]
     for name, row in summary["students"].items():
         flat[f"w2s_accuracy_median_{name}"] = row["accuracy"]["median"]
         flat[f"pgr_median_{name}"] = row["pgr"]["median"]
