@@ -271,6 +271,10 @@ def test_a_sweep_over_sizes_runs_every_smaller_weak_larger_strong_pair_and_a_rer
         ("strong", "largest"),
     ]
     assert (tmp_path / "sweep" / "sweep_by_size.png").is_file()
+    # The strong model untrained, beside each pair: the same strong model ranks the test examples the same way
+    # whoever its weak supervisor (the threshold alone comes from the weak labels).
+    assert rows[1]["zero_shot_auc"] == rows[2]["zero_shot_auc"] != rows[0]["zero_shot_auc"]
+    assert "strong zero-shot acc" in (tmp_path / "sweep" / "sweep.md").read_text()
     pairs = ("weak_to_strong", "weak_to_largest", "strong_to_largest")
     written = {pair: (tmp_path / "sweep" / pair / "manifest.json").stat().st_mtime_ns for pair in pairs}
     sweep(arguments)  # every pair finished: each stage is skipped, nothing is trained or written again

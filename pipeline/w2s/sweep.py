@@ -97,6 +97,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                     "loss": loss,
                     "weak_accuracy": summary["weak_accuracy"],
                     "ceiling_accuracy": summary["ceiling_accuracy"],
+                    "zero_shot_accuracy": summary.get("zero_shot_accuracy", {"median": None}),
+                    "zero_shot_auc": summary.get("zero_shot_auc", {"median": None}),
                     "w2s_accuracy": row["accuracy"],
                     "pgr": row["pgr"],
                     "pgr_na_reasons": row["pgr_na_reasons"],
@@ -127,13 +129,14 @@ def format_sweep(rows: list[dict]) -> str:
         return f"{stats['median']:.{digits}f} [{stats['min']:.{digits}f}, {stats['max']:.{digits}f}]"
 
     lines = [
-        "| weak | strong | loss | weak acc | w2s acc | ceiling acc | PGR (median [min, max]) |",
-        "|---|---|---|---|---|---|---|",
+        "| weak | strong | loss | weak acc | w2s acc | ceiling acc | strong zero-shot acc | PGR (median [min, max]) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         lines.append(
             f"| {row['weak']} | {row['strong']} | {row['loss']} | {cell(row['weak_accuracy'])} "
-            f"| {cell(row['w2s_accuracy'])} | {cell(row['ceiling_accuracy'])} | {cell(row['pgr'], 2)} |"
+            f"| {cell(row['w2s_accuracy'])} | {cell(row['ceiling_accuracy'])} "
+            f"| {cell(row.get('zero_shot_accuracy', {'median': None}))} | {cell(row['pgr'], 2)} |"
         )
     return "\n".join(lines) + "\n"
 
