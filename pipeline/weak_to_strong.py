@@ -66,6 +66,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     # Summary over seeds: table, figure, the saved model, results and metrics
     summary = summarize(per_seed, args.pgr_min_gap)
     table = format_table(summary, args.seeds)
+    if args.early_stopping and args.early_stopping_labels == "gold":
+        table += (
+            "\nThe students early-stopped on the ground truth of a held-out share of half B: an oracle upper bound on "
+            "early stopping, not a weak-to-strong method.\n"
+        )
     write_atomic(output_dir / "table.md", table)
     plot_w2s(
         per_seed,
@@ -112,6 +117,13 @@ def w2s_metrics(
         "task": data_info,
         "models": models,
         "seeds": args.seeds,
+        "students_early_stopped_on": (
+            None
+            if not args.early_stopping
+            else "ground truth (oracle)"
+            if args.early_stopping_labels == "gold"
+            else "weak labels"
+        ),
         "summary": summary,
         "per_seed": per_seed,
         "saved_model": experiment.saved_model,

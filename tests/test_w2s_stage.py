@@ -161,6 +161,35 @@ def test_bootstrapping_and_early_stopping_run_and_are_reported(tmp_path, tiny_mo
     by_role = {record["role"]: record for record in results["sub_runs"]}
     assert by_role["w2s"]["train_examples"] == by_role["ceiling"]["train_examples"] * 3 // 4
     assert metrics["saved_model"]["role"] == "ceiling" and (tmp_path / "run" / "model.safetensors").is_file()
+    assert metrics["students_early_stopped_on"] == "weak labels"
+
+
+def test_early_stopping_on_ground_truth_is_an_oracle_run_labelled_so_and_cached_apart(tmp_path, tiny_models):
+    from pipeline.weak_to_strong import main
+
+    torch.set_num_threads(1)
+    cache, runs = tmp_path / "cache", {}
+    for labels in ("weak", "gold"):
+        recipe = tiny_recipe(
+            tmp_path / f"{labels}.yaml",
+            tiny_models,
+            tmp_path / labels,
+            cache_dir=str(cache),
+            seeds=[0],
+            losses=["xent"],
+            early_stopping=True,
+            early_stopping_labels=labels,
+            early_stopping_fraction=0.25,
+            eval_steps=1,
+            train_size=96,
+        )
+        main(["--config", str(recipe)])
+        runs[labels] = json.loads((tmp_path / labels / "metrics.json").read_text())
+    # The weak model and the ceiling come from the cache; the student, stopped on other labels, is trained again.
+    assert runs["gold"]["sub_runs_cached"] == 2
+    assert runs["gold"]["students_early_stopped_on"] == "ground truth (oracle)"
+    assert "oracle upper bound" in (tmp_path / "gold" / "table.md").read_text()
+    assert "oracle" not in (tmp_path / "weak" / "table.md").read_text()
 
 
 def test_the_sweep_runs_every_pair_into_one_table_and_trains_a_shared_weak_model_once(tmp_path, tiny_models):

@@ -36,7 +36,12 @@ def build(ctx: Context) -> Section | None:
         section.text(
             f"**{output.name}**: task `{task.get('name', task) if isinstance(task, dict) else task}`, weak "
             f"`{models.get('weak')}` → strong `{models.get('strong')}`, seeds {metrics.get('seeds')}; weak-label "
-            f"accuracy on half B {_spread(summary.get('weak_label_accuracy'))}."
+            f"accuracy on half B {_spread(summary.get('weak_label_accuracy'))}"
+            + (
+                f"; students early-stopped on {metrics['students_early_stopped_on']}."
+                if metrics.get("students_early_stopped_on")
+                else "."
+            )
         )
         section.table(
             [

@@ -85,6 +85,13 @@ class W2SArguments(ToyWorldKeys):
     early_stopping: bool = field(
         default=False, metadata={"help": "students early-stop on accuracy against held-out weak labels"}
     )
+    early_stopping_labels: Literal["weak", "gold"] = field(
+        default="weak",
+        metadata={
+            "help": "what the students early-stop against on the held-out share: the weak labels, or their ground "
+            "truth (gold: an oracle upper bound, not a method; the results say so)"
+        },
+    )
     early_stopping_fraction: float = field(
         default=0.1, metadata={"help": "share of half B held out as weak-label validation"}
     )

@@ -132,7 +132,8 @@ class Experiment:
             "predict": {name: examples_fingerprint(examples) for name, examples in predict.items()},
             "loss": asdict(loss) if loss.name != "xent" else "xent",
             "early_stopping": early_stopping
-            and [self.args.early_stopping_fraction, self.args.early_stopping_patience, self.training_args.eval_steps],
+            and [self.args.early_stopping_fraction, self.args.early_stopping_patience, self.training_args.eval_steps]
+            + (["gold"] if self.args.early_stopping_labels == "gold" else []),
             **self.settings(),
         }
         key = config_key(config)
@@ -166,9 +167,13 @@ class Experiment:
         texts, targets = [example["text"] for example in spec.train], spec.targets
         validation = None
         if spec.early_stopping:
-            # Hold out a share of the (weak-)labelled groups; the student never sees them in training.
+            # Hold out a share of the (weak-)labelled groups; the student never sees them in training. It stops on
+            # their weak labels, or, as an oracle upper bound, on their ground truth.
             fit_index, held_index = _held_out(spec.train, spec.seed, self.args.early_stopping_fraction)
-            validation = ([texts[i] for i in held_index], targets[held_index])
+            held_targets = targets[held_index]
+            if self.args.early_stopping_labels == "gold":
+                held_targets = np.array(one_hot(spec.train[i]["label"] for i in held_index), dtype=np.float64)
+            validation = ([texts[i] for i in held_index], held_targets)
             texts, targets = [texts[i] for i in fit_index], targets[fit_index]
         scratch = self.cache.scratch_dir(key)
         logger.info("training %s on %d examples", label, len(texts))  # names the progress bar that follows
