@@ -62,13 +62,15 @@ def plot_sweep(rows: list[dict], path: str | Path, title: str) -> Path:
     width = 0.8 / max(len(losses), 1)
     figure, axis = plt.subplots(figsize=(max(5, 1.6 * len(pairs) * len(losses)), 4))
     for offset, loss in enumerate(losses):
+        labelled = False  # the first bar drawn for a loss names it (a pair whose PGR is n/a draws none)
         for index, pair in enumerate(pairs):
             row = next((r for r in rows if r["pair"] == pair and r["loss"] == loss), None)
             if row is None or row["pgr"]["median"] is None:
                 continue
             x = index + (offset - (len(losses) - 1) / 2) * width
             median = row["pgr"]["median"]
-            axis.bar(x, median, width=width, color=f"C{offset}", alpha=0.75, label=loss if index == 0 else None)
+            axis.bar(x, median, width=width, color=f"C{offset}", alpha=0.75, label=None if labelled else loss)
+            labelled = True
             axis.errorbar(
                 x, median, yerr=[[median - row["pgr"]["min"]], [row["pgr"]["max"] - median]], color="black", capsize=4
             )
@@ -78,7 +80,10 @@ def plot_sweep(rows: list[dict], path: str | Path, title: str) -> Path:
     axis.set_ylabel("PGR (median, min-max over seeds)")
     axis.set_title(title)
     axis.grid(axis="y", alpha=0.3)
-    axis.legend()
+    if labelled_bars := axis.get_legend_handles_labels()[0]:
+        axis.legend(handles=labelled_bars)
+    else:
+        axis.text(0.5, 0.5, "PGR n/a for every pair", transform=axis.transAxes, ha="center", color="grey")
     return save_figure(figure, path)
 
 
