@@ -34,7 +34,7 @@ from pipeline.pretraining.config import RECIPE_TYPES, PretrainArguments, Pretrai
 from pipeline.recipes import parse_recipe, resolved_recipe
 from pipeline.resources import MemoryCheck
 from pipeline.tokenization import train_tokenizer
-from pipeline.training import GracefulInterrupt, Throughput, open_trainer_run
+from pipeline.training import GracefulInterrupt, Throughput, open_trainer_run, steps_run
 
 logger = logging.getLogger("pipeline.pretrain")
 
@@ -181,8 +181,7 @@ def pretrain_metrics(
 ) -> dict[str, Any]:
     """metrics.json: losses and perplexity, size, data, speed of this run's steps (a resumed run's own), gold."""
     checkpoint = training["resumed_from"]
-    steps_run = trainer.state.global_step - (int(Path(checkpoint).name.split("-")[1]) if checkpoint else 0)
-    trained_tokens = steps_run * global_batch_size(trainer.args) * args.block_size
+    trained_tokens = steps_run(trainer, checkpoint) * global_batch_size(trainer.args) * args.block_size
     train_seconds = training["train_seconds"]
     metrics = {
         "train_loss": round(training["train_loss"], 4),

@@ -97,15 +97,20 @@ def open_trainer_run(recipe, stage: str, training_args) -> tuple[Any, str | None
     return opened
 
 
+def steps_run(trainer, checkpoint: str | None) -> int:
+    """The optimizer steps this run took itself: all of them, or those after the checkpoint it resumed from."""
+    first_step = int(Path(checkpoint).name.rsplit("-", 1)[-1]) if checkpoint else 0
+    return trainer.state.global_step - first_step
+
+
 def training_figures(trainer, train_result, train_seconds: float, checkpoint: str | None) -> dict[str, Any]:
     """What every Trainer stage reports about its training: loss, steps, time, and where it resumed from."""
-    first_step = int(Path(checkpoint).name.rsplit("-", 1)[-1]) if checkpoint else 0
-    steps_run = trainer.state.global_step - first_step
+    steps = steps_run(trainer, checkpoint)
     return {
         "train_loss": round(train_result.training_loss, 4),
         "steps": trainer.state.global_step,
         "train_seconds": round(train_seconds, 2),
-        "seconds_per_step": round(train_seconds / steps_run, 4) if steps_run > 0 else None,
+        "seconds_per_step": round(train_seconds / steps, 4) if steps > 0 else None,
         "resumed_from": checkpoint,
     }
 

@@ -72,7 +72,7 @@ class Experiment:
         self.interrupt = GracefulInterrupt()
         self.records: list[dict[str, Any]] = []
         self.saved_model: dict[str, Any] | None = None
-        self._zero_shot_scores: dict[str, np.ndarray | None] | None = None
+        self._zero_shot_scores: dict[str, np.ndarray] | None = None  # {} once known to be inapplicable
 
     def settings(self) -> dict[str, Any]:
         """Every training setting that changes a sub-run's result (part of its cache key)."""

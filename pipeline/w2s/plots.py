@@ -115,7 +115,7 @@ def plot_sweep_by_size(rows: list[dict], path: str | Path, title: str) -> Path:
     smallest = [row for row in rows if row["weak"] == weak_models[0]]
     first = [row for row in smallest if row["loss"] == losses[0]]
     line(left, [(size(row), row["ceiling_accuracy"]) for row in first], color="black", label="strong ceiling")
-    zero_shot = [(size(row), row["zero_shot_accuracy"]) for row in first if "zero_shot_accuracy" in row]
+    zero_shot = [(size(row), row["zero_shot_accuracy"]) for row in first]
     line(left, zero_shot, color="black", linestyle=":", label="strong zero-shot (untrained)")
     for index, loss in enumerate(losses):
         line(

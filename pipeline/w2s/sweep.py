@@ -97,6 +97,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                     "loss": loss,
                     "weak_accuracy": summary["weak_accuracy"],
                     "ceiling_accuracy": summary["ceiling_accuracy"],
+                    # {"median": None} where the task has no zero-shot baseline (not a prompt and an answer)
                     "zero_shot_accuracy": summary.get("zero_shot_accuracy", {"median": None}),
                     "zero_shot_auc": summary.get("zero_shot_auc", {"median": None}),
                     "w2s_accuracy": row["accuracy"],
@@ -136,7 +137,7 @@ def format_sweep(rows: list[dict]) -> str:
         lines.append(
             f"| {row['weak']} | {row['strong']} | {row['loss']} | {cell(row['weak_accuracy'])} "
             f"| {cell(row['w2s_accuracy'])} | {cell(row['ceiling_accuracy'])} "
-            f"| {cell(row.get('zero_shot_accuracy', {'median': None}))} | {cell(row['pgr'], 2)} |"
+            f"| {cell(row['zero_shot_accuracy'])} | {cell(row['pgr'], 2)} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from pipeline.models import load_tokenizer
+from pipeline.reward_model import pad_batch, ranks
 
 logger = logging.getLogger("pipeline.weak_to_strong")
 
@@ -55,14 +56,10 @@ def candidate_log_probs(model: torch.nn.Module, tokenizer, texts: Sequence[str],
             answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
             rows.append(prompt_ids + answer_ids)
             answer_spans.append((len(prompt_ids), len(prompt_ids) + len(answer_ids)))
-        width = max(len(row) for row in rows)
-        ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, row in enumerate(rows):
-            ids[i, : len(row)] = torch.tensor(row)
-            mask[i, : len(row)] = 1
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
-        log_probs = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:].to(device)[..., None])[..., 0]
+        batch = pad_batch(rows, tokenizer.pad_token_id, "right", device)
+        logits = model(**batch).logits.float()
+        next_ids = batch["input_ids"][:, 1:, None]
+        log_probs = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, next_ids)[..., 0]
         for i, (begin, end) in enumerate(answer_spans):
             scores.append(float(log_probs[i, begin - 1 : end - 1].mean()))
     return np.array(scores)
@@ -75,10 +72,8 @@ def auc(scores: np.ndarray, labels: np.ndarray) -> float | None:
     positives, negatives = int(labels.sum()), int((~labels).sum())
     if positives == 0 or negatives == 0:
         return None
-    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
-    first_rank = np.cumsum(counts) - counts + 1
-    ranks = (first_rank + (counts - 1) / 2.0)[inverse]
-    return float((ranks[labels].sum() - positives * (positives + 1) / 2.0) / (positives * negatives))
+    rank_sum = ranks(scores)[labels].sum()
+    return float((rank_sum - positives * (positives + 1) / 2.0) / (positives * negatives))
 
 
 def class_share_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
